@@ -1,0 +1,36 @@
+"""The batch object that every model takes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GraphBatch:
+    """A batch of periodic crystal graphs, concatenated.
+
+    edge_index follows PyG: row 0 is the neighbour j (message source), row 1 the centre atom i
+    (where messages are summed). distances are |r_j + image - r_i| in Å, one per edge.
+    """
+
+    atomic_numbers: torch.Tensor  # (N,) long
+    edge_index: torch.Tensor  # (2, E) long, global indices into the batch's atoms
+    distances: torch.Tensor  # (E,) float
+    batch: torch.Tensor  # (N,) long, graph index of each atom
+    num_graphs: int
+    targets: torch.Tensor | None = None  # (G,) float, normalised or raw as the caller decides
+
+    def to(self, device, non_blocking: bool = False) -> "GraphBatch":
+        def move(t):
+            return None if t is None else t.to(device, non_blocking=non_blocking)
+
+        return GraphBatch(
+            atomic_numbers=move(self.atomic_numbers),
+            edge_index=move(self.edge_index),
+            distances=move(self.distances),
+            batch=move(self.batch),
+            num_graphs=self.num_graphs,
+            targets=move(self.targets),
+        )

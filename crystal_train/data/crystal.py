@@ -1,0 +1,51 @@
+"""The one in-memory form of a crystal that every data source produces."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Crystal:
+    """A periodic crystal: lattice rows are the cell vectors in Å, coordinates are fractional."""
+
+    id: str
+    lattice: np.ndarray  # (3, 3) float64
+    numbers: np.ndarray  # (n,) int64 atomic numbers
+    frac_coords: np.ndarray  # (n, 3) float64
+    target: float | None = None
+    split: str | None = None
+
+    @property
+    def num_atoms(self) -> int:
+        return int(len(self.numbers))
+
+    @classmethod
+    def from_pymatgen(cls, structure, id: str, target: float | None = None, split: str | None = None) -> "Crystal":
+        """Build from an ordered pymatgen Structure (raises ValueError on partial occupancy)."""
+        if not structure.is_ordered:
+            raise ValueError("partial occupancy or disorder")
+        return cls(
+            id=str(id),
+            lattice=np.array(structure.lattice.matrix, dtype=np.float64),
+            numbers=np.array(structure.atomic_numbers, dtype=np.int64),
+            frac_coords=np.array(structure.frac_coords, dtype=np.float64),
+            target=target,
+            split=split,
+        )
+
+    def to_pymatgen(self):
+        from pymatgen.core import Lattice, Structure
+
+        return Structure(Lattice(self.lattice), [int(z) for z in self.numbers], self.frac_coords)
+
+
+class SkippedItem(Exception):
+    """Raised by readers for one item that cannot be used; carries the reason for skipped.csv."""
+
+    def __init__(self, item_id: str, reason: str):
+        super().__init__(f"{item_id}: {reason}")
+        self.item_id = item_id
+        self.reason = reason
