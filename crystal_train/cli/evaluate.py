@@ -1,0 +1,61 @@
+"""`crystal-eval ckpt=PATH`: re-score a checkpoint on its own data and split (or another source)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from crystal_train.data.dataset import graph_settings, prepare_data
+from crystal_train.data.loader import DeviceGraphs
+from crystal_train.data.splits import SPLIT_ORDER, splits_from_ids
+from crystal_train.training import artifacts
+from crystal_train.training.checkpoint import load_model
+from crystal_train.training.inference import resolve_device
+from crystal_train.training.metrics import Normalizer
+from crystal_train.training.run import score_splits
+
+log = logging.getLogger(__name__)
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score the checkpoint; writes metrics.json and predictions_<split>.csv into `output`."""
+    checkpoint_path = Path(cfg.ckpt).expanduser()
+    device = resolve_device(str(cfg.device))
+    checkpoint, model = load_model(checkpoint_path, atom_init=cfg.get("atom_init"))
+    model.to(device)
+    train_cfg = OmegaConf.create(checkpoint["config"])
+    other_source = cfg.data.get("snapshot") is not None
+    if other_source:
+        train_cfg.data.snapshot = str(cfg.data.snapshot)
+        train_cfg.data.limit = None
+        train_cfg.data.split.file = None
+    data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph))
+    if not other_source and checkpoint.get("split_ids"):
+        data.splits = splits_from_ids(data.store, checkpoint["split_ids"], origin=f"the split saved in {checkpoint_path}")
+    names = SPLIT_ORDER if cfg.split == "all" else (str(cfg.split),)
+    unknown = [name for name in names if name not in SPLIT_ORDER]
+    if unknown:
+        raise ValueError(f"unknown split {unknown[0]!r}: use train, val, test or all")
+    out_dir = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    graphs = DeviceGraphs(data.store, device)
+    normalizer = Normalizer(**checkpoint["normalizer"])
+    report = score_splits(model, graphs, data, normalizer, int(cfg.batch_size), out_dir, names, prediction_splits=names)
+    report.update(checkpoint=str(checkpoint_path), best_epoch=checkpoint.get("train_state", {}).get("best_epoch"))
+    artifacts.write_json(out_dir / "metrics.json", report)
+    for name in names:
+        log.info("%s: MAE %.6f  RMSE %.6f  R2 %s  n %d", name, report[name]["mae"] or float("nan"), report[name]["rmse"] or float("nan"), report[name]["r2"], report[name]["n"])
+    log.info("Wrote %s", out_dir / "metrics.json")
+    return report
+
+
+@hydra.main(version_base="1.3", config_path="pkg://crystal_train.configs", config_name="eval")
+def main(cfg: DictConfig) -> None:
+    evaluate(cfg)
+
+
+if __name__ == "__main__":
+    main()

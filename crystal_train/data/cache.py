@@ -1,0 +1,72 @@
+"""On-disk graph cache keyed by the source's content and every setting that changes a graph."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from crystal_train.data.store import GraphStore
+
+log = logging.getLogger(__name__)
+
+# Bump when the layout of cached graphs or the way they are built changes.
+CACHE_FORMAT_VERSION = 1
+
+
+def cache_key(**parts) -> str:
+    """A stable hash of JSON-serialisable parts (source fingerprint, target, graph settings...)."""
+    payload = json.dumps({"cache_format": CACHE_FORMAT_VERSION, **parts}, sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """Write with torch.save to a temporary file beside `path`, fsync, then rename over it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def load_or_build(cache_dir: Path, key: str, build: Callable[[], GraphStore]) -> GraphStore:
+    """Load the store cached under `key`, or build and cache it; safe for concurrent runs.
+
+    A file lock makes a second run wait for the first one's build and then load it, so a sweep
+    builds each cache once.
+    """
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    path = cache_dir / f"graphs-{key}.pt"
+    with open(cache_dir / f"graphs-{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if path.exists():
+                store = GraphStore.from_state(torch.load(path, weights_only=True))
+                log.info("Graph cache loaded: %s (%d crystals)", path, len(store))
+                return store
+            store = build()
+            atomic_torch_save(store.state(), path)
+            log.info("Graph cache built: %s (%d crystals)", path, len(store))
+            return store
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

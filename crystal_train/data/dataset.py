@@ -1,0 +1,179 @@
+"""From a `data` config to cached graphs and splits: the one data path of train, eval and predict."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from crystal_train.data.cache import cache_key, load_or_build
+from crystal_train.data.graphs import GraphSettings
+from crystal_train.data.splits import make_splits
+from crystal_train.data.store import GraphStore, build_store
+
+log = logging.getLogger(__name__)
+
+FEATURES_VERSION = "cgcnn-elements-v1"
+
+
+@dataclass
+class PreparedData:
+    store: GraphStore
+    splits: dict[str, np.ndarray]
+    target: str
+    units: str
+    source: str  # a human-readable description of where the crystals came from
+
+
+@dataclass
+class _Source:
+    items: Sequence
+    to_crystal: Callable
+    fingerprint: str
+    target: str
+    skipped: list[tuple[str, str]]
+    description: str
+
+
+def graph_settings(cfg) -> GraphSettings:
+    """GraphSettings from the `graph` config block."""
+    max_neighbors = cfg.get("max_neighbors")
+    return GraphSettings(cutoff=float(cfg.cutoff), max_neighbors=None if max_neighbors is None else int(max_neighbors))
+
+
+def default_cache_dir() -> Path:
+    from crystal_train.data.materials_project import default_cache_dir as mp_default
+
+    return mp_default()
+
+
+def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = None) -> PreparedData:
+    """Read the configured source, build or load its graph cache, and split it."""
+    cache_dir = Path(data_cfg.get("cache_dir") or default_cache_dir())
+    source = _resolve_source(data_cfg, cache_dir)
+    items = _limit(source.items, data_cfg.get("limit"), int(data_cfg.get("seed", 0)))
+    supported = _supported_elements()
+    key = cache_key(
+        source=source.fingerprint,
+        target=source.target,
+        limit=data_cfg.get("limit"),
+        seed=int(data_cfg.get("seed", 0)),
+        graph=settings.key(),
+        features=FEATURES_VERSION,
+    )
+    store = load_or_build(
+        cache_dir / "graphs",
+        key,
+        lambda: build_store(items, source.to_crystal, settings, supported, num_workers=num_workers),
+    )
+    store.skipped = list(source.skipped) + list(store.skipped)
+    report_skipped(store)
+    if len(store) == 0:
+        raise ValueError(f"no valid crystals remain in {source.description}; see the skipped reasons above")
+    split_cfg = data_cfg.get("split") or {}
+    splits = make_splits(
+        store,
+        kind=split_cfg.get("kind", "random"),
+        fractions=tuple(split_cfg.get("fractions", (0.8, 0.1, 0.1))),
+        seed=int(data_cfg.get("seed", 0)),
+        file=split_cfg.get("file"),
+    )
+    log.info(
+        "Data: %s, target %s: %s",
+        source.description,
+        source.target,
+        ", ".join(f"{name} {len(idx)}" for name, idx in splits.items()),
+    )
+    return PreparedData(store, splits, source.target, str(data_cfg.get("units") or ""), source.description)
+
+
+def report_skipped(store: GraphStore) -> None:
+    """One log line summarising skipped items and isolated atoms."""
+    if store.skipped:
+        reasons: dict[str, int] = {}
+        for _, reason in store.skipped:
+            kind = reason.split(":")[0]
+            reasons[kind] = reasons.get(kind, 0) + 1
+        summary = "; ".join(f"{count} {kind}" for kind, count in sorted(reasons.items()))
+        log.warning("Skipped %d items (%s); listed in skipped.csv", len(store.skipped), summary)
+    if store.isolated_atoms:
+        log.warning("%d atoms have no neighbour within the cutoff", store.isolated_atoms)
+
+
+def _resolve_source(data_cfg, cache_dir: Path) -> _Source:
+    kind = data_cfg.get("source", "materials_project")
+    if kind == "demo":
+        from crystal_train.data.demo import build_demo_crystals, demo_fingerprint
+
+        num, seed = int(data_cfg.num_crystals), int(data_cfg.get("seed", 0))
+        return _Source(
+            items=_LazyList(lambda: build_demo_crystals(num, seed), num),
+            to_crystal=_identity,
+            fingerprint=demo_fingerprint(num, seed),
+            target=str(data_cfg.target),
+            skipped=[],
+            description=f"built-in demo dataset ({num} EMT alloys, not Materials Project data)",
+        )
+    from crystal_train.data.sources import load_source, to_crystal
+
+    snapshot = data_cfg.get("snapshot")
+    if snapshot is None:
+        if kind != "materials_project":
+            raise ValueError(f"unknown data.source {kind!r}: use materials_project or demo, or set data.snapshot=PATH")
+        from crystal_train.data.materials_project import resolve_mp_snapshot
+
+        snapshot = resolve_mp_snapshot(
+            dict(data_cfg.get("query") or {}),
+            [str(data_cfg.target)],
+            cache_dir,
+            api_key=data_cfg.get("api_key"),
+        )
+    data = load_source(
+        Path(snapshot).expanduser(),
+        str(data_cfg.target),
+        id_column=data_cfg.get("id_column"),
+        cif_column=data_cfg.get("cif_column"),
+    )
+    return _Source(data.items, to_crystal, data.fingerprint, data.target, list(data.skipped), f"{snapshot} ({data.layout})")
+
+
+def _identity(item):
+    return item
+
+
+class _LazyList(Sequence):
+    """A sequence built on first access, so a cached demo dataset is never regenerated."""
+
+    def __init__(self, make: Callable[[], list], length: int):
+        self._make, self._length, self._items = make, length, None
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __getitem__(self, index):
+        if self._items is None:
+            self._items = self._make()
+        return self._items[index]
+
+
+def _limit(items: Sequence, limit: int | None, seed: int) -> Sequence:
+    """A seeded subset of `limit` items drawn within each source split, so the split is kept."""
+    if limit is None or limit >= len(items):
+        return items
+    rng = np.random.default_rng(seed)
+    splits = np.array([str(item.split) for item in items])
+    chosen = []
+    for name in sorted(set(splits)):
+        members = np.flatnonzero(splits == name)
+        take = round(limit * len(members) / len(items))
+        chosen.extend(rng.choice(members, size=take, replace=False).tolist())
+    return [items[i] for i in sorted(chosen)]
+
+
+def _supported_elements() -> frozenset[int]:
+    from crystal_train.data.features import cgcnn_feature_table, supported_elements
+
+    return supported_elements(cgcnn_feature_table())

@@ -1,0 +1,88 @@
+"""Batches made by index slicing of whole-dataset tensors kept on the training device."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from crystal_train.data.batch import GraphBatch
+from crystal_train.data.store import GraphStore
+
+
+class DeviceGraphs:
+    """A GraphStore's arrays as tensors on one device, sliced into batches without Python loops.
+
+    Per-crystal counts are kept on the host too, so the batch sizes are known without a
+    device synchronisation.
+    """
+
+    def __init__(self, store: GraphStore, device: torch.device | str = "cpu", targets: np.ndarray | None = None):
+        device = torch.device(device)
+        pin = device.type == "cuda"
+
+        def put(array, dtype):
+            tensor = torch.as_tensor(np.ascontiguousarray(array)).to(dtype)
+            return tensor.pin_memory().to(device, non_blocking=True) if pin else tensor.to(device)
+
+        self.device = device
+        self.num_crystals = len(store)
+        self.node_counts = np.diff(store.node_ptr)
+        self.edge_counts = np.diff(store.edge_ptr)
+        self.numbers = put(store.numbers, torch.long)
+        self.node_ptr = put(store.node_ptr[:-1], torch.long)
+        self.edge_ptr = put(store.edge_ptr[:-1], torch.long)
+        self.node_count_t = put(self.node_counts, torch.long)
+        self.edge_count_t = put(self.edge_counts, torch.long)
+        self.edge_index = put(store.edge_index, torch.long)
+        self.distances = put(store.distances, torch.float32)
+        values = store.targets if targets is None else targets
+        self.targets = put(np.nan_to_num(values, nan=0.0), torch.float32)
+
+    def batch(self, indices: np.ndarray) -> GraphBatch:
+        """The GraphBatch of the crystals at `indices` (a host array)."""
+        num_nodes = int(self.node_counts[indices].sum())
+        num_edges = int(self.edge_counts[indices].sum())
+        index = torch.as_tensor(indices, dtype=torch.long).to(self.device, non_blocking=True)
+        node_counts = self.node_count_t[index]
+        edge_counts = self.edge_count_t[index]
+        node_ids, node_owner = _concat_ranges(self.node_ptr[index], node_counts, num_nodes)
+        edge_ids, edge_owner = _concat_ranges(self.edge_ptr[index], edge_counts, num_edges)
+        first_node = torch.cumsum(node_counts, 0) - node_counts
+        edge_index = self.edge_index[:, edge_ids] + first_node[edge_owner]
+        return GraphBatch(
+            atomic_numbers=self.numbers[node_ids],
+            edge_index=edge_index,
+            distances=self.distances[edge_ids],
+            batch=node_owner,
+            num_graphs=len(indices),
+            targets=self.targets[index],
+        )
+
+
+def _concat_ranges(starts: torch.Tensor, counts: torch.Tensor, total: int):
+    """(concatenated arange(s, s+c), owner of each element), with the total given by the caller."""
+    owner = torch.repeat_interleave(torch.arange(len(counts), device=counts.device), counts, output_size=total)
+    offsets = torch.cumsum(counts, 0) - counts
+    positions = torch.arange(total, device=counts.device) - offsets[owner]
+    return starts[owner] + positions, owner
+
+
+class BatchIterator:
+    """Iterates over batches of the given crystal indices, shuffled each epoch when asked."""
+
+    def __init__(self, graphs: DeviceGraphs, indices: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0):
+        self.graphs = graphs
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size = int(batch_size)
+        self.shuffle = shuffle
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def __iter__(self):
+        order = self.rng.permutation(self.indices) if self.shuffle else self.indices
+        for start in range(0, len(order), self.batch_size):
+            yield self.graphs.batch(order[start : start + self.batch_size])

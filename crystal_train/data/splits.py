@@ -1,0 +1,99 @@
+"""Train/val/test splits: the source's own, seeded fractions, by composition, or from a file."""
+
+from __future__ import annotations
+
+import json
+import math
+from functools import reduce
+from pathlib import Path
+
+import numpy as np
+
+from crystal_train.data.store import SPLIT_CODES, GraphStore
+
+SPLIT_ORDER = ("train", "val", "test")
+
+
+def make_splits(
+    store: GraphStore,
+    kind: str = "random",
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    seed: int = 0,
+    file: str | Path | None = None,
+) -> dict[str, np.ndarray]:
+    """Indices into `store` for train, val and test.
+
+    Order of precedence: a saved split file; the split the source carries; seeded fractions,
+    either over crystals (`kind="random"`) or over reduced compositions (`kind="composition"`,
+    all polymorphs of a composition land in one split).
+    """
+    if file is not None:
+        return _from_file(store, Path(file))
+    codes = store.split_codes
+    if (codes >= 0).all() and len(codes):
+        return {name: np.flatnonzero(codes == SPLIT_CODES[name]) for name in SPLIT_ORDER}
+    if (codes >= 0).any():
+        missing = [store.ids[i] for i in np.flatnonzero(codes < 0)[:5]]
+        raise ValueError(f"the source's split column is empty for some crystals, e.g. {missing}")
+    if len(fractions) != 3 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6) or min(fractions) < 0:
+        raise ValueError(f"data.split.fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
+    rng = np.random.default_rng(seed)
+    if kind == "random":
+        return _assign(rng.permutation(len(store)), [[i] for i in range(len(store))], fractions, by_group=False)
+    if kind == "composition":
+        groups = _composition_groups(store)
+        return _assign(rng.permutation(len(groups)), groups, fractions, by_group=True)
+    raise ValueError(f"unknown data.split.kind {kind!r}: use random or composition")
+
+
+def _assign(order, groups, fractions, by_group: bool) -> dict[str, np.ndarray]:
+    """Fill test, then val, with whole groups in `order`; the rest is train."""
+    total = sum(len(g) for g in groups)
+    wanted = {"test": round(fractions[2] * total), "val": round(fractions[1] * total)}
+    result = {"train": [], "val": [], "test": []}
+    filling = ["test", "val"]
+    for position in order:
+        members = groups[position]
+        while filling and len(result[filling[0]]) >= wanted[filling[0]]:
+            filling.pop(0)
+        result[filling[0] if filling else "train"].extend(members)
+    return {name: np.sort(np.array(result[name], dtype=np.int64)) for name in SPLIT_ORDER}
+
+
+def _composition_groups(store: GraphStore) -> list[list[int]]:
+    """Crystal indices grouped by reduced composition, in first-seen order."""
+    groups: dict[tuple, list[int]] = {}
+    for index in range(len(store)):
+        numbers = store.numbers[store.node_ptr[index] : store.node_ptr[index + 1]]
+        elements, counts = np.unique(numbers, return_counts=True)
+        divisor = reduce(math.gcd, counts.tolist())
+        key = tuple(zip(elements.tolist(), (counts // divisor).tolist()))
+        groups.setdefault(key, []).append(index)
+    return list(groups.values())
+
+
+def _from_file(store: GraphStore, path: Path) -> dict[str, np.ndarray]:
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(f"cannot read split file {path}: {error}") from None
+    return splits_from_ids(store, saved, origin=f"split file {path}")
+
+
+def splits_from_ids(store: GraphStore, saved: dict[str, list[str]], origin: str = "saved split") -> dict[str, np.ndarray]:
+    """Indices of exactly the saved ids in each split; an error names ids missing from the data."""
+    position = {item_id: i for i, item_id in enumerate(store.ids)}
+    splits = {}
+    for name in SPLIT_ORDER:
+        if name not in saved:
+            raise ValueError(f"{origin} has no {name!r} list")
+        missing = [item_id for item_id in saved[name] if item_id not in position]
+        if missing:
+            raise ValueError(f"{origin}: {len(missing)} {name} ids are not in the data, e.g. {missing[:5]}")
+        splits[name] = np.array([position[item_id] for item_id in saved[name]], dtype=np.int64)
+    return splits
+
+
+def split_ids(store: GraphStore, splits: dict[str, np.ndarray]) -> dict[str, list[str]]:
+    """The ids in each split, as written to split.json."""
+    return {name: [store.ids[i] for i in splits[name]] for name in SPLIT_ORDER}

@@ -1,0 +1,182 @@
+"""All graphs of a dataset as a few concatenated arrays, built in parallel from raw items."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from crystal_train.data.crystal import Crystal, SkippedItem
+from crystal_train.data.graphs import CrystalGraph, GraphSettings, build_graph
+
+SPLIT_CODES = {None: -1, "train": 0, "val": 1, "test": 2}
+SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
+
+
+@dataclass
+class GraphStore:
+    """Graphs of many crystals: per-crystal ranges into concatenated atom and edge arrays."""
+
+    ids: list[str]
+    targets: np.ndarray  # (G,) float64, NaN where unlabelled
+    split_codes: np.ndarray  # (G,) int8, see SPLIT_CODES
+    numbers: np.ndarray  # (N,) int16 atomic numbers
+    node_ptr: np.ndarray  # (G+1,) int64
+    edge_index: np.ndarray  # (2, E) int32, local atom indices within each crystal
+    edge_ptr: np.ndarray  # (G+1,) int64
+    distances: np.ndarray  # (E,) float32
+    images: np.ndarray  # (E, 3) int8
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    isolated_atoms: int = 0
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def splits(self) -> list[str | None]:
+        return [SPLIT_NAMES[int(code)] for code in self.split_codes]
+
+    def subset(self, indices: Sequence[int]) -> "GraphStore":
+        """A new store holding only the given crystals, in that order."""
+        indices = np.asarray(indices, dtype=np.int64)
+        node_counts = np.diff(self.node_ptr)[indices]
+        edge_counts = np.diff(self.edge_ptr)[indices]
+        nodes = _concat_ranges(self.node_ptr[indices], node_counts)
+        edges = _concat_ranges(self.edge_ptr[indices], edge_counts)
+        return GraphStore(
+            ids=[self.ids[i] for i in indices],
+            targets=self.targets[indices],
+            split_codes=self.split_codes[indices],
+            numbers=self.numbers[nodes],
+            node_ptr=np.r_[0, np.cumsum(node_counts)],
+            edge_index=self.edge_index[:, edges],
+            edge_ptr=np.r_[0, np.cumsum(edge_counts)],
+            distances=self.distances[edges],
+            images=self.images[edges],
+            skipped=list(self.skipped),
+            isolated_atoms=self.isolated_atoms,
+        )
+
+    def state(self) -> dict:
+        """Plain tensors and lists, loadable with torch.load(weights_only=True)."""
+        return {
+            "ids": self.ids,
+            "targets": torch.from_numpy(self.targets),
+            "split_codes": torch.from_numpy(self.split_codes),
+            "numbers": torch.from_numpy(self.numbers),
+            "node_ptr": torch.from_numpy(self.node_ptr),
+            "edge_index": torch.from_numpy(self.edge_index),
+            "edge_ptr": torch.from_numpy(self.edge_ptr),
+            "distances": torch.from_numpy(self.distances),
+            "images": torch.from_numpy(self.images),
+            "skipped": [list(pair) for pair in self.skipped],
+            "isolated_atoms": self.isolated_atoms,
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> "GraphStore":
+        arrays = {k: v.numpy() for k, v in state.items() if isinstance(v, torch.Tensor)}
+        return cls(
+            ids=list(state["ids"]),
+            skipped=[tuple(pair) for pair in state["skipped"]],
+            isolated_atoms=int(state["isolated_atoms"]),
+            **arrays,
+        )
+
+
+def _concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(s, s + c) for each (s, c)."""
+    total = int(counts.sum())
+    offsets = np.cumsum(counts) - counts
+    owner = np.repeat(np.arange(len(counts)), counts)
+    return starts[owner] + np.arange(total) - offsets[owner]
+
+
+# ----- building ---------------------------------------------------------------------------
+
+_worker_state: dict = {}
+
+
+def _init_worker(to_crystal: Callable, settings: GraphSettings, supported: frozenset[int] | None) -> None:
+    torch.set_num_threads(1)
+    _worker_state.update(to_crystal=to_crystal, settings=settings, supported=supported)
+
+
+def _build_one(item) -> tuple[str, float, str | None, CrystalGraph | None, str | None]:
+    """(id, target, split, graph or None, skip reason or None) for one raw item."""
+    try:
+        crystal: Crystal = _worker_state["to_crystal"](item)
+        supported = _worker_state["supported"]
+        if supported is not None:
+            unknown = sorted({int(z) for z in crystal.numbers} - supported)
+            if unknown:
+                from pymatgen.core.periodic_table import Element
+
+                names = ", ".join(Element.from_Z(z).symbol if 0 < z < 119 else str(z) for z in unknown)
+                raise SkippedItem(crystal.id, f"element outside the feature table: {names}")
+        if crystal.num_atoms == 0:
+            raise SkippedItem(crystal.id, "no atoms")
+        graph = build_graph(crystal, _worker_state["settings"])
+        return str(item.id), item.target, item.split, graph, None
+    except SkippedItem as skipped:
+        return skipped.item_id, float("nan"), None, None, skipped.reason
+    except Exception as error:  # one broken item must never stop the others
+        return str(getattr(item, "id", "?")), float("nan"), None, None, f"{type(error).__name__}: {error}"
+
+
+def build_store(
+    items: Sequence,
+    to_crystal: Callable,
+    settings: GraphSettings,
+    supported_elements: frozenset[int] | None = None,
+    num_workers: int | None = None,
+    progress: bool = True,
+) -> GraphStore:
+    """Turn raw items into a GraphStore, in parallel over processes; bad items are skipped."""
+    num_workers = num_workers or os.cpu_count() or 1
+    init_args = (to_crystal, settings, supported_elements)
+    bar = dict(total=len(items), desc="graphs", unit="crystal", disable=not progress, mininterval=1.0)
+    if num_workers <= 1 or len(items) < 200:
+        _init_worker(*init_args)
+        results: Iterable = tqdm(map(_build_one, items), **bar)
+        return _assemble(results)
+    threads = torch.get_num_threads()
+    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with context.Pool(num_workers, initializer=_init_worker, initargs=init_args) as pool:
+        chunk = max(16, min(256, len(items) // (num_workers * 8) or 1))
+        store = _assemble(tqdm(pool.imap(_build_one, items, chunksize=chunk), **bar))
+    torch.set_num_threads(threads)
+    return store
+
+
+def _assemble(results: Iterable) -> GraphStore:
+    ids, targets, splits, graphs, skipped = [], [], [], [], []
+    for item_id, target, split, graph, reason in results:
+        if graph is None:
+            skipped.append((item_id, reason))
+            continue
+        ids.append(item_id)
+        targets.append(np.nan if target is None else float(target))
+        splits.append(SPLIT_CODES[split])
+        graphs.append(graph)
+    node_counts = np.array([len(g.numbers) for g in graphs], dtype=np.int64)
+    edge_counts = np.array([g.distances.size for g in graphs], dtype=np.int64)
+    empty = np.zeros((2, 0), dtype=np.int32)
+    return GraphStore(
+        ids=ids,
+        targets=np.array(targets, dtype=np.float64),
+        split_codes=np.array(splits, dtype=np.int8),
+        numbers=np.concatenate([g.numbers for g in graphs]).astype(np.int16) if graphs else np.zeros(0, np.int16),
+        node_ptr=np.r_[0, np.cumsum(node_counts)].astype(np.int64),
+        edge_index=np.concatenate([g.edge_index for g in graphs], axis=1).astype(np.int32) if graphs else empty,
+        edge_ptr=np.r_[0, np.cumsum(edge_counts)].astype(np.int64),
+        distances=np.concatenate([g.distances for g in graphs]).astype(np.float32) if graphs else np.zeros(0, np.float32),
+        images=np.concatenate([g.images for g in graphs]).astype(np.int8) if graphs else np.zeros((0, 3), np.int8),
+        skipped=skipped,
+        isolated_atoms=sum(g.isolated_atoms for g in graphs),
+    )

@@ -1,0 +1,29 @@
+"""Predictions in the target's units for any set of crystals: shared by train, eval and predict."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from crystal_train.data.loader import BatchIterator, DeviceGraphs
+from crystal_train.training.metrics import Normalizer
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, graphs: DeviceGraphs, indices: np.ndarray, normalizer: Normalizer, batch_size: int) -> np.ndarray:
+    """Model predictions (denormalised, float64) for the crystals at `indices`, in that order."""
+    model.eval()
+    outputs = [model(batch).float() for batch in BatchIterator(graphs, indices, batch_size)]
+    if not outputs:
+        return np.zeros(0)
+    return normalizer.denormalize(torch.cat(outputs).double().cpu().numpy())
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when available; 'cpu' and 'cuda[:N]' are taken as given."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("trainer.device=cuda was asked for, but no CUDA device is available; use trainer.device=cpu")
+    return device

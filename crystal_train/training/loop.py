@@ -1,0 +1,197 @@
+"""The training loop: epochs, validation, LR scheduling, early stopping and checkpoints."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from crystal_train.data.loader import BatchIterator
+from crystal_train.training.checkpoint import save_checkpoint
+from crystal_train.training.metrics import Normalizer
+
+log = logging.getLogger(__name__)
+
+LOSSES = {"mse": torch.nn.functional.mse_loss, "l1": torch.nn.functional.l1_loss, "huber": torch.nn.functional.huber_loss}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; the last good checkpoint is kept."""
+
+
+@dataclass
+class TrainState:
+    """Progress that a resumed run must restore."""
+
+    epoch: int = 0  # epochs completed
+    best_val_mae: float = math.inf
+    best_epoch: int = 0
+    epochs_since_best: int = 0
+    history: list = field(default_factory=list)
+    stopped_early: bool = False
+
+
+class Trainer:
+    """Runs epochs until max_epochs or early stopping, writing best.pt and last.pt each epoch."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler,
+        normalizer: Normalizer,
+        train_batches: BatchIterator,
+        val_batches: BatchIterator,
+        trainer_cfg,
+        checkpoint_dir: Path,
+        checkpoint_meta: dict,
+        on_epoch_end=None,
+    ):
+        self.model = model
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.normalizer = normalizer
+        self.train_batches = train_batches
+        self.val_batches = val_batches
+        self.cfg = trainer_cfg
+        self.checkpoint_dir = Path(checkpoint_dir)
+        self.checkpoint_meta = checkpoint_meta
+        self.on_epoch_end = on_epoch_end
+        self.state = TrainState()
+        self.loss_fn = LOSSES[trainer_cfg.get("loss", "mse")]
+        self.autocast_dtype = torch.bfloat16 if str(trainer_cfg.get("precision", "32")) == "bf16" else None
+        self.forward = torch.compile(model, dynamic=True) if trainer_cfg.get("compile", False) else model
+
+    # ----- checkpoints ------------------------------------------------------------------
+    def checkpoint(self) -> dict:
+        return {
+            **self.checkpoint_meta,
+            "model_state": self.model.state_dict(),
+            "optimizer_state": self.optimizer.state_dict(),
+            "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "train_state": asdict(self.state),
+            "normalizer": self.normalizer.state(),
+            "rng_state": {
+                "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                "python": random.getstate(),
+                "batches": self.train_batches.rng.bit_generator.state,
+            },
+        }
+
+    def restore(self, checkpoint: dict) -> None:
+        """Continue from a last.pt: model, optimizer, scheduler, early stopping, epoch and RNGs."""
+        self.model.load_state_dict(checkpoint["model_state"])
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.scheduler is not None and checkpoint.get("scheduler_state") is not None:
+            self.scheduler.load_state_dict(checkpoint["scheduler_state"])
+        self.state = TrainState(**checkpoint["train_state"])
+        rng = checkpoint["rng_state"]
+        torch.set_rng_state(rng["torch"])
+        if rng["cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(rng["cuda"])
+        random.setstate(_as_tuple(rng["python"]))
+        self.train_batches.rng.bit_generator.state = rng["batches"]
+
+    # ----- epochs -----------------------------------------------------------------------
+    def fit(self) -> TrainState:
+        max_epochs = int(self.cfg.max_epochs)
+        patience = int(self.cfg.patience)
+        min_delta = float(self.cfg.get("min_delta", 0.0))
+        while self.state.epoch < max_epochs and not self.state.stopped_early:
+            start = time.perf_counter()
+            lr = self.optimizer.param_groups[0]["lr"]
+            train_loss, train_mae = self._train_epoch()
+            val_mae = self._validate()
+            epoch = self.state.epoch + 1
+            if self.scheduler is not None:
+                if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                    self.scheduler.step(val_mae)
+                else:
+                    self.scheduler.step()
+            improved = val_mae < self.state.best_val_mae - min_delta
+            if improved:
+                self.state.best_val_mae, self.state.best_epoch, self.state.epochs_since_best = val_mae, epoch, 0
+            else:
+                self.state.epochs_since_best += 1
+            self.state.epoch = epoch
+            self.state.stopped_early = self.state.epochs_since_best >= patience
+            row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_mae=train_mae, val_mae=val_mae, seconds=time.perf_counter() - start)
+            self.state.history.append(row)
+            checkpoint = self.checkpoint()
+            if improved:
+                save_checkpoint(self.checkpoint_dir / "best.pt", **checkpoint)
+            save_checkpoint(self.checkpoint_dir / "last.pt", **checkpoint)
+            log.info(
+                "epoch %d/%d  lr %.2e  train loss %.4f  train MAE %.4f  val MAE %.4f%s  (%.1f s)",
+                epoch, max_epochs, lr, train_loss, train_mae, val_mae, "  *best*" if improved else "", row["seconds"],
+            )
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(self.state)
+        if self.state.stopped_early:
+            log.info("Early stopping: no val MAE improvement for %d epochs (best %.4f at epoch %d)", patience, self.state.best_val_mae, self.state.best_epoch)
+        return self.state
+
+    def _train_epoch(self) -> tuple[float, float]:
+        self.model.train()
+        clip = self.cfg.get("grad_clip")
+        device = next(self.model.parameters()).device
+        loss_sum = torch.zeros((), device=device)
+        abs_error_sum = torch.zeros((), device=device)
+        count = 0
+        batches = tqdm(self.train_batches, desc=f"epoch {self.state.epoch + 1}", leave=False, disable=not self.cfg.get("progress_bar", True), mininterval=1.0)
+        for batch in batches:
+            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+                output = self.forward(batch)
+            output = output.float()
+            target = self.normalizer.normalize(batch.targets)
+            loss = self.loss_fn(output, target)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
+            self.optimizer.step()
+            loss_sum += loss.detach() * batch.num_graphs
+            abs_error_sum += (output.detach() - target).abs().sum() * self.normalizer.std
+            count += batch.num_graphs
+        train_loss = float(loss_sum) / max(count, 1)
+        if not math.isfinite(train_loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss in epoch {self.state.epoch + 1}; stopped, and the last good checkpoint "
+                f"({self.checkpoint_dir / 'last.pt'}) is kept. Lower optim.lr or set trainer.grad_clip."
+            )
+        return train_loss, float(abs_error_sum) / max(count, 1)
+
+    @torch.no_grad()
+    def _validate(self) -> float:
+        self.model.eval()
+        device = next(self.model.parameters()).device
+        abs_error_sum = torch.zeros((), device=device, dtype=torch.float64)
+        count = 0
+        for batch in self.val_batches:
+            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+                output = self.forward(batch)
+            prediction = self.normalizer.denormalize(output.double())
+            abs_error_sum += (prediction - batch.targets.double()).abs().sum()
+            count += batch.num_graphs
+        return float(abs_error_sum) / max(count, 1)
+
+
+def _as_tuple(value):
+    """random.setstate needs tuples; a checkpoint round trip may hand back lists."""
+    return tuple(_as_tuple(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)

@@ -1,0 +1,128 @@
+"""One training run, from a composed config to a run directory full of results."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from crystal_train.data.dataset import PreparedData, graph_settings, prepare_data
+from crystal_train.data.loader import BatchIterator, DeviceGraphs
+from crystal_train.data.splits import split_ids
+from crystal_train.training import artifacts
+from crystal_train.training.checkpoint import load_checkpoint
+from crystal_train.training.inference import predict, resolve_device
+from crystal_train.training.loop import Trainer, seed_everything
+from crystal_train.training.metrics import Normalizer
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig, run_dir: Path) -> float:
+    """Train, select on validation, score the selected model on every split; returns best val MAE."""
+    run_dir = Path(run_dir)
+    checkpoint_dir = run_dir / "checkpoints"
+    last = checkpoint_dir / "last.pt"
+    resume = _should_resume(cfg.trainer.get("resume", "auto"), last)
+    if resume:
+        saved = load_checkpoint(last)
+        _keep_old_config(run_dir)
+        with open_dict(cfg):
+            cfg.seed = saved["config"]["seed"]
+    elif cfg.get("seed") is None:
+        with open_dict(cfg):
+            cfg.seed = secrets.randbelow(2**31)
+    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
+
+    data = prepare_data(cfg.data, graph_settings(cfg.graph))
+    artifacts.write_json(run_dir / "split.json", split_ids(data.store, data.splits))
+    artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)
+    normalizer = Normalizer.fit(data.store.targets[data.splits["train"]])
+
+    device = resolve_device(str(cfg.trainer.device))
+    graphs = DeviceGraphs(data.store, device)
+    model = hydra.utils.instantiate(cfg.model).to(device)
+    optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
+    scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler") else None
+    log.info("Model %s with %d parameters on %s", type(model).__name__, sum(p.numel() for p in model.parameters()), device)
+
+    trainer = Trainer(
+        model,
+        optimizer,
+        scheduler,
+        normalizer,
+        BatchIterator(graphs, data.splits["train"], cfg.trainer.batch_size, shuffle=True, seed=int(cfg.seed)),
+        BatchIterator(graphs, data.splits["val"], cfg.trainer.eval_batch_size),
+        cfg.trainer,
+        checkpoint_dir,
+        checkpoint_meta={
+            "config": OmegaConf.to_container(cfg, resolve=True),
+            "target": data.target,
+            "units": data.units,
+            "split_ids": split_ids(data.store, data.splits),
+        },
+        on_epoch_end=lambda state: artifacts.write_history(run_dir / "history.csv", state.history),
+    )
+    if resume:
+        trainer.restore(saved)
+        log.info("Resumed from %s after epoch %d", last, trainer.state.epoch)
+    state = trainer.fit()
+    artifacts.write_history(run_dir / "history.csv", state.history)
+
+    best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
+    model.load_state_dict(best["model_state"])
+    report = score_splits(model, graphs, data, normalizer, int(cfg.trainer.eval_batch_size), run_dir, ("train", "val", "test"))
+    report.update(best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed))
+    artifacts.write_json(run_dir / "metrics.json", report)
+    log.info(
+        "Best epoch %d: val MAE %.4f, test MAE %.4f %s (mean-predictor baseline %.4f)",
+        state.best_epoch, report["val"]["mae"], report["test"]["mae"] or float("nan"), data.units, report.get("baseline_test_mae", float("nan")),
+    )
+    return float(state.best_val_mae)
+
+
+def score_splits(
+    model: torch.nn.Module,
+    graphs: DeviceGraphs,
+    data: PreparedData,
+    normalizer: Normalizer,
+    batch_size: int,
+    out_dir: Path,
+    splits: tuple[str, ...],
+    prediction_splits: tuple[str, ...] = ("test",),
+) -> dict:
+    """Metrics for each split (metrics.json schema); writes predictions_<split>.csv."""
+    results = {}
+    for name in splits:
+        indices = data.splits[name]
+        predictions = predict(model, graphs, indices, normalizer, batch_size)
+        targets = data.store.targets[indices]
+        results[name] = (targets, predictions)
+        if name in prediction_splits:
+            artifacts.write_predictions(out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predictions, targets)
+    return artifacts.metrics_report(results, data.target, data.units, normalizer.mean)
+
+
+def _should_resume(setting, last: Path) -> bool:
+    setting = str(setting).lower()
+    if setting == "true":
+        if not last.exists():
+            raise FileNotFoundError(f"trainer.resume=true but there is no {last} to resume from")
+        return True
+    return setting == "auto" and last.exists()
+
+
+def _keep_old_config(run_dir: Path) -> None:
+    """Move the previous config.yaml aside (config.previous-N.yaml) before a resumed run writes its own."""
+    old = run_dir / "config.yaml"
+    if old.exists():
+        number = 1
+        while (run_dir / f"config.previous-{number}.yaml").exists():
+            number += 1
+        old.rename(run_dir / f"config.previous-{number}.yaml")
