@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+from omegaconf import OmegaConf
 
 from crystal_train.data.cache import cache_key, load_or_build
 from crystal_train.data.graphs import GraphSettings
@@ -125,11 +126,11 @@ def _resolve_source(data_cfg, cache_dir: Path) -> _Source:
             raise ValueError(f"unknown data.source {kind!r}: use materials_project or demo, or set data.snapshot=PATH")
         from crystal_train.data.materials_project import resolve_mp_snapshot
 
+        query = data_cfg.get("query") or {}
         snapshot = resolve_mp_snapshot(
-            dict(data_cfg.get("query") or {}),
+            OmegaConf.to_container(query, resolve=True) if OmegaConf.is_config(query) else dict(query),
             [str(data_cfg.target)],
             cache_dir,
-            api_key=data_cfg.get("api_key"),
         )
     data = load_source(
         Path(snapshot).expanduser(),

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from crystal_train.data.dataset import PreparedData, graph_settings, prepare_data
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
 from crystal_train.data.splits import split_ids
+from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
 from crystal_train.training.checkpoint import load_checkpoint
 from crystal_train.training.inference import predict, resolve_device
@@ -26,6 +27,7 @@ log = logging.getLogger(__name__)
 def train(cfg: DictConfig, run_dir: Path) -> float:
     """Train, select on validation, score the selected model on every split; returns best val MAE."""
     run_dir = Path(run_dir)
+    take_api_key(cfg, run_dir)
     checkpoint_dir = run_dir / "checkpoints"
     last = checkpoint_dir / "last.pt"
     resume = _should_resume(cfg.trainer.get("resume", "auto"), last)

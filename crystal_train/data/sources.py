@@ -1,0 +1,364 @@
+"""Reading every supported dataset layout into raw, unparsed items.
+
+Structures are not parsed here: `load_source` only collects ids, labels, splits and the
+structure payload (CIF text, a file path or a structure dict). `to_crystal` turns one
+item into a `Crystal` and is meant to run in parallel worker processes.
+
+Layouts, detected from the path:
+
+* ``csv``: one CSV file (plain, ``.gz`` or ``.xz``) with an id column, a CIF column,
+  the target column and an optional ``split`` column (train/val/test).
+* ``split_folder``: a folder holding ``train.csv``, ``val.csv`` and ``test.csv`` in the CSV
+  form above; the split comes from the file name.
+* ``cgcnn_folder``: a folder with ``id_prop.csv`` (id, label; no header) and ``<id>.cif``
+  files. Its single label column is used whatever the target is called; the target name
+  given is kept in ``SourceData.target``.
+* ``json``: ``.json``/``.json.gz`` holding a list of records or a pandas ``split``-oriented
+  table (``{"columns", "index", "data"}``, the matbench form, ids taken from the index).
+* ``snapshot``: a Materials Project snapshot written by `materials_project.download_snapshot`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from crystal_train.data.cif import parse_cif, read_structure_file
+from crystal_train.data.crystal import Crystal, SkippedItem
+from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
+
+ID_COLUMNS = ("material_id", "id", "mbid", "name")
+STRUCTURE_COLUMNS = ("cif", "structure", "cif_text")
+SPLITS = ("train", "val", "test")
+CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
+JSON_SUFFIXES = (".json", ".json.gz")
+CGCNN_LABELS = "id_prop.csv"
+
+
+@dataclass
+class RawItem:
+    """One labelled item whose structure has not been parsed yet."""
+
+    id: str
+    target: float
+    split: str | None  # "train" | "val" | "test" | None
+    cif_text: str | None = None  # CIF text to parse
+    path: str | None = None  # a structure file to read
+    structure: dict | None = None  # pymatgen Structure.as_dict() or {"lattice", "numbers", "frac_coords"}
+
+
+@dataclass
+class SourceData:
+    """Everything read from one data source, before structure parsing."""
+
+    items: list[RawItem]
+    skipped: list[tuple[str, str]]  # (id, reason)
+    fingerprint: str  # sha256 hex of the source content plus the target (and column) names
+    layout: str  # "csv" | "split_folder" | "cgcnn_folder" | "json" | "snapshot"
+    target: str
+    metadata: dict = field(default_factory=dict)
+
+
+def load_source(
+    path: str | Path, target: str, id_column: str | None = None, cif_column: str | None = None
+) -> SourceData:
+    """Detect the layout of `path` and read its items (no structure parsing)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data source {path} does not exist")
+    if path.is_dir():
+        if (path / CGCNN_LABELS).is_file():
+            return _load_cgcnn_folder(path, target)
+        if any((path / f"{split}.csv").is_file() for split in SPLITS):
+            return _load_split_folder(path, target, id_column, cif_column)
+        raise FileNotFoundError(
+            f"data folder {path} has neither {CGCNN_LABELS} (CGCNN layout) "
+            f"nor train.csv/val.csv/test.csv (split-folder layout)"
+        )
+    name = path.name.lower()
+    if name.endswith(CSV_SUFFIXES):
+        return _load_csv(path, target, id_column, cif_column)
+    if name.endswith(JSON_SUFFIXES):
+        return _load_json(path, target, id_column, cif_column)
+    raise ValueError(
+        f"unsupported data file {path}: expected {', '.join(CSV_SUFFIXES + JSON_SUFFIXES)}, "
+        f"a folder with train.csv/val.csv/test.csv, or a CGCNN folder with {CGCNN_LABELS}"
+    )
+
+
+def to_crystal(item: RawItem) -> Crystal:
+    """Parse one item's structure; raises SkippedItem(id, reason) when it cannot be used."""
+    if item.cif_text is not None:
+        crystal = parse_cif(item.cif_text, item.id)
+    elif item.path is not None:
+        crystal = _read_path(item)
+    elif item.structure is not None:
+        crystal = _from_structure_dict(item.structure, item.id)
+    else:
+        raise SkippedItem(item.id, "no structure")
+    return dataclasses.replace(crystal, id=item.id, target=item.target, split=item.split)
+
+
+def _read_path(item: RawItem) -> Crystal:
+    path = Path(item.path)
+    if not path.is_file():
+        raise SkippedItem(item.id, f"missing file {path.name}")
+    try:
+        return read_structure_file(path)
+    except SkippedItem as error:
+        raise SkippedItem(item.id, error.reason) from None
+
+
+def _from_structure_dict(structure: dict, item_id: str) -> Crystal:
+    if "numbers" in structure:
+        return _from_arrays(structure, item_id)
+    from pymatgen.core import Structure
+
+    try:
+        pmg = Structure.from_dict(structure)
+    except Exception as error:  # pymatgen raises many types for bad dicts
+        raise SkippedItem(item_id, f"malformed structure: {type(error).__name__}: {error}") from None
+    if not pmg.is_ordered:
+        raise SkippedItem(item_id, "partial occupancy or disorder")
+    return Crystal.from_pymatgen(pmg, item_id)
+
+
+def _from_arrays(structure: dict, item_id: str) -> Crystal:
+    try:
+        lattice = np.asarray(structure["lattice"], dtype=np.float64)
+        numbers = np.asarray(structure["numbers"], dtype=np.int64)
+        frac_coords = np.asarray(structure["frac_coords"], dtype=np.float64)
+    except (KeyError, TypeError, ValueError) as error:
+        raise SkippedItem(item_id, f"malformed structure arrays: {error}") from None
+    n = len(numbers)
+    if lattice.shape != (3, 3) or numbers.shape != (n,) or frac_coords.shape != (n, 3) or n == 0:
+        raise SkippedItem(
+            item_id,
+            f"malformed structure arrays: lattice {lattice.shape}, numbers {numbers.shape}, "
+            f"frac_coords {frac_coords.shape}",
+        )
+    if not (np.isfinite(lattice).all() and np.isfinite(frac_coords).all()):
+        raise SkippedItem(item_id, "non-finite lattice or coordinates")
+    return Crystal(id=item_id, lattice=lattice, numbers=numbers, frac_coords=frac_coords)
+
+
+# --- layouts ---------------------------------------------------------------------------------
+
+
+def _load_csv(path: Path, target: str, id_column: str | None, cif_column: str | None) -> SourceData:
+    frame = _read_csv(path)
+    builder = _ItemBuilder()
+    columns = builder.add_frame(frame, path, target, id_column, cif_column, split=None)
+    return builder.result(_fingerprint([(path, "")], target, columns), "csv", target)
+
+
+def _load_split_folder(folder: Path, target: str, id_column: str | None, cif_column: str | None) -> SourceData:
+    files = [folder / f"{split}.csv" for split in SPLITS]
+    missing = [f.name for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(f"split folder {folder} is missing {', '.join(missing)}")
+    builder = _ItemBuilder()
+    columns = [
+        builder.add_frame(_read_csv(file), file, target, id_column, cif_column, split=split)
+        for file, split in zip(files, SPLITS)
+    ]
+    entries = [(file, file.name) for file in files]
+    return builder.result(_fingerprint(entries, target, columns), "split_folder", target)
+
+
+def _load_cgcnn_folder(folder: Path, target: str) -> SourceData:
+    labels_file = folder / CGCNN_LABELS
+    frame = pd.read_csv(labels_file, header=None, dtype=str, keep_default_na=False)
+    if frame.shape[1] != 2:
+        raise ValueError(f"{labels_file} must have 2 columns (id, label) and no header; found {frame.shape[1]}")
+    builder = _ItemBuilder()
+    labels = _parse_labels(frame[1])
+    files = [(labels_file, labels_file.name)]
+    for row, (item_id, raw, label) in enumerate(zip(frame[0].str.strip(), frame[1], labels), start=1):
+        cif = folder / f"{item_id}.cif"
+        if not builder.accept(item_id, raw, label, f"{CGCNN_LABELS} line {row}"):
+            continue
+        if not cif.is_file():
+            builder.skip(item_id, f"missing file {cif.name}")
+        elif cif.stat().st_size == 0:
+            builder.skip(item_id, f"empty file {cif.name}")
+        else:
+            files.append((cif, cif.name))
+            builder.items.append(RawItem(id=item_id, target=label, split=None, path=str(cif)))
+    return builder.result(_fingerprint(files, target, None), "cgcnn_folder", target)
+
+
+def _load_json(path: Path, target: str, id_column: str | None, cif_column: str | None) -> SourceData:
+    opener = gzip.open if path.name.lower().endswith(".gz") else open
+    try:
+        with opener(path, "rt", encoding="utf-8") as handle:
+            data = json.load(handle)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read JSON from {path}: {error}") from None
+    if isinstance(data, dict) and data.get("format") == SNAPSHOT_FORMAT:
+        return _load_snapshot(path, data, target)
+    if isinstance(data, dict) and {"columns", "data"} <= data.keys():
+        frame = pd.DataFrame(data["data"], columns=data["columns"], index=data.get("index"))
+        if id_column is None and not any(c in frame.columns for c in ID_COLUMNS):
+            frame = frame.rename_axis("id").reset_index()
+    elif isinstance(data, list) and all(isinstance(record, dict) for record in data):
+        frame = pd.DataFrame.from_records(data)
+    else:
+        raise ValueError(
+            f"{path}: expected a list of records, a pandas table with 'columns'/'index'/'data', "
+            f"or a {SNAPSHOT_FORMAT} file"
+        )
+    builder = _ItemBuilder()
+    columns = builder.add_frame(frame, path, target, id_column, cif_column, split=None)
+    return builder.result(_fingerprint([(path, "")], target, columns), "json", target)
+
+
+def _load_snapshot(path: Path, data: dict, target: str) -> SourceData:
+    if data.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"{path}: snapshot version {data.get('version')!r} is not supported (expected {SNAPSHOT_VERSION})")
+    targets = data.get("targets", [])
+    if target not in targets:
+        raise ValueError(f"{path}: target {target!r} is not in this snapshot; available targets: {', '.join(targets)}")
+    builder = _ItemBuilder()
+    records = data["records"]
+    raws = [record.get("targets", {}).get(target) for record in records]
+    labels = _parse_labels(pd.Series(raws, dtype=object))
+    for index, (record, raw, label) in enumerate(zip(records, raws, labels)):
+        item_id = "" if record.get("id") is None else str(record["id"])
+        if not builder.accept(item_id, raw, label, f"{path.name} record {index}"):
+            continue
+        if not record.get("structure"):
+            builder.skip(item_id, "missing structure")
+        else:
+            builder.items.append(RawItem(id=item_id, target=label, split=None, structure=record["structure"]))
+    metadata = {key: value for key, value in data.items() if key not in ("records", "format", "version")}
+    return builder.result(_fingerprint([(path, "")], target, None), "snapshot", target, metadata)
+
+
+# --- shared helpers ----------------------------------------------------------------------------
+
+
+class _ItemBuilder:
+    """Collects items and skip reasons, keeping the first of duplicate ids."""
+
+    def __init__(self):
+        self.items: list[RawItem] = []
+        self.skipped: list[tuple[str, str]] = []
+        self._seen: set[str] = set()
+
+    def skip(self, item_id: str, reason: str) -> None:
+        self.skipped.append((item_id, reason))
+
+    def accept(self, item_id: str, raw_label, label: float, where: str) -> bool:
+        """Record the id; False (with a skip reason) for a missing id, a duplicate or a bad label."""
+        if not item_id:
+            self.skip(where, "missing id")
+            return False
+        if item_id in self._seen:
+            self.skip(item_id, "duplicate id (first kept)")
+            return False
+        self._seen.add(item_id)
+        if not math.isfinite(label):
+            self.skip(item_id, _label_reason(raw_label))
+            return False
+        return True
+
+    def add_frame(
+        self, frame: pd.DataFrame, path: Path, target: str, id_column: str | None, cif_column: str | None, split: str | None
+    ) -> tuple[str, str]:
+        """Add the rows of one table; returns the (id, structure) columns used."""
+        id_col = _pick_column(frame, path, id_column, ID_COLUMNS, "id", "id_column")
+        struct_col = _pick_column(frame, path, cif_column, STRUCTURE_COLUMNS, "structure/CIF", "cif_column")
+        if target not in frame.columns:
+            raise ValueError(f"{path}: target column {target!r} not found; available columns: {_columns(frame)}")
+        splits = _row_splits(frame, path) if split is None else [split] * len(frame)
+        labels = _parse_labels(frame[target])
+        rows = zip(frame[id_col], frame[target], labels, frame[struct_col], splits)
+        for index, (item_id, raw, label, payload, row_split) in enumerate(rows):
+            item_id = "" if _is_missing(item_id) else str(item_id).strip()
+            if not self.accept(item_id, raw, label, f"{path.name} row {index + 1}"):
+                continue
+            if isinstance(payload, str):
+                if not payload.strip():
+                    self.skip(item_id, "empty CIF")
+                    continue
+                self.items.append(RawItem(id=item_id, target=label, split=row_split, cif_text=payload))
+            elif isinstance(payload, dict) and payload:
+                self.items.append(RawItem(id=item_id, target=label, split=row_split, structure=payload))
+            else:
+                self.skip(item_id, "missing structure")
+        return id_col, struct_col
+
+    def result(self, fingerprint: str, layout: str, target: str, metadata: dict | None = None) -> SourceData:
+        return SourceData(self.items, self.skipped, fingerprint, layout, target, metadata or {})
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, EOFError) as error:  # includes pandas ParserError and empty files
+        raise ValueError(f"cannot read CSV {path}: {error}") from None
+
+
+def _pick_column(frame, path, explicit, candidates, what, option) -> str:
+    if explicit is not None:
+        if explicit not in frame.columns:
+            raise ValueError(f"{path}: {option} {explicit!r} not found; available columns: {_columns(frame)}")
+        return explicit
+    for name in candidates:
+        if name in frame.columns:
+            return name
+    raise ValueError(
+        f"{path}: no {what} column (looked for {', '.join(candidates)}; set {option} to choose one); "
+        f"available columns: {_columns(frame)}"
+    )
+
+
+def _row_splits(frame: pd.DataFrame, path: Path) -> list[str | None]:
+    if "split" not in frame.columns:
+        return [None] * len(frame)
+    values = [value.strip() if isinstance(value, str) else value for value in frame["split"]]
+    bad = sorted({repr(value) for value in values if value not in SPLITS})
+    if bad:
+        raise ValueError(f"{path}: column 'split' has values {', '.join(bad[:10])}; expected only {', '.join(SPLITS)}")
+    return values
+
+
+def _parse_labels(raw: pd.Series) -> np.ndarray:
+    """Floats for every raw label; NaN where the value is missing or not a number."""
+    if raw.dtype == object:
+        raw = raw.map(lambda v: str(v).strip() if isinstance(v, str) else v)
+    return pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _label_reason(raw) -> str:
+    if _is_missing(raw) or (isinstance(raw, str) and not raw.strip()):
+        return "missing label"
+    return f"invalid label {raw!r} (not a finite number)"
+
+
+def _is_missing(value) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _columns(frame: pd.DataFrame) -> str:
+    return ", ".join(str(c) for c in frame.columns)
+
+
+def _fingerprint(files: list[tuple[Path, str]], target: str, columns) -> str:
+    """sha256 over (name, bytes) of each file, the target name and the columns used."""
+    digest = hashlib.sha256(json.dumps({"target": target, "columns": columns}).encode())
+    for file, name in sorted(files, key=lambda entry: entry[1]):
+        digest.update(f"\0{name}\0{file.stat().st_size}\0".encode())
+        with open(file, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()

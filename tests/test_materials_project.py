@@ -1,0 +1,191 @@
+"""Tests for Materials Project snapshots, with a fake MPRester (no network)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import logging
+from datetime import datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crystal_train.data import materials_project as mp
+from crystal_train.data.sources import load_source, to_crystal
+
+API_KEY = "fakeKey0123456789abcdefABCDEF0123"
+QUERY = {"deprecated": False, "num_sites": [1, 200], "energy_above_hull_max": 0.1, "exclude_elements": ["He"]}
+TARGETS = ["formation_energy_per_atom", "band_gap"]
+
+
+def _docs() -> list[SimpleNamespace]:
+    nacl = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    si = Structure(Lattice.cubic(5.43), ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]])
+    return [
+        SimpleNamespace(material_id="mp-22862", structure=nacl, formation_energy_per_atom=-2.1, band_gap=5.0),
+        SimpleNamespace(material_id="mp-149", structure=si, formation_energy_per_atom=0.0, band_gap=0.6),
+        SimpleNamespace(material_id="mp-999", structure=si, formation_energy_per_atom=0.2, band_gap=None),
+    ]
+
+
+class FakeRester:
+    """Stands in for mp_api.client.MPRester: records the key and the search arguments."""
+
+    def __init__(self, api_key: str, docs=None, fail: bool = False):
+        self.api_key = api_key
+        self.searches: list[dict] = []
+        self.materials = SimpleNamespace(summary=SimpleNamespace(search=self._search))
+        self._docs = _docs() if docs is None else docs
+        self._fail = fail
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def _search(self, **kwargs):
+        self.searches.append(kwargs)
+        if self._fail:
+            raise ConnectionError("network down")
+        return self._docs
+
+    def get_database_version(self) -> str:
+        return "2025.09.25"
+
+
+class Factory:
+    def __init__(self, **options):
+        self.options = options
+        self.made: list[FakeRester] = []
+
+    def __call__(self, api_key: str) -> FakeRester:
+        self.made.append(FakeRester(api_key, **self.options))
+        return self.made[-1]
+
+
+def _refuse(api_key):
+    raise AssertionError("the client must not be constructed when the snapshot is cached")
+
+
+def _read(path: Path) -> dict:
+    with gzip.open(path, "rt") as handle:
+        return json.load(handle)
+
+
+def test_download_then_offline_reload(tmp_path):
+    factory = Factory()
+    path = mp.resolve_mp_snapshot(QUERY, TARGETS, tmp_path, api_key=API_KEY, rester_factory=factory)
+    assert path.parent == tmp_path and path.name.endswith(".json.gz")
+    (search,) = factory.made[0].searches
+    assert search == {
+        "fields": ["material_id", "structure", "formation_energy_per_atom", "band_gap"],
+        "chunk_size": 1000,
+        "num_chunks": None,
+        "deprecated": False,
+        "num_sites": (1, 200),
+        "energy_above_hull": (None, 0.1),
+        "exclude_elements": ["He"],
+    }
+    snapshot = _read(path)
+    assert snapshot["format"] == mp.SNAPSHOT_FORMAT and snapshot["version"] == mp.SNAPSHOT_VERSION
+    assert snapshot["query"] == QUERY and snapshot["targets"] == TARGETS
+    assert snapshot["database_version"] == "2025.09.25"
+    assert snapshot["mp_api_version"]
+    assert datetime.fromisoformat(snapshot["created_utc"]).utcoffset().total_seconds() == 0
+    assert snapshot["num_records"] == 3
+
+    again = mp.resolve_mp_snapshot(QUERY, list(reversed(TARGETS)), tmp_path, rester_factory=_refuse)
+    assert again == path
+    data = load_source(again, "band_gap")
+    assert data.layout == "snapshot" and data.metadata["database_version"] == "2025.09.25"
+    assert [(i.id, i.target) for i in data.items] == [("mp-22862", 5.0), ("mp-149", 0.6)]
+    assert data.skipped == [("mp-999", "missing label")]
+    crystal = to_crystal(data.items[0])
+    nacl = _docs()[0].structure
+    np.testing.assert_allclose(crystal.lattice, nacl.lattice.matrix)
+    assert crystal.numbers.tolist() == [11, 17]
+    np.testing.assert_allclose(crystal.frac_coords, nacl.frac_coords)
+
+
+def test_api_key_is_never_written_or_logged(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("MP_API_KEY", API_KEY)
+    factory = Factory()
+    with caplog.at_level(logging.DEBUG):
+        mp.resolve_mp_snapshot(QUERY, TARGETS, tmp_path, rester_factory=factory)
+    assert factory.made[0].api_key == API_KEY  # taken from the environment
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) == 1
+    for file in files:
+        content = file.read_bytes()
+        content = gzip.decompress(content) if file.name.endswith(".gz") else content
+        assert API_KEY.encode() not in content
+    assert caplog.records and all(API_KEY not in record.getMessage() for record in caplog.records)
+
+
+def test_no_key_and_no_snapshot_says_how_to_fix(tmp_path, monkeypatch):
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    with pytest.raises(mp.MissingApiKeyError) as error:
+        mp.resolve_mp_snapshot(QUERY, TARGETS, tmp_path, rester_factory=_refuse)
+    message = str(error.value)
+    assert "MP_API_KEY" in message and "data.snapshot=PATH" in message and str(tmp_path) in message
+
+
+def test_failed_download_leaves_no_file(tmp_path):
+    with pytest.raises(ConnectionError):
+        mp.download_snapshot(QUERY, TARGETS, API_KEY, tmp_path, rester_factory=Factory(fail=True))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_snapshot_path_depends_on_query_and_targets(tmp_path):
+    base = mp.snapshot_path(QUERY, TARGETS, tmp_path)
+    assert mp.snapshot_path(dict(reversed(QUERY.items())), list(reversed(TARGETS)), tmp_path) == base
+    assert mp.snapshot_path({**QUERY, "deprecated": True}, TARGETS, tmp_path) != base
+    assert mp.snapshot_path(QUERY, ["band_gap"], tmp_path) != base
+    with pytest.raises(TypeError, match="JSON-serialisable"):
+        mp.snapshot_path({"elements": {"Si"}}, TARGETS, tmp_path)
+
+
+def test_search_kwargs_validation():
+    assert mp.search_kwargs({"num_elements": 2, "band_gap_min": 0.5, "elements": ["O"]}) == {
+        "num_elements": 2,
+        "elements": ["O"],
+        "band_gap": (0.5, None),
+    }
+    with pytest.raises(ValueError, match="'energy_above_hull' needs a \\[min, max\\] range"):
+        mp.search_kwargs({"energy_above_hull": 0.1})
+    with pytest.raises(ValueError, match="unknown Materials Project query field 'nsites'.*num_sites"):
+        mp.search_kwargs({"nsites": [1, 5]})
+    with pytest.raises(ValueError, match="'fields' is set by crystal-train"):
+        mp.search_kwargs({"fields": ["volume"]})
+    with pytest.raises(ValueError, match="both 'band_gap' and band_gap_min/band_gap_max"):
+        mp.search_kwargs({"band_gap": [0, 1], "band_gap_max": 2})
+
+
+def test_search_kwargs_are_understood_by_installed_mp_api(monkeypatch):
+    """The real SummaryRester.search turns our kwargs into API query parameters (no request sent)."""
+    from mp_api.client.core.client import BaseRester
+    from mp_api.client.routes.materials.summary import SummaryRester
+
+    sent = {}
+    monkeypatch.setattr(BaseRester, "_search", lambda self, **params: sent.update(params) or [])
+    rester = SummaryRester.__new__(SummaryRester)  # skip __init__, which contacts the server
+    rester.search(fields=["material_id"], chunk_size=10, num_chunks=None, **mp.search_kwargs(QUERY))
+    assert {k: sent[k] for k in ("deprecated", "nsites_min", "nsites_max", "energy_above_hull_max", "exclude_elements")} == {
+        "deprecated": False,
+        "nsites_min": 1,
+        "nsites_max": 200,
+        "energy_above_hull_max": 0.1,
+        "exclude_elements": "He",
+    }
+    assert "energy_above_hull_min" not in sent
+
+
+def test_default_cache_dir(monkeypatch, tmp_path):
+    monkeypatch.setenv("CRYSTAL_TRAIN_CACHE", str(tmp_path / "cache"))
+    assert mp.default_cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("CRYSTAL_TRAIN_CACHE")
+    assert mp.default_cache_dir() == Path.home() / ".cache" / "crystal-train"

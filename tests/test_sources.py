@@ -1,0 +1,318 @@
+"""Tests for reading every dataset layout into raw items and parsing them with to_crystal."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from crystal_train.data.crystal import SkippedItem
+from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
+from crystal_train.data.sources import RawItem, load_source, to_crystal
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+def _structures() -> dict[str, Structure]:
+    return {
+        "mp-1": Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "mp-2": Structure(Lattice.cubic(5.43), ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]]),
+        "mp-3": Structure(Lattice.hexagonal(3.2, 5.2), ["Zn", "O"], [[1 / 3, 2 / 3, 0], [1 / 3, 2 / 3, 0.38]]),
+    }
+
+
+TARGETS = {"mp-1": -2.1, "mp-2": 0.0, "mp-3": -1.8}
+SPLIT = {"mp-1": "train", "mp-2": "val", "mp-3": "test"}
+
+
+def _assert_matches(crystal, structure: Structure) -> None:
+    assert crystal.numbers.tolist() == list(structure.atomic_numbers)
+    lattice = Lattice(crystal.lattice)
+    np.testing.assert_allclose(lattice.abc, structure.lattice.abc, atol=1e-4)
+    np.testing.assert_allclose(lattice.angles, structure.lattice.angles, atol=1e-3)
+    delta = crystal.frac_coords - structure.frac_coords
+    np.testing.assert_allclose(delta - np.round(delta), 0, atol=1e-5)
+
+
+def _frame(ids=("mp-1", "mp-2", "mp-3")) -> pd.DataFrame:
+    structures = _structures()
+    return pd.DataFrame(
+        {
+            "material_id": list(ids),
+            "split": [SPLIT[i] for i in ids],
+            "formation_energy_per_atom": [TARGETS[i] for i in ids],
+            "formula": ["NaN"] * len(ids),  # sodium nitride's formula must not read as missing
+            "cif": [structures[i].to(fmt="cif") for i in ids],
+        }
+    )
+
+
+@pytest.mark.parametrize("name", ["data.csv", "data.csv.gz", "data.csv.xz"])
+def test_csv_layout(tmp_path, name):
+    path = tmp_path / name
+    _frame().to_csv(path, index=False)
+    data = load_source(path, "formation_energy_per_atom")
+    assert data.layout == "csv" and data.target == "formation_energy_per_atom" and data.metadata == {}
+    assert data.skipped == []
+    assert [(i.id, i.target, i.split) for i in data.items] == [(k, TARGETS[k], SPLIT[k]) for k in TARGETS]
+    crystal = to_crystal(data.items[2])
+    _assert_matches(crystal, _structures()["mp-3"])
+    assert (crystal.id, crystal.target, crystal.split) == ("mp-3", -1.8, "test")
+
+
+def test_csv_bad_labels_duplicates_and_empty_cif_are_skipped(tmp_path):
+    cif = _structures()["mp-1"].to(fmt="cif")
+    rows = [
+        ("a", "1.5", cif),
+        ("b", "NaN", cif),
+        ("c", "", cif),
+        ("d", "abc", cif),
+        ("e", "inf", cif),
+        ("a", "2.5", cif),
+        ("f", "3.0", ""),
+        ("", "4.0", cif),
+    ]
+    path = tmp_path / "data.csv"
+    pd.DataFrame(rows, columns=["id", "band_gap", "cif"]).to_csv(path, index=False)
+    data = load_source(path, "band_gap")
+    assert [(i.id, i.target, i.split) for i in data.items] == [("a", 1.5, None)]
+    assert data.skipped == [
+        ("b", "invalid label 'NaN' (not a finite number)"),
+        ("c", "missing label"),
+        ("d", "invalid label 'abc' (not a finite number)"),
+        ("e", "invalid label 'inf' (not a finite number)"),
+        ("a", "duplicate id (first kept)"),
+        ("f", "empty CIF"),
+        ("data.csv row 8", "missing id"),
+    ]
+
+
+def test_csv_missing_columns_name_the_column_and_file(tmp_path):
+    path = tmp_path / "data.csv"
+    _frame().to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"data\.csv: target column 'band_gap' not found; available columns: material_id, split"):
+        load_source(path, "band_gap")
+    with pytest.raises(ValueError, match=r"data\.csv: id_column 'mpid' not found"):
+        load_source(path, "formation_energy_per_atom", id_column="mpid")
+    _frame().drop(columns=["cif"]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"data\.csv: no structure/CIF column \(looked for cif, structure, cif_text"):
+        load_source(path, "formation_energy_per_atom")
+    _frame().drop(columns=["material_id"]).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"no id column .*available columns: split, formation_energy_per_atom"):
+        load_source(path, "formation_energy_per_atom")
+
+
+def test_csv_explicit_columns(tmp_path):
+    path = tmp_path / "data.csv"
+    _frame().rename(columns={"material_id": "key", "cif": "text"}).to_csv(path, index=False)
+    data = load_source(path, "formation_energy_per_atom", id_column="key", cif_column="text")
+    assert [i.id for i in data.items] == ["mp-1", "mp-2", "mp-3"]
+    _assert_matches(to_crystal(data.items[0]), _structures()["mp-1"])
+
+
+def test_csv_bad_split_value(tmp_path):
+    path = tmp_path / "data.csv"
+    frame = _frame()
+    frame.loc[1, "split"] = "valid"
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"data\.csv: column 'split' has values 'valid'; expected only train, val, test"):
+        load_source(path, "formation_energy_per_atom")
+
+
+def test_split_folder(tmp_path):
+    for split, ids in {"train": ["mp-1", "mp-2"], "val": ["mp-3"], "test": ["mp-1"]}.items():
+        _frame(ids).drop(columns=["split"]).to_csv(tmp_path / f"{split}.csv", index=False)
+    data = load_source(tmp_path, "formation_energy_per_atom")
+    assert data.layout == "split_folder"
+    assert [(i.id, i.split) for i in data.items] == [("mp-1", "train"), ("mp-2", "train"), ("mp-3", "val")]
+    assert data.skipped == [("mp-1", "duplicate id (first kept)")]
+    _assert_matches(to_crystal(data.items[1]), _structures()["mp-2"])
+    os.remove(tmp_path / "val.csv")
+    with pytest.raises(FileNotFoundError, match="is missing val.csv"):
+        load_source(tmp_path, "formation_energy_per_atom")
+
+
+def _cgcnn_folder(folder: Path) -> Path:
+    folder.mkdir()
+    for item_id, structure in _structures().items():
+        (folder / f"{item_id}.cif").write_text(structure.to(fmt="cif"))
+    (folder / "mp-4.cif").write_text("")
+    (folder / "id_prop.csv").write_text("mp-1,-2.1\nmp-2,0.0\nmp-3,-1.8\nmp-4,1.0\nmp-5,2.0\nmp-6,\n")
+    return folder
+
+
+def test_cgcnn_folder(tmp_path):
+    data = load_source(_cgcnn_folder(tmp_path / "cgcnn"), "formation_energy_per_atom")
+    assert data.layout == "cgcnn_folder" and data.target == "formation_energy_per_atom"
+    assert [(i.id, i.target, i.split) for i in data.items] == [("mp-1", -2.1, None), ("mp-2", 0.0, None), ("mp-3", -1.8, None)]
+    assert data.skipped == [("mp-4", "empty file mp-4.cif"), ("mp-5", "missing file mp-5.cif"), ("mp-6", "missing label")]
+    parse, item = pickle.loads(pickle.dumps((to_crystal, data.items[0])))  # as sent to worker processes
+    crystal = parse(item)
+    _assert_matches(crystal, _structures()["mp-1"])
+    assert (crystal.id, crystal.target) == ("mp-1", -2.1)
+
+
+def test_cgcnn_file_deleted_after_loading_is_skipped(tmp_path):
+    data = load_source(_cgcnn_folder(tmp_path / "cgcnn"), "y")
+    os.remove(tmp_path / "cgcnn" / "mp-2.cif")
+    with pytest.raises(SkippedItem, match="missing file mp-2.cif"):
+        to_crystal(data.items[1])
+
+
+@pytest.mark.parametrize("name", ["data.json", "data.json.gz"])
+def test_json_list(tmp_path, name):
+    structures = _structures()
+    records = [
+        {"material_id": k, "structure": s.as_dict(), "e_form": TARGETS[k], "split": SPLIT[k]}
+        for k, s in structures.items()
+    ]
+    records.append({"material_id": "mp-9", "structure": None, "e_form": 1.0, "split": "train"})
+    path = tmp_path / name
+    opener = gzip.open if name.endswith(".gz") else open
+    with opener(path, "wt") as handle:
+        json.dump(records, handle)
+    data = load_source(path, "e_form")
+    assert data.layout == "json"
+    assert [(i.id, i.target, i.split) for i in data.items] == [(k, TARGETS[k], SPLIT[k]) for k in TARGETS]
+    assert data.skipped == [("mp-9", "missing structure")]
+    _assert_matches(to_crystal(data.items[2]), structures["mp-3"])
+
+
+def test_json_pandas_split_form_uses_the_index_as_id(tmp_path):
+    structures = _structures()
+    table = {
+        "index": ["mb-mp-e_form-000001", "mb-mp-e_form-000002", "mb-mp-e_form-000003"],
+        "columns": ["structure", "e_form"],
+        "data": [[s.as_dict(), TARGETS[k]] for k, s in structures.items()],
+    }
+    path = tmp_path / "matbench_mp_e_form.json.gz"
+    with gzip.open(path, "wt") as handle:
+        json.dump(table, handle)
+    data = load_source(path, "e_form")
+    assert [(i.id, i.target, i.split) for i in data.items] == [
+        ("mb-mp-e_form-000001", -2.1, None),
+        ("mb-mp-e_form-000002", 0.0, None),
+        ("mb-mp-e_form-000003", -1.8, None),
+    ]
+    _assert_matches(to_crystal(data.items[1]), structures["mp-2"])
+    with pytest.raises(ValueError, match="target column 'gap' not found; available columns: id, structure, e_form"):
+        load_source(path, "gap")
+
+
+def _write_snapshot(path: Path) -> None:
+    nacl, si, _ = _structures().values()
+    snapshot = {
+        "format": SNAPSHOT_FORMAT,
+        "version": SNAPSHOT_VERSION,
+        "query": {"deprecated": False},
+        "targets": ["band_gap", "formation_energy_per_atom"],
+        "database_version": "2025.09.25",
+        "mp_api_version": "0.46.5",
+        "created_utc": "2025-10-01T00:00:00+00:00",
+        "records": [
+            {
+                "id": "mp-1",
+                "structure": {"lattice": nacl.lattice.matrix.tolist(), "numbers": [11, 17], "frac_coords": nacl.frac_coords.tolist()},
+                "targets": {"band_gap": 5.0, "formation_energy_per_atom": -2.1},
+            },
+            {"id": "mp-2", "structure": si.as_dict(), "targets": {"band_gap": 0.6, "formation_energy_per_atom": 0.0}},
+            {"id": "mp-3", "structure": si.as_dict(), "targets": {"band_gap": None, "formation_energy_per_atom": 0.1}},
+        ],
+    }
+    with gzip.open(path, "wt") as handle:
+        json.dump(snapshot, handle)
+
+
+def test_snapshot_layout(tmp_path):
+    path = tmp_path / "mp-snapshot.json.gz"
+    _write_snapshot(path)
+    data = load_source(path, "band_gap")
+    assert data.layout == "snapshot"
+    assert [(i.id, i.target, i.split) for i in data.items] == [("mp-1", 5.0, None), ("mp-2", 0.6, None)]
+    assert data.skipped == [("mp-3", "missing label")]
+    assert data.metadata["database_version"] == "2025.09.25"
+    assert data.metadata["query"] == {"deprecated": False}
+    assert "records" not in data.metadata
+    nacl, si, _ = _structures().values()
+    _assert_matches(to_crystal(data.items[0]), nacl)
+    _assert_matches(to_crystal(data.items[1]), si)
+    with pytest.raises(ValueError, match="target 'volume' is not in this snapshot; available targets: band_gap, formation_energy_per_atom"):
+        load_source(path, "volume")
+
+
+def test_to_crystal_rejects_bad_structures():
+    disordered = Structure(Lattice.cubic(4.0), [{"Na": 0.5, "K": 0.5}], [[0, 0, 0]])
+    with pytest.raises(SkippedItem, match="partial occupancy"):
+        to_crystal(RawItem("x", 1.0, None, structure=disordered.as_dict()))
+    bad_arrays = {"lattice": [[1, 0, 0], [0, 1, 0]], "numbers": [1], "frac_coords": [[0, 0, 0]]}
+    with pytest.raises(SkippedItem, match="malformed structure arrays"):
+        to_crystal(RawItem("x", 1.0, None, structure=bad_arrays))
+    with pytest.raises(SkippedItem, match="malformed structure"):
+        to_crystal(RawItem("x", 1.0, None, structure={"sites": "nonsense"}))
+    with pytest.raises(SkippedItem, match="no structure"):
+        to_crystal(RawItem("x", 1.0, None))
+    with pytest.raises(SkippedItem, match="malformed CIF"):
+        to_crystal(RawItem("x", 1.0, None, cif_text="data_x\n_not a cif\n"))
+
+
+def test_fingerprint_tracks_content_and_target_only(tmp_path):
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    _frame().to_csv(first, index=False)
+    _frame().to_csv(second, index=False)
+    base = load_source(first, "formation_energy_per_atom").fingerprint
+    assert len(base) == 64
+    os.utime(first, (1, 1))
+    assert load_source(first, "formation_energy_per_atom").fingerprint == base
+    assert load_source(second, "formation_energy_per_atom").fingerprint == base  # same bytes, other path
+    assert load_source(first, "formation_energy_per_atom", id_column="material_id").fingerprint == base
+    frame = _frame()
+    frame.loc[0, "formation_energy_per_atom"] = -2.2
+    frame.to_csv(second, index=False)
+    assert load_source(second, "formation_energy_per_atom").fingerprint != base
+    frame.to_csv(first, index=False)
+    frame["band_gap"] = 1.0
+    frame.to_csv(first, index=False)
+    assert load_source(first, "band_gap").fingerprint != load_source(first, "formation_energy_per_atom").fingerprint
+
+
+def test_folder_fingerprint_tracks_structure_files(tmp_path):
+    folder = _cgcnn_folder(tmp_path / "cgcnn")
+    base = load_source(folder, "y").fingerprint
+    (folder / "unrelated.txt").write_text("notes")
+    assert load_source(folder, "y").fingerprint == base
+    assert load_source(folder, "z").fingerprint != base
+    (folder / "mp-2.cif").write_text(_structures()["mp-3"].to(fmt="cif"))
+    assert load_source(folder, "y").fingerprint != base
+
+
+def test_unknown_paths_and_layouts(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.csv does not exist"):
+        load_source(tmp_path / "nowhere.csv", "y")
+    (tmp_path / "data.parquet").write_bytes(b"x")
+    with pytest.raises(ValueError, match="unsupported data file .*data.parquet"):
+        load_source(tmp_path / "data.parquet", "y")
+    with pytest.raises(FileNotFoundError, match="neither id_prop.csv .* nor train.csv"):
+        load_source(tmp_path, "y")
+    (tmp_path / "data.json").write_text('{"a": 1}')
+    with pytest.raises(ValueError, match="data.json: expected a list of records"):
+        load_source(tmp_path / "data.json", "y")
+
+
+def test_shared_cgcnn_sample_regression():
+    folder = SHARED / "cgcnn_sample" / "sample-regression"
+    if not (folder / "id_prop.csv").is_file():
+        pytest.skip(f"shared dataset not present at {folder}")
+    data = load_source(folder, "dummy")
+    assert data.layout == "cgcnn_folder" and data.skipped == []
+    assert len(data.items) == 10
+    assert data.items[0].id == "1000041" and data.items[0].target == 1.0
+    crystal = to_crystal(data.items[0])
+    assert crystal.num_atoms > 0 and math.isfinite(crystal.target)
