@@ -1,0 +1,287 @@
+"""CGCNN and SchNet: symmetry invariances, batching, gradients, edge direction, reference layout."""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from graph_utils import make_batch
+
+from crystal_train.data.batch import GraphBatch
+from crystal_train.data.crystal import Crystal
+from crystal_train.data.graphs import GraphSettings
+from crystal_train.models import CGCNN, SchNet
+
+CHECKPOINT = Path("/work/shared/datasets/cgcnn_pretrained/formation-energy-per-atom.pth.tar")
+SETTINGS = {"cgcnn": GraphSettings(cutoff=8.0, max_neighbors=12), "schnet": GraphSettings(cutoff=8.0, max_neighbors=24)}
+ELEMENTS = np.array([3, 8, 14, 26])
+
+
+def random_crystal(rng: np.random.Generator, index: int = 0) -> Crystal:
+    n = int(rng.integers(2, 5))
+    lattice = np.diag(rng.uniform(3.0, 4.5, 3)) + rng.uniform(-0.8, 0.8, (3, 3))
+    return Crystal(
+        id=f"c{index}",
+        lattice=lattice,
+        numbers=rng.choice(ELEMENTS, n),
+        frac_coords=rng.random((n, 3)),
+        target=float(rng.normal()),
+    )
+
+
+def random_table() -> torch.Tensor:
+    return torch.rand(101, 92, generator=torch.Generator().manual_seed(1))
+
+
+def make_model(name: str) -> torch.nn.Module:
+    torch.manual_seed(0)
+    if name == "cgcnn":
+        model = CGCNN(atom_fea_len=16, n_conv=2, h_fea_len=16, n_h=2, atom_features=random_table())
+    else:
+        model = SchNet(hidden_channels=16, num_filters=16, num_interactions=2, num_gaussians=20)
+    return model.double()
+
+
+def warmed_up(name: str) -> torch.nn.Module:
+    """make_model in eval mode; BatchNorm has non-trivial affine parameters and running stats."""
+    model = make_model(name)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm1d):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.normal_(0.0, 0.3)
+    rng = np.random.default_rng(100)
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(make_batch([random_crystal(rng, i) for i in range(3)], SETTINGS[name]))
+    return model.eval()
+
+
+@pytest.fixture(scope="module", params=["cgcnn", "schnet"])
+def eval_model(request):
+    """(name, warmed-up model in eval mode)."""
+    return request.param, warmed_up(request.param)
+
+
+def rotated(c: Crystal, rng) -> Crystal:
+    q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    return replace(c, lattice=c.lattice @ q)
+
+
+def translated(c: Crystal, rng) -> Crystal:
+    return replace(c, frac_coords=(c.frac_coords + rng.random(3)) % 1.0)
+
+
+def permuted(c: Crystal, rng) -> Crystal:
+    perm = rng.permutation(c.num_atoms)
+    if (perm == np.arange(c.num_atoms)).all():
+        perm = perm[::-1]
+    return replace(c, numbers=c.numbers[perm], frac_coords=c.frac_coords[perm])
+
+
+def supercell(c: Crystal, rng) -> Crystal:
+    shifts = np.array(list(itertools.product([0, 1], repeat=3)))
+    frac = ((c.frac_coords[:, None, :] + shifts[None]) / 2).reshape(-1, 3)
+    return replace(c, lattice=2 * c.lattice, numbers=np.repeat(c.numbers, 8), frac_coords=frac)
+
+
+def other_cell(c: Crystal, rng) -> Crystal:
+    """Cell vectors (a, a + b, a + b + c); r = f L = f' M L gives f' = f M^-1."""
+    m = np.array([[1.0, 0, 0], [1, 1, 0], [1, 1, 1]])
+    return replace(c, lattice=m @ c.lattice, frac_coords=(c.frac_coords @ np.linalg.inv(m)) % 1.0)
+
+
+@pytest.mark.parametrize("transform", [rotated, translated, permuted, supercell, other_cell])
+def test_prediction_invariant(eval_model, transform):
+    name, model = eval_model
+    rng = np.random.default_rng(7)
+    crystal = random_crystal(rng)
+    with torch.no_grad():
+        before = model(make_batch([crystal], SETTINGS[name]))
+        after = model(make_batch([transform(crystal, rng)], SETTINGS[name]))
+    assert before.shape == (1,)
+    # float64: symmetry-equivalent inputs agree to rounding, far below the 1e-4 control below.
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-8)
+
+
+def test_prediction_depends_on_geometry(eval_model):
+    """Control for the invariance tests: a strained crystal gets a different prediction."""
+    name, model = eval_model
+    crystal = random_crystal(np.random.default_rng(7))
+    strained = replace(crystal, lattice=crystal.lattice * np.array([[1.1], [1.0], [1.0]]))
+    with torch.no_grad():
+        before = model(make_batch([crystal], SETTINGS[name]))
+        after = model(make_batch([strained], SETTINGS[name]))
+    assert (after - before).abs().item() > 1e-4
+
+
+def test_batch_equals_single_crystals(eval_model):
+    name, model = eval_model
+    rng = np.random.default_rng(3)
+    crystals = [random_crystal(rng, i) for i in range(3)]
+    with torch.no_grad():
+        together = model(make_batch(crystals, SETTINGS[name]))
+        alone = torch.cat([model(make_batch([c], SETTINGS[name])) for c in crystals])
+    assert together.shape == (3,)
+    torch.testing.assert_close(together, alone, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["cgcnn", "schnet"])
+def test_gradients_reach_every_parameter(name):
+    model = make_model(name).train()
+    rng = np.random.default_rng(5)
+    batch = make_batch([random_crystal(rng, i) for i in range(4)], SETTINGS[name])
+    F.mse_loss(model(batch), batch.targets).backward()
+    for param_name, param in model.named_parameters():
+        assert param.grad is not None, param_name
+        if param_name.endswith("fc_full.bias"):
+            # bn1 subtracts the batch mean of fc_full's output, so in training mode this bias
+            # (kept for the reference's parameter layout) has an exactly zero gradient.
+            assert param.grad.abs().max() < 1e-10, param_name
+        else:
+            assert param.grad.abs().max() > 1e-8, param_name
+
+
+def first_layer(name: str, model, x, edge_index, distances):
+    """The model's first message-passing layer, including its residual."""
+    if name == "cgcnn":
+        return model.convs[0](x, edge_index, model.gaussian(distances))
+    return x + model.interactions[0](x, edge_index, distances, model.distance_expansion(distances))
+
+
+def test_messages_flow_from_row_0_to_row_1(eval_model):
+    name, model = eval_model
+    width = model.embedding.out_features if name == "cgcnn" else model.embedding.embedding_dim
+    x = torch.rand(3, width, dtype=torch.float64)
+    edge_index = torch.tensor([[0], [1]])  # atom 0 is the neighbour j of centre atom 1
+    distances = torch.tensor([2.0], dtype=torch.float64)
+    with torch.no_grad():
+        out = first_layer(name, model, x, edge_index, distances)
+        out_j = first_layer(name, model, x + torch.tensor([[1.0], [0.0], [0.0]]), edge_index, distances)
+        out_i = first_layer(name, model, x + torch.tensor([[0.0], [1.0], [0.0]]), edge_index, distances)
+    assert not torch.allclose(out_j[1], out[1])  # the centre hears its neighbour
+    torch.testing.assert_close(out_j[2], out[2])  # an unconnected atom does not
+    torch.testing.assert_close(out_i[0], out[0])  # and the neighbour does not hear the centre
+
+
+def random_graph_batch(rng: np.random.Generator, num_graphs: int = 3) -> GraphBatch:
+    """Random directed edges and distances: no symmetry that could hide a swapped edge direction."""
+    sizes = rng.integers(3, 6, num_graphs)
+    offsets = np.cumsum(np.r_[0, sizes[:-1]])
+    edge_index = np.concatenate([o + rng.integers(0, n, (2, 4 * n)) for n, o in zip(sizes, offsets)], axis=1)
+    return GraphBatch(
+        atomic_numbers=torch.from_numpy(rng.choice(ELEMENTS, sizes.sum())),
+        edge_index=torch.from_numpy(edge_index),
+        distances=torch.from_numpy(rng.uniform(1.0, 7.5, edge_index.shape[1])),
+        batch=torch.from_numpy(np.repeat(np.arange(num_graphs), sizes)),
+        num_graphs=num_graphs,
+    )
+
+
+def mean_per_graph(values: torch.Tensor, batch) -> torch.Tensor:
+    return torch.stack([values[batch.batch == g].mean(0) for g in range(batch.num_graphs)])
+
+
+def naive_cgcnn(model: CGCNN, batch) -> torch.Tensor:
+    """CGCNN (default Gaussians) written out as the reference does: v_i ⊕ v_j ⊕ u_ij per edge."""
+    x = model.embedding(model.atom_features[batch.atomic_numbers])
+    centers = 0.2 * torch.arange(41, dtype=batch.distances.dtype)  # reference: arange(0, 8 + 0.2, 0.2)
+    edge_attr = torch.exp(-((batch.distances[:, None] - centers) ** 2) / 0.2**2)
+    src, dst = batch.edge_index
+    for conv in model.convs:
+        z = conv.fc_full(torch.cat([x[dst], x[src], edge_attr], dim=1))
+        z_filter, z_core = conv.bn1(z).chunk(2, dim=1)
+        messages = torch.sigmoid(z_filter) * F.softplus(z_core)
+        x = F.softplus(x + conv.bn2(torch.zeros_like(x).index_add_(0, dst, messages)))
+    crys = F.softplus(model.conv_to_fc(F.softplus(mean_per_graph(x, batch))))
+    if model.n_h > 1:
+        for fc in model.fcs:
+            crys = F.softplus(fc(crys))
+    return model.fc_out(crys).squeeze(-1)
+
+
+def naive_schnet(model: SchNet, batch) -> torch.Tensor:
+    """SchNet with CFConv written out: filters W(d) on edges j -> i, messages summed at i."""
+    h = model.embedding(batch.atomic_numbers)
+    d = batch.distances
+    centers = torch.linspace(0.0, model.cutoff, model.distance_expansion.offset.numel(), dtype=d.dtype)
+    rbf = torch.exp(-0.5 * ((d[:, None] - centers) / (centers[1] - centers[0])) ** 2)
+    envelope = 0.5 * (torch.cos(torch.pi * d / model.cutoff) + 1.0)
+    src, dst = batch.edge_index
+    for block in model.interactions:
+        messages = block.conv.lin1(h)[src] * block.conv.nn(rbf) * envelope[:, None]
+        summed = messages.new_zeros(len(h), messages.shape[1]).index_add_(0, dst, messages)
+        h = h + block.lin(block.act(block.conv.lin2(summed)))
+    return mean_per_graph(model.lin2(model.act(model.lin1(h))), batch).squeeze(-1)
+
+
+@pytest.mark.parametrize("train", [True, False])
+def test_cgcnn_split_linear_equals_concatenation(train):
+    model = warmed_up("cgcnn")
+    batch = random_graph_batch(np.random.default_rng(11))
+    model.train(train)
+    with torch.no_grad():
+        ours, naive = model(batch), naive_cgcnn(model, batch)
+    torch.testing.assert_close(ours, naive, rtol=0, atol=1e-5)
+
+
+def test_schnet_equals_written_out_cfconv():
+    model = make_model("schnet")
+    batch = random_graph_batch(np.random.default_rng(12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), naive_schnet(model, batch), rtol=0, atol=1e-5)
+
+
+def reference_parameter_count(orig: int, nbr: int, atom: int, n_conv: int, h: int, n_h: int) -> int:
+    """Trainable parameters of the reference CrystalGraphConvNet, layer by layer."""
+
+    def linear(n_in, n_out):
+        return n_in * n_out + n_out
+
+    def batchnorm(features):
+        return 2 * features
+
+    conv = linear(2 * atom + nbr, 2 * atom) + batchnorm(2 * atom) + batchnorm(atom)
+    return linear(orig, atom) + n_conv * conv + linear(atom, h) + (n_h - 1) * linear(h, h) + linear(h, 1)
+
+
+def test_cgcnn_parameter_count_and_buffers_match_reference():
+    model = CGCNN(atom_fea_len=64, n_conv=4, h_fea_len=32, n_h=1, atom_features=random_table())
+    count = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    assert count == reference_parameter_count(92, 41, 64, 4, 32, 1)
+    state = model.state_dict()
+    assert "atom_features" in state and not any("centers" in k for k in state)
+    assert not hasattr(model, "fcs")  # hidden layers only for n_h > 1, as in the reference
+    assert CGCNN(n_h=3, atom_features=random_table()).fcs[1].weight.shape == (128, 128)
+
+
+@pytest.mark.skipif(not CHECKPOINT.exists(), reason="reference CGCNN checkpoint not available")
+def test_cgcnn_loads_reference_checkpoint():
+    with torch.serialization.safe_globals([argparse.Namespace]):  # older copies store args as a Namespace
+        checkpoint = torch.load(CHECKPOINT, map_location="cpu", weights_only=True)
+    reference, args = checkpoint["state_dict"], checkpoint["args"]
+    args = vars(args) if isinstance(args, argparse.Namespace) else args
+    sizes = {k: args[k] for k in ("atom_fea_len", "n_conv", "h_fea_len", "n_h")}
+    model = CGCNN(**sizes, atom_features=random_table())
+    ours = {k: v.shape for k, v in model.state_dict().items() if k != "atom_features"}
+    # The checkpoint predates BatchNorm's num_batches_tracked buffer.
+    assert {k: s for k, s in ours.items() if not k.endswith("num_batches_tracked")} == {
+        k: v.shape for k, v in reference.items()
+    }
+    model.load_state_dict({**reference, "atom_features": model.atom_features}, strict=True)
+    model.double().eval()
+    batch = make_batch([random_crystal(np.random.default_rng(13), i) for i in range(2)], SETTINGS["cgcnn"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), naive_cgcnn(model, batch), rtol=0, atol=1e-5)
+
+
+def test_cgcnn_default_table_is_the_feature_table():
+    features = pytest.importorskip("crystal_train.data.features")
+    table = features.cgcnn_feature_table()
+    torch.testing.assert_close(CGCNN().atom_features, table.to(torch.get_default_dtype()))
