@@ -42,7 +42,7 @@ class _Source:
 def graph_settings(cfg) -> GraphSettings:
     """GraphSettings from the `graph` config block."""
     max_neighbors = cfg.get("max_neighbors")
-    return GraphSettings(cutoff=float(cfg.cutoff), max_neighbors=None if max_neighbors is None else int(max_neighbors))
+    return GraphSettings(cutoff=float(cfg["cutoff"]), max_neighbors=None if max_neighbors is None else int(max_neighbors))
 
 
 def default_cache_dir() -> Path:

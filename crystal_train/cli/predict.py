@@ -1,0 +1,77 @@
+"""`crystal-predict ckpt=PATH input=FILE_OR_DIR output=preds.csv`: predictions for new structures."""
+
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from crystal_train.data.dataset import graph_settings, report_skipped
+from crystal_train.data.features import supported_elements
+from crystal_train.data.loader import DeviceGraphs
+from crystal_train.data.sources import RawItem, to_crystal
+from crystal_train.data.store import build_store
+from crystal_train.training import artifacts
+from crystal_train.training.checkpoint import load_model
+from crystal_train.training.inference import predict, resolve_device
+from crystal_train.training.metrics import Normalizer
+
+log = logging.getLogger(__name__)
+
+STRUCTURE_PATTERNS = ("*.cif", "*.vasp", "POSCAR*", "CONTCAR*")
+
+
+def structure_files(path: Path) -> list[Path]:
+    """The structure files at `path`: the file itself, or the matching files in a folder."""
+    if path.is_dir():
+        files = sorted({f for pattern in STRUCTURE_PATTERNS for f in path.glob(pattern) if f.is_file()})
+        if not files:
+            raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_PATTERNS)}) in {path}")
+        return files
+    if not path.exists():
+        raise FileNotFoundError(f"input not found: {path}")
+    return [path]
+
+
+def file_id(path: Path) -> str:
+    """The file name without its extension (POSCAR/CONTCAR names are kept whole)."""
+    return path.name if path.name.startswith(("POSCAR", "CONTCAR")) else path.name.split(".")[0]
+
+
+def run_predict(cfg: DictConfig) -> Path:
+    """Predict every readable structure; unreadable ones are logged and listed beside the output."""
+    checkpoint, model = load_model(Path(cfg.ckpt).expanduser(), atom_init=cfg.get("atom_init"))
+    device = resolve_device(str(cfg.device))
+    model.to(device)
+    files = structure_files(Path(cfg.input).expanduser())
+    items = [RawItem(id=file_id(f), target=math.nan, split=None, path=str(f)) for f in files]
+    table = getattr(model, "atom_features", None)
+    supported = supported_elements(table.cpu()) if table is not None else None
+    store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), supported)
+    report_skipped(store)
+    output = Path(cfg.output).expanduser()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if store.skipped:
+        skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
+        artifacts.write_skipped(skipped_path, store.skipped)
+        for item_id, reason in store.skipped:
+            log.warning("Not predicted: %s (%s)", item_id, reason)
+    predictions = predict(
+        model, DeviceGraphs(store, device), np.arange(len(store)), Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size)
+    )
+    artifacts.write_predictions(output, store.ids, predictions)
+    log.info("Wrote %d predictions (%s, %s) to %s", len(store), checkpoint.get("target"), checkpoint.get("units"), output)
+    return output
+
+
+@hydra.main(version_base="1.3", config_path="pkg://crystal_train.configs", config_name="predict")
+def main(cfg: DictConfig) -> None:
+    run_predict(cfg)
+
+
+if __name__ == "__main__":
+    main()
