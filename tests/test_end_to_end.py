@@ -1,0 +1,110 @@
+"""End to end: crystal-train on the demo data writes every run file; crystal-eval reproduces it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+from crystal_train.cli.evaluate import evaluate
+from crystal_train.training.run import train
+
+RUN_FILES = (
+    "metrics.json",
+    "checkpoints/best.pt",
+    "checkpoints/last.pt",
+    "history.csv",
+    "predictions_test.csv",
+    "split.json",
+    "skipped.csv",
+    "config.yaml",
+)
+DEMO_OVERRIDES = ["data=demo", "data.num_crystals=120", "model.n_conv=2", "trainer.batch_size=32", "seed=7"]
+
+
+def _compose(config_name: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="crystal_train.configs", version_base="1.3"):
+        return compose(config_name=config_name, overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    """One short CGCNN training on the demo data, shared by the tests below."""
+    root = tmp_path_factory.mktemp("demo_run")
+    cfg = _compose(
+        "train",
+        [*DEMO_OVERRIDES, f"data.cache_dir={root / 'cache'}", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=3"],
+    )
+    run_dir = root / "run"
+    run_dir.mkdir()
+    best_val = train(cfg, run_dir)
+    return run_dir, root / "cache", best_val
+
+
+@pytest.mark.slow
+def test_training_writes_every_run_file(demo_run):
+    run_dir, _, best_val = demo_run
+    for name in RUN_FILES:
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for split in ("train", "val", "test"):
+        assert set(metrics[split]) == {"mae", "rmse", "r2", "n"}
+        assert metrics[split]["n"] > 0
+    assert metrics["val"]["mae"] == pytest.approx(best_val, rel=1e-5)
+    assert metrics["target"] == "formation_energy_per_atom" and metrics["units"] == "eV/atom"
+    assert metrics["baseline_test_mae"] > 0 and 1 <= metrics["best_epoch"] <= 3
+    with open(run_dir / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_mae", "val_mae", "seconds"}
+    split = json.loads((run_dir / "split.json").read_text())
+    assert sum(len(ids) for ids in split.values()) == 120
+    assert not set(split["train"]) & set(split["test"])
+    with open(run_dir / "predictions_test.csv") as handle:
+        predictions = list(csv.DictReader(handle))
+    assert [p["id"] for p in predictions] == split["test"]
+    assert list(predictions[0]) == ["id", "target", "prediction"]
+
+
+@pytest.mark.slow
+def test_eval_reproduces_test_mae_with_no_other_argument(demo_run, tmp_path):
+    run_dir, _, _ = demo_run
+    cfg = _compose("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"output={tmp_path}", "device=cpu"])
+    report = evaluate(cfg)
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    assert report["test"]["mae"] == pytest.approx(trained["test"]["mae"], abs=1e-5)
+    assert report["test"]["n"] == trained["test"]["n"]
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["test"] == report["test"] and (tmp_path / "predictions_test.csv").is_file()
+
+
+@pytest.mark.slow
+def test_same_settings_reuse_the_graph_cache(demo_run, tmp_path):
+    _, cache, _ = demo_run
+    caches = sorted(cache.glob("graphs/graphs-*.pt"))
+    cfg = _compose(
+        "train",
+        [*DEMO_OVERRIDES, f"data.cache_dir={cache}", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=1"],
+    )
+    train(cfg, tmp_path)
+    assert sorted(cache.glob("graphs/graphs-*.pt")) == caches
+
+
+def test_installed_cli_prints_composed_config_from_any_directory(tmp_path):
+    """The console script finds its packaged configs when run outside the repository."""
+    env = {**os.environ, "PYTHONPATH": ""}
+    script = Path(sys.executable).with_name("crystal-train")
+    result = subprocess.run(
+        [str(script), "--cfg", "job", "model=schnet", "data=mp_gap"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "crystal_train.models.schnet.SchNet" in result.stdout
+    assert "target: band_gap" in result.stdout
