@@ -70,19 +70,45 @@ def _concat_ranges(starts: torch.Tensor, counts: torch.Tensor, total: int):
 
 
 class BatchIterator:
-    """Iterates over batches of the given crystal indices, shuffled each epoch when asked."""
+    """Iterates over batches of the given crystal indices, shuffled each epoch when asked.
 
-    def __init__(self, graphs: DeviceGraphs, indices: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0):
+    With world_size > 1 each rank takes every world_size-th crystal of the (identically seeded)
+    order, as torch's DistributedSampler does; `pad` repeats a few crystals so every rank gets
+    the same number of batches (needed for training, not for validation).
+    """
+
+    def __init__(
+        self,
+        graphs: DeviceGraphs,
+        indices: np.ndarray,
+        batch_size: int,
+        shuffle: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        pad: bool = True,
+    ):
         self.graphs = graphs
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = int(batch_size)
         self.shuffle = shuffle
         self.rng = np.random.default_rng(seed)
+        self.rank, self.world_size, self.pad = rank, world_size, pad
+
+    def _shard(self, order: np.ndarray) -> np.ndarray:
+        if self.world_size == 1:
+            return order
+        if self.pad and len(order) % self.world_size:
+            order = np.resize(order, math.ceil(len(order) / self.world_size) * self.world_size)
+        return order[self.rank :: self.world_size]
 
     def __len__(self) -> int:
-        return math.ceil(len(self.indices) / self.batch_size)
+        count = len(self.indices)
+        if self.world_size > 1:
+            count = math.ceil(count / self.world_size) if self.pad else len(range(self.rank, count, self.world_size))
+        return math.ceil(count / self.batch_size)
 
     def __iter__(self):
-        order = self.rng.permutation(self.indices) if self.shuffle else self.indices
+        order = self._shard(self.rng.permutation(self.indices) if self.shuffle else self.indices)
         for start in range(0, len(order), self.batch_size):
             yield self.graphs.batch(order[start : start + self.batch_size])

@@ -15,6 +15,7 @@ from tqdm import tqdm
 
 from crystal_train.data.loader import BatchIterator
 from crystal_train.training.checkpoint import save_checkpoint
+from crystal_train.training.distributed import DistributedContext
 from crystal_train.training.metrics import Normalizer
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,7 @@ class Trainer:
         checkpoint_dir: Path,
         checkpoint_meta: dict,
         on_epoch_end=None,
+        context: DistributedContext | None = None,
     ):
         self.model = model
         self.optimizer = optimizer
@@ -67,7 +69,10 @@ class Trainer:
         self.state = TrainState()
         self.loss_fn = LOSSES[trainer_cfg.get("loss", "mse")]
         self.autocast_dtype = torch.bfloat16 if str(trainer_cfg.get("precision", "32")) == "bf16" else None
-        self.forward = torch.compile(model, dynamic=True) if trainer_cfg.get("compile", False) else model
+        self.context = context or DistributedContext(device=next(model.parameters()).device)
+        self.train_forward, self.eval_forward = _forwards(model, self.context, bool(trainer_cfg.get("compile", False)))
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.warmup_steps = int(trainer_cfg.get("warmup_epochs", 0)) * len(train_batches)
 
     # ----- checkpoints ------------------------------------------------------------------
     def checkpoint(self) -> dict:
@@ -111,7 +116,7 @@ class Trainer:
             train_loss, train_mae = self._train_epoch()
             val_mae = self._validate()
             epoch = self.state.epoch + 1
-            if self.scheduler is not None:
+            if self.scheduler is not None and epoch * len(self.train_batches) >= self.warmup_steps:
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(val_mae)
                 else:
@@ -125,15 +130,16 @@ class Trainer:
             self.state.stopped_early = self.state.epochs_since_best >= patience
             row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_mae=train_mae, val_mae=val_mae, seconds=time.perf_counter() - start)
             self.state.history.append(row)
-            checkpoint = self.checkpoint()
-            if improved:
-                save_checkpoint(self.checkpoint_dir / "best.pt", **checkpoint)
-            save_checkpoint(self.checkpoint_dir / "last.pt", **checkpoint)
+            if self.context.is_main:
+                checkpoint = self.checkpoint()
+                if improved:
+                    save_checkpoint(self.checkpoint_dir / "best.pt", **checkpoint)
+                save_checkpoint(self.checkpoint_dir / "last.pt", **checkpoint)
             log.info(
                 "epoch %d/%d  lr %.2e  train loss %.4f  train MAE %.4f  val MAE %.4f%s  (%.1f s)",
                 epoch, max_epochs, lr, train_loss, train_mae, val_mae, "  *best*" if improved else "", row["seconds"],
             )
-            if self.on_epoch_end is not None:
+            if self.on_epoch_end is not None and self.context.is_main:
                 self.on_epoch_end(self.state)
         if self.state.stopped_early:
             log.info("Early stopping: no val MAE improvement for %d epochs (best %.4f at epoch %d)", patience, self.state.best_val_mae, self.state.best_epoch)
@@ -147,9 +153,11 @@ class Trainer:
         abs_error_sum = torch.zeros((), device=device)
         count = 0
         batches = tqdm(self.train_batches, desc=f"epoch {self.state.epoch + 1}", leave=False, disable=not self.cfg.get("progress_bar", True), mininterval=1.0)
-        for batch in batches:
+        for step, batch in enumerate(batches, start=self.state.epoch * len(self.train_batches)):
+            if step < self.warmup_steps:
+                self._set_warmup_lr(step)
             with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-                output = self.forward(batch)
+                output = self.train_forward(batch)
             output = output.float()
             target = self.normalizer.normalize(batch.targets)
             loss = self.loss_fn(output, target)
@@ -161,6 +169,8 @@ class Trainer:
             loss_sum += loss.detach() * batch.num_graphs
             abs_error_sum += (output.detach() - target).abs().sum() * self.normalizer.std
             count += batch.num_graphs
+        totals = self.context.all_reduce_sum(torch.stack([loss_sum, abs_error_sum, torch.tensor(float(count), device=device)]))
+        loss_sum, abs_error_sum, count = totals[0], totals[1], int(totals[2])
         train_loss = float(loss_sum) / max(count, 1)
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(
@@ -169,19 +179,36 @@ class Trainer:
             )
         return train_loss, float(abs_error_sum) / max(count, 1)
 
+    def _set_warmup_lr(self, step: int) -> None:
+        """Linear warm-up from base_lr / warmup_steps to base_lr."""
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * (step + 1) / self.warmup_steps
+
     @torch.no_grad()
     def _validate(self) -> float:
         self.model.eval()
+        self.context.broadcast_buffers(self.model)
         device = next(self.model.parameters()).device
         abs_error_sum = torch.zeros((), device=device, dtype=torch.float64)
         count = 0
         for batch in self.val_batches:
             with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-                output = self.forward(batch)
+                output = self.eval_forward(batch)
             prediction = self.normalizer.denormalize(output.double())
             abs_error_sum += (prediction - batch.targets.double()).abs().sum()
             count += batch.num_graphs
-        return float(abs_error_sum) / max(count, 1)
+        totals = self.context.all_reduce_sum(torch.stack([abs_error_sum, torch.tensor(float(count), device=device, dtype=torch.float64)]))
+        return float(totals[0]) / max(float(totals[1]), 1.0)
+
+
+def _forwards(model: torch.nn.Module, context: DistributedContext, compile_model: bool):
+    """(training forward, evaluation forward): DDP-wrapped for training under torchrun, compiled if asked."""
+    eval_forward = torch.compile(model, dynamic=True) if compile_model else model
+    if not context.enabled:
+        return eval_forward, eval_forward
+    device_ids = [context.device.index] if context.device.type == "cuda" else None
+    train_forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return (torch.compile(train_forward, dynamic=True) if compile_model else train_forward), eval_forward
 
 
 def _as_tuple(value):

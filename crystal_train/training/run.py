@@ -17,50 +17,71 @@ from crystal_train.data.splits import split_ids
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
 from crystal_train.training.checkpoint import load_checkpoint
+from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
 from crystal_train.training.inference import predict, resolve_device
 from crystal_train.training.loop import Trainer, seed_everything
+from crystal_train.training.loggers import make_loggers
 from crystal_train.training.metrics import Normalizer
+from crystal_train.training.plots import learning_curve_plot, parity_plot
 
 log = logging.getLogger(__name__)
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
-    """Train, select on validation, score the selected model on every split; returns best val MAE."""
+    """Train, select on validation, score the selected model on every split; returns best val MAE.
+
+    Under torchrun every rank trains on its shard of each epoch; only rank 0 writes files.
+    """
     run_dir = Path(run_dir)
     take_api_key(cfg, run_dir)
+    context = setup_distributed(resolve_device(str(cfg.trainer.device)))
+    try:
+        return _train(cfg, run_dir, context)
+    finally:
+        shutdown_distributed(context)
+
+
+def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float:
     checkpoint_dir = run_dir / "checkpoints"
     last = checkpoint_dir / "last.pt"
     resume = _should_resume(cfg.trainer.get("resume", "auto"), last)
-    if resume:
-        saved = load_checkpoint(last)
-        _keep_old_config(run_dir)
-        with open_dict(cfg):
-            cfg.seed = saved["config"]["seed"]
-    elif cfg.get("seed") is None:
-        with open_dict(cfg):
-            cfg.seed = secrets.randbelow(2**31)
-    OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+    saved = load_checkpoint(last) if resume else None
+    with open_dict(cfg):
+        cfg.seed = _agreed_seed(cfg.get("seed") if saved is None else saved["config"]["seed"], context)
+    if context.is_main:
+        if resume:
+            _keep_old_config(run_dir)
+        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
 
     data = prepare_data(cfg.data, graph_settings(cfg.graph))
-    artifacts.write_json(run_dir / "split.json", split_ids(data.store, data.splits))
-    artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)
+    if context.is_main:
+        artifacts.write_json(run_dir / "split.json", split_ids(data.store, data.splits))
+        artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)
     normalizer = Normalizer.fit(data.store.targets[data.splits["train"]])
 
-    device = resolve_device(str(cfg.trainer.device))
+    device = context.device
     graphs = DeviceGraphs(data.store, device)
+    loggers = make_loggers(cfg.get("logger"), run_dir) if context.is_main else []
     model = hydra.utils.instantiate(cfg.model).to(device)
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
-    scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler") else None
-    log.info("Model %s with %d parameters on %s", type(model).__name__, sum(p.numel() for p in model.parameters()), device)
+    scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler", {}).get("_target_") else None
+    log.info(
+        "Model %s with %d parameters on %s%s",
+        type(model).__name__, sum(p.numel() for p in model.parameters()), device,
+        f" (rank {context.rank} of {context.world_size})" if context.enabled else "",
+    )
 
     trainer = Trainer(
         model,
         optimizer,
         scheduler,
         normalizer,
-        BatchIterator(graphs, data.splits["train"], cfg.trainer.batch_size, shuffle=True, seed=int(cfg.seed)),
-        BatchIterator(graphs, data.splits["val"], cfg.trainer.eval_batch_size),
+        BatchIterator(
+            graphs, data.splits["train"], cfg.trainer.batch_size, shuffle=True, seed=int(cfg.seed),
+            rank=context.rank, world_size=context.world_size,
+        ),
+        BatchIterator(graphs, data.splits["val"], cfg.trainer.eval_batch_size, rank=context.rank, world_size=context.world_size, pad=False),
         cfg.trainer,
         checkpoint_dir,
         checkpoint_meta={
@@ -69,24 +90,41 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
             "units": data.units,
             "split_ids": split_ids(data.store, data.splits),
         },
-        on_epoch_end=lambda state: artifacts.write_history(run_dir / "history.csv", state.history),
+        on_epoch_end=lambda state: _log_epoch(run_dir, state, loggers),
+        context=context,
     )
     if resume:
         trainer.restore(saved)
         log.info("Resumed from %s after epoch %d", last, trainer.state.epoch)
-    state = trainer.fit()
-    artifacts.write_history(run_dir / "history.csv", state.history)
-
-    best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
-    model.load_state_dict(best["model_state"])
-    report = score_splits(model, graphs, data, normalizer, int(cfg.trainer.eval_batch_size), run_dir, ("train", "val", "test"))
-    report.update(best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed))
-    artifacts.write_json(run_dir / "metrics.json", report)
-    log.info(
-        "Best epoch %d: val MAE %.4f, test MAE %.4f %s (mean-predictor baseline %.4f)",
-        state.best_epoch, report["val"]["mae"], report["test"]["mae"] or float("nan"), data.units, report.get("baseline_test_mae", float("nan")),
-    )
+    try:
+        state = trainer.fit()
+    finally:
+        for logger in loggers:
+            logger.close()
+    if context.is_main:
+        artifacts.write_history(run_dir / "history.csv", state.history)
+        learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units)
+        best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
+        model.load_state_dict(best["model_state"])
+        report = score_splits(model, graphs, data, normalizer, int(cfg.trainer.eval_batch_size), run_dir, ("train", "val", "test"))
+        report.update(best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed))
+        artifacts.write_json(run_dir / "metrics.json", report)
+        log.info(
+            "Best epoch %d: val MAE %.4f, test MAE %.4f %s (mean-predictor baseline %.4f)",
+            state.best_epoch, report["val"]["mae"], report["test"]["mae"] or float("nan"), data.units, report.get("baseline_test_mae", float("nan")),
+        )
+    context.barrier()
     return float(state.best_val_mae)
+
+
+def _agreed_seed(seed, context: DistributedContext) -> int:
+    """The configured seed, or one drawn on rank 0 and shared with every rank."""
+    if seed is not None:
+        return int(seed)
+    drawn = [secrets.randbelow(2**31)]
+    if context.enabled:
+        torch.distributed.broadcast_object_list(drawn, src=0)
+    return int(drawn[0])
 
 
 def score_splits(
@@ -108,7 +146,14 @@ def score_splits(
         results[name] = (targets, predictions)
         if name in prediction_splits:
             artifacts.write_predictions(out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predictions, targets)
+            parity_plot(targets, predictions, out_dir / f"parity_{name}.png", data.target, data.units, split=name)
     return artifacts.metrics_report(results, data.target, data.units, normalizer.mean)
+
+
+def _log_epoch(run_dir: Path, state, loggers) -> None:
+    artifacts.write_history(run_dir / "history.csv", state.history)
+    for logger in loggers:
+        logger.log_epoch(state.history[-1])
 
 
 def _should_resume(setting, last: Path) -> bool:

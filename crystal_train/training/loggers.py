@@ -1,0 +1,51 @@
+"""Per-epoch loggers called by the training loop (history.csv is written separately)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+SCALARS = ("train_loss", "train_mae", "val_mae", "lr", "seconds")
+
+
+class EpochLogger:
+    """Receives one history row (epoch, lr, train_loss, train_mae, val_mae, seconds) per epoch."""
+
+    def log_epoch(self, row: dict) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Flush and release resources; the default does nothing."""
+
+
+class TensorBoardLogger(EpochLogger):
+    """Writes the epoch scalars as TensorBoard events under ``log_dir``."""
+
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as error:
+            raise ImportError(
+                "logger=tensorboard needs the tensorboard package: pip install tensorboard "
+                "(or install crystal-train with the `tensorboard` extra: pip install 'crystal-train[tensorboard]')"
+            ) from error
+        self.log_dir = Path(log_dir)
+        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+
+    def log_epoch(self, row: dict) -> None:
+        step = int(row["epoch"])
+        for key in SCALARS:
+            if row.get(key) is not None:
+                self.writer.add_scalar(key, float(row[key]), global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def make_loggers(logger_cfg: Mapping | None, run_dir: Path) -> list[EpochLogger]:
+    """The loggers enabled in the ``logger`` config group; TensorBoard events go to ``run_dir/tensorboard``."""
+    loggers: list[EpochLogger] = []
+    if logger_cfg is not None and bool(logger_cfg.get("tensorboard", False)):
+        loggers.append(TensorBoardLogger(Path(run_dir) / "tensorboard"))
+    return loggers

@@ -1,0 +1,184 @@
+"""Parity and learning-curve plots for a run directory.
+
+Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot,
+so the caller's backend and pyplot's figure registry are left untouched.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from crystal_train.training.metrics import regression_metrics
+
+FIGSIZE = (6.0, 5.0)
+DPI = 150
+DENSE_N = 2000  # above this many points the parity plot uses a hexbin instead of a scatter
+
+_TRAIN_COLOR, _VAL_COLOR, _LR_COLOR, _DIAGONAL_COLOR = "tab:blue", "tab:orange", "tab:green", "0.35"
+_BOX = dict(boxstyle="round,pad=0.4", facecolor="white", edgecolor="0.7", alpha=0.9)
+
+
+def _new_figure() -> Figure:
+    figure = Figure(figsize=FIGSIZE)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _save(figure: Figure, path: Path) -> Path:
+    """Write the figure as a PNG and release its artists."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, format="png")
+    figure.clear()
+    return path
+
+
+def _axis_label(quantity: str, units: str) -> str:
+    return f"{quantity} ({units})" if units else quantity
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3g}"
+
+
+def parity_annotation(metrics: dict, units: str) -> str:
+    """The MAE / RMSE / R² / n block written on a parity plot."""
+    suffix = f" {units}" if units else ""
+    return "\n".join(
+        [
+            f"MAE = {_fmt(metrics['mae'])}{suffix}",
+            f"RMSE = {_fmt(metrics['rmse'])}{suffix}",
+            f"R² = {_fmt(metrics['r2'])}",
+            f"n = {metrics['n']:,}",
+        ]
+    )
+
+
+def make_parity_figure(
+    targets: np.ndarray,
+    predictions: np.ndarray,
+    target_name: str,
+    units: str,
+    split: str = "test",
+    title: str | None = None,
+) -> Figure:
+    """Predicted vs DFT values: scatter (or log-count hexbin when dense), y = x and metrics."""
+    targets = np.asarray(targets, dtype=np.float64).ravel()
+    predictions = np.asarray(predictions, dtype=np.float64).ravel()
+    if targets.shape != predictions.shape:
+        raise ValueError(f"{targets.size} targets but {predictions.size} predictions")
+    finite = np.isfinite(targets) & np.isfinite(predictions)
+    dropped = int(targets.size - finite.sum())
+    targets, predictions = targets[finite], predictions[finite]
+    dropped_note = f"\n({dropped:,} non-finite pairs dropped)" if dropped else ""
+
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    ax.set_xlabel(_axis_label(f"DFT {target_name}", units))
+    ax.set_ylabel(_axis_label(f"Predicted {target_name}", units))
+    ax.set_title(title if title is not None else f"{split} split")
+
+    if targets.size == 0:
+        ax.text(0.5, 0.5, "no data" + dropped_note, transform=ax.transAxes, ha="center", va="center", fontsize=14)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        figure.tight_layout()
+        return figure
+
+    low = float(min(targets.min(), predictions.min()))
+    high = float(max(targets.max(), predictions.max()))
+    pad = 0.05 * (high - low) if high > low else max(0.05 * abs(high), 0.5)
+    low, high = low - pad, high + pad
+    ax.plot([low, high], [low, high], linestyle="--", linewidth=1, color=_DIAGONAL_COLOR, zorder=3)
+    if targets.size > DENSE_N:
+        cells = ax.hexbin(targets, predictions, gridsize=60, extent=(low, high, low, high), mincnt=1, norm=LogNorm(), cmap="viridis")
+        figure.colorbar(cells, ax=ax, label="count")
+    else:
+        ax.scatter(targets, predictions, s=14 if targets.size <= 500 else 6, alpha=0.6, edgecolors="none", zorder=2)
+    ax.set_xlim(low, high)
+    ax.set_ylim(low, high)
+    ax.set_aspect("equal", adjustable="box")
+    annotation = parity_annotation(regression_metrics(targets, predictions), units) + dropped_note
+    ax.text(0.04, 0.96, annotation, transform=ax.transAxes, ha="left", va="top", bbox=_BOX, zorder=4)
+    figure.tight_layout()
+    return figure
+
+
+def parity_plot(
+    targets: np.ndarray,
+    predictions: np.ndarray,
+    path: Path,
+    target_name: str,
+    units: str,
+    split: str = "test",
+    title: str | None = None,
+) -> Path:
+    """Save :func:`make_parity_figure` as a PNG at ``path``."""
+    return _save(make_parity_figure(targets, predictions, target_name, units, split=split, title=title), path)
+
+
+def _column(history: list[dict], key: str) -> np.ndarray:
+    return np.array([math.nan if row.get(key) is None else float(row[key]) for row in history], dtype=np.float64)
+
+
+def make_learning_curve_figure(history: list[dict], units: str) -> Figure:
+    """Train/val MAE per epoch with the best val epoch marked and the learning rate on a twin axis."""
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(_axis_label("MAE", units))
+    if not history:
+        ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", fontsize=14)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        figure.tight_layout()
+        return figure
+
+    epochs = _column(history, "epoch")
+    train_mae, val_mae, lr = _column(history, "train_mae"), _column(history, "val_mae"), _column(history, "lr")
+    marker = "o" if len(history) <= 50 else None
+    ax.plot(epochs, train_mae, color=_TRAIN_COLOR, marker=marker, markersize=3, label="train MAE")
+    ax.plot(epochs, val_mae, color=_VAL_COLOR, marker=marker, markersize=3, label="val MAE")
+    if np.isfinite(val_mae).any():
+        best = int(np.nanargmin(val_mae))
+        ax.axvline(epochs[best], color=_VAL_COLOR, linestyle=":", linewidth=1)
+        ax.plot(
+            epochs[best], val_mae[best], linestyle="none", marker="*", markersize=14, color=_VAL_COLOR,
+            markeredgecolor="black", zorder=5,
+            label=f"best val {_fmt(val_mae[best])}{' ' + units if units else ''} (epoch {int(epochs[best])})",
+        )
+    mae = np.concatenate([train_mae, val_mae])
+    mae = mae[np.isfinite(mae) & (mae > 0)]
+    if mae.size and mae.max() / mae.min() > 10:
+        ax.set_yscale("log")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if epochs.min() == epochs.max():
+        ax.set_xlim(epochs[0] - 1, epochs[0] + 1)
+
+    lr_ax = ax.twinx()
+    lr_ax.plot(epochs, lr, color=_LR_COLOR, linestyle="--", linewidth=1.2, drawstyle="steps-mid", label="learning rate")
+    if (lr[np.isfinite(lr)] > 0).all():
+        lr_ax.set_yscale("log")
+    lr_ax.set_ylabel("learning rate", color=_LR_COLOR)
+    lr_ax.tick_params(axis="y", which="both", colors=_LR_COLOR)
+
+    handles, labels = ax.get_legend_handles_labels()
+    lr_handles, lr_labels = lr_ax.get_legend_handles_labels()
+    ax.legend(
+        handles + lr_handles, labels + lr_labels, loc="lower left", bbox_to_anchor=(0.0, 1.01, 1.0, 0.1),
+        mode="expand", ncol=2, frameon=False, borderaxespad=0.0,
+    )
+    figure.tight_layout()
+    return figure
+
+
+def learning_curve_plot(history: list[dict], path: Path, units: str) -> Path:
+    """Save :func:`make_learning_curve_figure` as a PNG at ``path``."""
+    return _save(make_learning_curve_figure(history, units), path)

@@ -1,0 +1,51 @@
+"""A Hydra callback that writes sweep_summary.csv for a multirun, sorted by validation MAE."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+
+SUMMARY_COLUMNS = (
+    "overrides", "best_epoch", "val_mae", "val_rmse", "val_r2", "test_mae", "test_rmse", "test_r2", "run_dir",
+)
+
+
+def summarize_sweep(sweep_dir: Path) -> Path:
+    """Collect each job's overrides and metrics.json into sweep_dir/sweep_summary.csv."""
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for metrics_path in sorted(sweep_dir.glob("*/metrics.json")):
+        run_dir = metrics_path.parent
+        metrics = json.loads(metrics_path.read_text())
+        overrides_path = run_dir / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(overrides_path) if overrides_path.exists() else []
+        rows.append(
+            {
+                "overrides": " ".join(str(o) for o in overrides),
+                "best_epoch": metrics.get("best_epoch"),
+                **{f"{split}_{name}": metrics[split][name] for split in ("val", "test") for name in ("mae", "rmse", "r2")},
+                "run_dir": str(run_dir),
+            }
+        )
+    rows.sort(key=lambda row: float("inf") if row["val_mae"] is None else row["val_mae"])
+    path = sweep_dir / "sweep_summary.csv"
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+class SweepSummaryCallback(Callback):
+    """Writes sweep_summary.csv into the multirun directory when the sweep ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
+        path = summarize_sweep(Path(config.hydra.sweep.dir))
+        log.info("Sweep summary: %s", path)

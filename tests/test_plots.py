@@ -1,0 +1,160 @@
+"""Parity and learning-curve plots: real, non-blank PNGs with the right labels and metrics."""
+
+import math
+
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from crystal_train.training.metrics import regression_metrics
+from crystal_train.training.plots import (
+    DPI,
+    FIGSIZE,
+    learning_curve_plot,
+    make_learning_curve_figure,
+    make_parity_figure,
+    parity_annotation,
+    parity_plot,
+)
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def _assert_real_png(path, coloured=True):
+    """A PNG of the configured size that is not blank and, for data plots, has coloured marks."""
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    rgb = imread(path)[..., :3]
+    assert rgb.shape[:2] == (round(FIGSIZE[1] * DPI), round(FIGSIZE[0] * DPI))
+    assert rgb.var() > 1e-3, "image is blank"
+    # axes, ticks and text are grey; points, hexagons and curves are coloured
+    coloured_fraction = float(((rgb.max(axis=-1) - rgb.min(axis=-1)) > 0.2).mean())
+    assert (coloured_fraction > 0.001) == coloured
+
+
+def _texts(figure):
+    return [text.get_text() for ax in figure.axes for text in ax.texts]
+
+
+def _noisy(n, seed=0):
+    rng = np.random.default_rng(seed)
+    targets = rng.uniform(-3.0, 1.0, n)
+    return targets, targets + rng.normal(0.0, 0.1, n)
+
+
+def _history(epochs):
+    return [
+        dict(epoch=e, lr=1e-3 * 0.5 ** (e // 4), train_loss=2.0 / e, train_mae=1.0 / e, val_mae=1.2 / e + 0.01 * e, seconds=0.5)
+        for e in range(1, epochs + 1)
+    ]
+
+
+def test_parity_annotation_formats_regression_metrics():
+    metrics = regression_metrics(np.array([0.0, 1.0, 2.0, 4.0]), np.array([0.1, 0.8, 2.3, 3.9]))
+    text = parity_annotation(metrics, "eV/atom")
+    assert f"MAE = {metrics['mae']:.3g} eV/atom" in text
+    assert f"RMSE = {metrics['rmse']:.3g} eV/atom" in text
+    assert f"R² = {metrics['r2']:.3g}" in text
+    assert "n = 4" in text
+    assert "R² = n/a" in parity_annotation({"mae": 0.0, "rmse": 0.0, "r2": None, "n": 1}, "eV")
+
+
+def test_parity_figure_labels_metrics_and_equal_limits():
+    targets, predictions = _noisy(200)
+    figure = make_parity_figure(targets, predictions, "band gap", "eV", split="val", title="CGCNN — val split")
+    ax = figure.axes[0]
+    assert ax.get_xlabel() == "DFT band gap (eV)"
+    assert ax.get_ylabel() == "Predicted band gap (eV)"
+    assert ax.get_title() == "CGCNN — val split"
+    assert ax.get_xlim() == ax.get_ylim()
+    low, high = ax.get_xlim()
+    assert low <= min(targets.min(), predictions.min()) and high >= max(targets.max(), predictions.max())
+    assert [tuple(line.get_xdata()) for line in ax.lines] == [(low, high)]  # the y = x diagonal
+    assert any(parity_annotation(regression_metrics(targets, predictions), "eV") in text for text in _texts(figure))
+    assert len(figure.axes) == 1  # scatter, no colourbar
+
+
+def test_parity_figure_drops_non_finite_pairs():
+    targets, predictions = _noisy(50)
+    predictions[:3] = np.nan
+    targets[3] = np.inf
+    text = "\n".join(_texts(make_parity_figure(targets, predictions, "formation energy", "eV/atom")))
+    assert "n = 46" in text
+    assert "4 non-finite pairs dropped" in text
+    assert f"MAE = {regression_metrics(targets[4:], predictions[4:])['mae']:.3g} eV/atom" in text
+
+
+def test_parity_figure_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match="3 targets but 2 predictions"):
+        make_parity_figure(np.zeros(3), np.zeros(2), "band gap", "eV")
+
+
+def test_parity_plot_scatter_png(tmp_path):
+    path = parity_plot(*_noisy(300), tmp_path / "plots" / "parity_test.png", "formation energy", "eV/atom")
+    assert path == tmp_path / "plots" / "parity_test.png"
+    _assert_real_png(path)
+
+
+def test_parity_plot_hexbin_png_has_count_colourbar(tmp_path):
+    targets, predictions = _noisy(5000)
+    figure = make_parity_figure(targets, predictions, "formation energy", "eV/atom")
+    assert len(figure.axes) == 2 and figure.axes[1].get_ylabel() == "count"
+    assert figure.axes[0].collections[0].get_array().sum() == 5000  # every point lands in a hexagon
+    _assert_real_png(parity_plot(targets, predictions, tmp_path / "parity_dense.png", "formation energy", "eV/atom"))
+
+
+def test_parity_plot_empty_input_says_no_data(tmp_path):
+    figure = make_parity_figure(np.array([]), np.array([]), "band gap", "eV")
+    assert "no data" in _texts(figure)
+    _assert_real_png(parity_plot(np.array([]), np.array([]), tmp_path / "empty.png", "band gap", "eV"), coloured=False)
+
+
+def test_learning_curve_figure_marks_best_epoch_and_lr_axis():
+    history = _history(12)
+    figure = make_learning_curve_figure(history, "eV/atom")
+    ax, lr_ax = figure.axes
+    assert ax.get_ylabel() == "MAE (eV/atom)"
+    assert lr_ax.get_ylabel() == "learning rate" and lr_ax.get_yscale() == "log"
+    best = min(history, key=lambda row: row["val_mae"])
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[:2] == ["train MAE", "val MAE"] and labels[-1] == "learning rate"
+    assert f"best val {best['val_mae']:.3g} eV/atom (epoch {best['epoch']})" in labels
+    assert ax.get_yscale() == "log"  # MAE spans 1.0 .. 0.083 plus val, more than a decade
+
+
+def test_learning_curve_linear_scale_for_narrow_range():
+    history = [dict(epoch=e, lr=1e-3, train_loss=1.0, train_mae=0.5 - 0.01 * e, val_mae=0.6 - 0.01 * e, seconds=1.0) for e in (1, 2, 3)]
+    assert make_learning_curve_figure(history, "eV").axes[0].get_yscale() == "linear"
+
+
+def test_learning_curve_plot_png(tmp_path):
+    _assert_real_png(learning_curve_plot(_history(30), tmp_path / "learning_curve.png", "eV/atom"))
+
+
+def test_learning_curve_single_epoch(tmp_path):
+    history = _history(1)
+    ax = make_learning_curve_figure(history, "eV").axes[0]
+    assert ax.get_xlim() == (0.0, 2.0)
+    _assert_real_png(learning_curve_plot(history, tmp_path / "one.png", "eV"))
+
+
+def test_learning_curve_tolerates_nan_val_mae():
+    history = _history(3)
+    for row, val_mae in zip(history, [math.nan, 0.3, 0.5]):
+        row["val_mae"] = val_mae
+    labels = [t.get_text() for t in make_learning_curve_figure(history, "eV").axes[0].get_legend().get_texts()]
+    assert any(label.endswith("(epoch 2)") for label in labels)
+
+
+def test_plots_leave_backend_and_pyplot_alone(tmp_path):
+    backend, figures = matplotlib.get_backend(), plt.get_fignums()
+    parity_plot(*_noisy(20), tmp_path / "p.png", "band gap", "eV")
+    learning_curve_plot(_history(3), tmp_path / "l.png", "eV")
+    assert matplotlib.get_backend() == backend
+    assert plt.get_fignums() == figures
+
+
+def test_learning_curve_empty_history_says_no_data(tmp_path):
+    assert "no data" in _texts(make_learning_curve_figure([], "eV"))
+    _assert_real_png(learning_curve_plot([], tmp_path / "none.png", "eV"), coloured=False)
