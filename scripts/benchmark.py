@@ -1,0 +1,197 @@
+"""Measure crystal-train's speed on one snapshot and device, and a PyG DataLoader baseline beside it.
+
+Prints one JSON object: graph-cache build and load times, training throughput (crystals/s over
+a full epoch after a warm-up epoch, with device synchronisation), inference throughput, peak host
+and device memory, for each model × precision × compile setting, plus the same model trained
+from a plain torch_geometric DataLoader over a list of Data objects, and the speed-up ratio.
+
+Example (CPU, 2,000 crystals of the shared MP-2018 CSV):
+    python scripts/benchmark.py --snapshot ../shared/datasets/mp2018_megnet/mp2018_megnet_with_structures.csv.xz \
+        --limit 2000 --device cpu
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+import hydra
+import numpy as np
+import torch
+from hydra import compose, initialize_config_module
+from torch_geometric.data import Data
+from torch_geometric.loader import DataLoader
+
+from crystal_train.data.batch import GraphBatch
+from crystal_train.data.dataset import graph_settings, prepare_data
+from crystal_train.data.loader import BatchIterator, DeviceGraphs
+from crystal_train.training.inference import resolve_device
+from crystal_train.training.metrics import Normalizer
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--snapshot", help="data.snapshot to read (default: the built-in demo dataset)")
+    parser.add_argument("--limit", type=int, default=None, help="use a seeded subset of N crystals (data.limit)")
+    parser.add_argument("--target", default="formation_energy_per_atom", help="target column")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    parser.add_argument("--models", default="cgcnn,schnet", help="comma-separated model configs")
+    parser.add_argument("--precisions", default="32", help="comma-separated: 32, bf16")
+    parser.add_argument("--compile", choices=("off", "on", "both"), default="off", help="torch.compile settings to measure")
+    parser.add_argument("--batch-size", type=int, default=64, help="training batch size (crystals)")
+    parser.add_argument("--eval-batch-size", type=int, default=512, help="inference batch size")
+    parser.add_argument("--no-baseline", action="store_true", help="skip the PyG DataLoader baseline")
+    parser.add_argument("--cache-dir", default=None, help="graph cache directory (default: a fresh temporary one, so the build is cold)")
+    parser.add_argument("--workers", type=int, default=None, help="processes for the graph build (default: all cores)")
+    parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for the train config")
+    return parser.parse_args()
+
+
+def compose_cfg(args, model: str, cache_dir: Path):
+    data = ["data=demo"] if args.snapshot is None else ["data=mp_formation", f"data.snapshot={args.snapshot}", f"data.target={args.target}"]
+    if args.limit:
+        data.append(f"data.limit={args.limit}")
+    with initialize_config_module(config_module="crystal_train.configs", version_base="1.3"):
+        return compose("train", overrides=[*data, f"model={model}", f"data.cache_dir={cache_dir}", *args.overrides])
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def train_epoch(model, optimizer, batches, normalizer, device, precision: str) -> tuple[float, int]:
+    """Seconds and crystals for one full training epoch over `batches` (an iterable of GraphBatch)."""
+    model.train()
+    synchronize(device)
+    start, crystals = time.perf_counter(), 0
+    for batch in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            output = model(batch)
+        loss = torch.nn.functional.mse_loss(output.float(), normalizer.normalize(batch.targets))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        crystals += batch.num_graphs
+    synchronize(device)
+    return time.perf_counter() - start, crystals
+
+
+@torch.no_grad()
+def inference_epoch(model, batches, device, precision: str) -> tuple[float, int]:
+    model.eval()
+    synchronize(device)
+    start, crystals = time.perf_counter(), 0
+    for batch in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            model(batch)
+        crystals += batch.num_graphs
+    synchronize(device)
+    return time.perf_counter() - start, crystals
+
+
+def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
+    """The baseline: a torch_geometric DataLoader over one Data object per crystal."""
+    data_list = []
+    for i in indices:
+        n0, n1 = store.node_ptr[i], store.node_ptr[i + 1]
+        e0, e1 = store.edge_ptr[i], store.edge_ptr[i + 1]
+        data_list.append(
+            Data(
+                z=torch.as_tensor(store.numbers[n0:n1], dtype=torch.long),
+                edge_index=torch.as_tensor(store.edge_index[:, e0:e1], dtype=torch.long),
+                edge_attr=torch.as_tensor(store.distances[e0:e1]),
+                y=torch.tensor([store.targets[i]], dtype=torch.float32),
+                num_nodes=int(n1 - n0),
+            )
+        )
+    loader = DataLoader(data_list, batch_size=batch_size, shuffle=shuffle)
+
+    def batches():
+        for pyg in loader:
+            pyg = pyg.to(device)
+            yield GraphBatch(pyg.z, pyg.edge_index, pyg.edge_attr, pyg.batch, pyg.num_graphs, pyg.y)
+
+    return batches
+
+
+def measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs) -> dict:
+    torch.manual_seed(0)
+    model = hydra.utils.instantiate(cfg.model).to(device)
+    forward = torch.compile(model, dynamic=True) if compiled else model
+    optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
+    normalizer = Normalizer.fit(data.store.targets[data.splits["train"]])
+    train_idx = data.splits["train"]
+    ours = BatchIterator(graphs, train_idx, args.batch_size, shuffle=True)
+    ours_eval = BatchIterator(graphs, train_idx, args.eval_batch_size)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    train_epoch(forward, optimizer, ours, normalizer, device, precision)  # warm-up (and compilation)
+    seconds, crystals = train_epoch(forward, optimizer, ours, normalizer, device, precision)
+    inference_epoch(forward, ours_eval, device, precision)
+    infer_seconds, infer_crystals = inference_epoch(forward, ours_eval, device, precision)
+    result = {
+        "model": model_name,
+        "precision": precision,
+        "compile": compiled,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "train_crystals_per_s": crystals / seconds,
+        "train_epoch_s": seconds,
+        "inference_crystals_per_s": infer_crystals / infer_seconds,
+        "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+    if not args.no_baseline and not compiled and precision == "32":
+        baseline = pyg_batches(data.store, train_idx, args.batch_size, device, shuffle=True)
+        train_epoch(model, optimizer, baseline(), normalizer, device, precision)
+        base_seconds, base_crystals = train_epoch(model, optimizer, baseline(), normalizer, device, precision)
+        result["baseline_pyg_dataloader_crystals_per_s"] = base_crystals / base_seconds
+        result["speedup_vs_baseline"] = result["train_crystals_per_s"] / result["baseline_pyg_dataloader_crystals_per_s"]
+    return result
+
+
+def main() -> None:
+    args = parse_args()
+    device = resolve_device(args.device)
+    report = {
+        "snapshot": args.snapshot or "demo",
+        "limit": args.limit,
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "torch": torch.__version__,
+        "batch_size": args.batch_size,
+        "graphs": {},
+        "runs": [],
+    }
+    with tempfile.TemporaryDirectory() as temporary:
+        cache_dir = Path(args.cache_dir or temporary)
+        compile_settings = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+        for model_name in args.models.split(","):
+            cfg = compose_cfg(args, model_name, cache_dir)
+            settings = graph_settings(cfg.graph)
+            start = time.perf_counter()
+            data = prepare_data(cfg.data, settings, num_workers=args.workers)
+            build_seconds = time.perf_counter() - start
+            start = time.perf_counter()
+            data = prepare_data(cfg.data, settings, num_workers=args.workers)
+            load_seconds = time.perf_counter() - start
+            report["graphs"][model_name] = {
+                "graph": settings.key(),
+                "crystals": len(data.store),
+                "edges": int(data.store.edge_ptr[-1]),
+                "first_prepare_s": build_seconds,
+                "cached_prepare_s": load_seconds,
+            }
+            graphs = DeviceGraphs(data.store, device)
+            for precision in args.precisions.split(","):
+                for compiled in compile_settings:
+                    report["runs"].append(measure(cfg, model_name, data, args, device, precision, compiled, graphs))
+    report["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
