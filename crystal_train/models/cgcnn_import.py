@@ -25,14 +25,16 @@ REFERENCE_GAUSSIANS = {"gaussian_dmin": 0.0, "gaussian_dmax": 8.0, "gaussian_ste
 REFERENCE_EDGE_FEATURES = 41
 MODEL_SIZES = ("atom_fea_len", "n_conv", "h_fea_len", "n_h")
 REQUIRED_KEYS = ("state_dict", "normalizer", "args")
-_TORCH_ADVICE = ("Weights only load failed", "(1)", "(2)", "Please file an issue", "Check the documentation")
 REQUIRED_WEIGHTS = ("embedding.weight", "convs.0.fc_full.weight", "conv_to_fc.weight", "fc_out.weight")
+_TORCH_ADVICE = ("Weights only load failed", "(1)", "(2)", "Please file an issue", "Check the documentation")
 
-_numpy_scalar = np._core.multiarray.scalar if hasattr(np, "_core") else np.core.multiarray.scalar
+_numpy_scalar = np.float64(0).__reduce__()[0]  # numpy's scalar constructor, whatever module holds it
 # Besides tensors and containers, original checkpoints pickle their args as an argparse.Namespace
-# (or a dict) and, in classification checkpoints, the best AUC as a numpy float64 scalar.
+# (or a dict) and, in classification checkpoints, the best AUC as a numpy float64 scalar (named
+# numpy.core... by numpy 1, numpy._core... by numpy 2).
 SAFE_GLOBALS = [
     argparse.Namespace,
+    _numpy_scalar,
     (_numpy_scalar, "numpy.core.multiarray.scalar"),
     np.dtype,
     type(np.dtype(np.float64)),
@@ -102,7 +104,7 @@ def _load_reference(path: Path) -> dict:
 
 
 def _reason(error: Exception) -> str:
-    """The informative line of a torch.load error, without its generic advice."""
+    """The informative line of a loading error, without its generic advice."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip() and not line.strip().startswith(_TORCH_ADVICE)]
     return lines[0][:300] if lines else ""
 

@@ -39,8 +39,11 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
 def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     """Rebuild the model from the checkpoint's config and load its weights."""
     model_cfg = OmegaConf.create(checkpoint["config"]["model"])
-    model = hydra.utils.instantiate(model_cfg)
-    model.load_state_dict(checkpoint["model_state"])
+    state = checkpoint["model_state"]
+    # The saved element table decides the model's input width (e.g. an imported atom_init.json).
+    extra = {"atom_features": state["atom_features"]} if "atom_features" in state else {}
+    model = hydra.utils.instantiate(model_cfg, **extra)
+    model.load_state_dict(state)
     return model
 
 
