@@ -189,3 +189,28 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert mp.default_cache_dir() == tmp_path / "cache"
     monkeypatch.delenv("CRYSTAL_TRAIN_CACHE")
     assert mp.default_cache_dir() == Path.home() / ".cache" / "crystal-train"
+
+
+@pytest.mark.slow
+def test_training_from_mp_download_keeps_the_key_out_of_every_file(tmp_path, monkeypatch, compose_train_cfg):
+    """data.api_key on the command line: download with the fake client, train, then reload offline."""
+    from crystal_train.training.run import train
+
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    monkeypatch.setattr(mp, "_mp_rester", Factory(docs=_docs() * 1))
+    run_dir = tmp_path / "run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "overrides.yaml").write_text(f"- data.api_key={API_KEY}\n")  # as Hydra writes it
+    overrides = [f"data.api_key={API_KEY}", "trainer.max_epochs=1", "model.n_conv=1", "data.split.fractions=[0.34,0.33,0.33]"]
+    train(compose_train_cfg(overrides, tmp_path), run_dir)
+    assert (run_dir / "metrics.json").is_file()
+    for path in [*run_dir.rglob("*"), *(tmp_path / "cache").rglob("*")]:
+        if path.is_file():
+            content = path.read_bytes()
+            if path.suffix == ".gz":
+                content = gzip.decompress(content)
+            assert API_KEY.encode() not in content, path
+    monkeypatch.setattr(mp, "_mp_rester", _refuse)
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    train(compose_train_cfg(["trainer.max_epochs=1", "model.n_conv=1", "data.split.fractions=[0.34,0.33,0.33]"], tmp_path), tmp_path / "offline")
+    assert (tmp_path / "offline" / "metrics.json").is_file()

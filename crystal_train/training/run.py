@@ -33,6 +33,7 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     Under torchrun every rank trains on its shard of each epoch; only rank 0 writes files.
     """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     take_api_key(cfg, run_dir)
     context = setup_distributed(resolve_device(str(cfg.trainer.device)))
     try:
