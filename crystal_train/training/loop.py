@@ -112,6 +112,9 @@ class Trainer:
         min_delta = float(self.cfg.get("min_delta", 0.0))
         while self.state.epoch < max_epochs and not self.state.stopped_early:
             start = time.perf_counter()
+            first_step = self.state.epoch * len(self.train_batches)
+            if first_step < self.warmup_steps:
+                self._set_warmup_lr(first_step)  # so that history's lr is the one of the epoch's first step
             lr = self.optimizer.param_groups[0]["lr"]
             train_loss, train_mae = self._train_epoch()
             val_mae = self._validate()
@@ -173,9 +176,11 @@ class Trainer:
         loss_sum, abs_error_sum, count = totals[0], totals[1], int(totals[2])
         train_loss = float(loss_sum) / max(count, 1)
         if not math.isfinite(train_loss):
+            last = self.checkpoint_dir / "last.pt"
+            kept = f"the last good checkpoint ({last}) is kept" if last.exists() else "no checkpoint had been written yet"
             raise NonFiniteLossError(
-                f"non-finite training loss in epoch {self.state.epoch + 1}; stopped, and the last good checkpoint "
-                f"({self.checkpoint_dir / 'last.pt'}) is kept. Lower optim.lr or set trainer.grad_clip."
+                f"non-finite training loss in epoch {self.state.epoch + 1}; stopped, and {kept}. "
+                "Lower optim.lr or set trainer.grad_clip."
             )
         return train_loss, float(abs_error_sum) / max(count, 1)
 

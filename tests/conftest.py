@@ -1,0 +1,71 @@
+"""Shared test fixtures: the real train config composed for fast CPU runs inside tmp_path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
+
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+@pytest.fixture
+def compose_train_cfg():
+    """compose_train_cfg(overrides, tmp_path): the train config with the cache in tmp_path, on CPU, quiet."""
+
+    def compose_cfg(overrides: list[str], tmp_path: Path):
+        GlobalHydra.instance().clear()
+        with initialize_config_module(config_module="crystal_train.configs", version_base="1.3"):
+            return compose(
+                config_name="train",
+                overrides=[
+                    f"data.cache_dir={tmp_path / 'cache'}",
+                    "trainer.device=cpu",
+                    "trainer.progress_bar=false",
+                    *overrides,
+                ],
+            )
+
+    yield compose_cfg
+    GlobalHydra.instance().clear()
+
+
+def good_structures() -> dict[str, Structure]:
+    """Five small ordered crystals of elements in the CGCNN table."""
+    return {
+        "mp-nacl": Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "mp-si": Structure(Lattice.cubic(5.43), ["Si", "Si"], [[0, 0, 0], [0.25, 0.25, 0.25]]),
+        "mp-cu": Structure(Lattice.cubic(3.61), ["Cu"] * 4, [[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]),
+        "mp-mgo": Structure(Lattice.cubic(4.21), ["Mg", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+        "mp-cscl": Structure(Lattice.cubic(4.12), ["Cs", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]),
+    }
+
+
+def cif_text(structure: Structure) -> str:
+    return str(CifWriter(structure))
+
+
+@pytest.fixture
+def write_csv(tmp_path):
+    """write_csv(rows, name): a CSV snapshot in tmp_path from dicts with material_id, cif, targets (and split)."""
+
+    def write(rows: list[dict], name: str = "data.csv") -> Path:
+        path = tmp_path / name
+        pd.DataFrame(rows).to_csv(path, index=False)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def good_rows() -> list[dict]:
+    """CSV rows of the five good structures with distinct labels."""
+    return [
+        {"material_id": item_id, "formation_energy_per_atom": -0.5 * n, "band_gap": 0.25 * n, "cif": cif_text(s)}
+        for n, (item_id, s) in enumerate(good_structures().items())
+    ]

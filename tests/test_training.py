@@ -1,0 +1,382 @@
+"""Training behaviour: resume after a kill, early stopping, non-finite losses, sweeps, torchrun, LR."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import pytest
+import torch
+import torch.distributed as dist
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+import crystal_train.training.loop as loop
+from crystal_train.cli.evaluate import evaluate
+from crystal_train.data.dataset import graph_settings, prepare_data
+from crystal_train.train import torchrun_arguments
+from crystal_train.training.checkpoint import load_checkpoint
+from crystal_train.training.run import train
+from crystal_train.training.sweep import SUMMARY_COLUMNS
+
+BIN = Path(sys.executable).parent
+CRYSTAL_TRAIN = str(BIN / "crystal-train")
+TORCHRUN = str(BIN / "torchrun")
+SMALL = ["data=demo", "data.num_crystals=120", "model.n_conv=1", "trainer.batch_size=16", "seed=3"]
+QUIET_CPU = ["trainer.device=cpu", "trainer.progress_bar=false"]
+
+
+def _env() -> dict:
+    """Subprocess environment: one thread per process on the shared 2-core machine."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def _history(run_dir: Path) -> list[dict]:
+    """history.csv rows that are complete (a file being rewritten may end mid-row)."""
+    path = Path(run_dir) / "history.csv"
+    try:
+        with open(path) as handle:
+            rows = list(csv.DictReader(handle))
+    except FileNotFoundError:
+        return []
+    return [row for row in rows if all(row.get(column) not in (None, "") for column in ("epoch", "lr", "train_loss", "train_mae", "val_mae", "seconds"))]
+
+
+def _metrics(run_dir: Path) -> dict:
+    return json.loads((Path(run_dir) / "metrics.json").read_text())
+
+
+def _compose(config_name: str, overrides: list[str]):
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_module(config_module="crystal_train.configs", version_base="1.3"):
+            return compose(config_name=config_name, overrides=overrides)
+    finally:
+        GlobalHydra.instance().clear()
+
+
+@pytest.fixture(scope="module")
+def shared_cache(tmp_path_factory) -> Path:
+    """One graph cache for the in-process trainings of this module (the demo data is built once)."""
+    return tmp_path_factory.mktemp("training_cache")
+
+
+@pytest.fixture
+def small_cfg(compose_train_cfg, shared_cache, tmp_path):
+    """small_cfg(*overrides): the tiny demo training config on CPU with the module's graph cache."""
+
+    def make(*overrides: str):
+        return compose_train_cfg([*SMALL, f"data.cache_dir={shared_cache}", *overrides], tmp_path)
+
+    return make
+
+
+# ----- 1. resume after SIGKILL --------------------------------------------------------------
+
+
+def _train_command(run_dir: Path, cache: Path, max_epochs: int) -> list[str]:
+    return [
+        CRYSTAL_TRAIN, *SMALL, f"trainer.max_epochs={max_epochs}", "trainer.patience=100", "trainer.deterministic=true",
+        *QUIET_CPU, f"data.cache_dir={cache}", f"hydra.run.dir={run_dir}",
+    ]
+
+
+def _kill_after_epochs(command: list[str], run_dir: Path, epochs: int, cwd: Path, timeout: float = 180) -> int:
+    """Start `command`, SIGKILL it as soon as history.csv has `epochs` rows; rows written by then."""
+    process = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while len(_history(run_dir)) < epochs:
+            if process.poll() is not None:
+                pytest.fail(f"training exited (rc {process.returncode}) before writing {epochs} epochs")
+            if time.monotonic() > deadline:
+                pytest.fail(f"no {epochs} epochs in history.csv after {timeout} s")
+            time.sleep(0.002)
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    return len(_history(run_dir))
+
+
+def _assert_same_history(resumed: list[dict], reference: list[dict]) -> None:
+    assert [int(r["epoch"]) for r in resumed] == [int(r["epoch"]) for r in reference]
+    for got, want in zip(resumed, reference):
+        for column in ("lr", "train_loss", "train_mae", "val_mae"):
+            assert float(got[column]) == pytest.approx(float(want[column]), rel=0, abs=1e-12), (got["epoch"], column)
+
+
+@pytest.mark.slow
+def test_cli_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_path):
+    cache, killed_dir, reference_dir = tmp_path / "cache", tmp_path / "killed", tmp_path / "reference"
+    max_epochs = 6
+    # The uninterrupted reference runs alongside the one that gets killed (the cache lock makes
+    # one of them build the graphs and the other load them).
+    reference = subprocess.Popen(
+        _train_command(reference_dir, cache, max_epochs), cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        rows_at_kill = _kill_after_epochs(_train_command(killed_dir, cache, max_epochs), killed_dir, 3, cwd=tmp_path)
+        reference_output, _ = reference.communicate(timeout=300)
+    finally:
+        if reference.poll() is None:
+            reference.kill()
+            reference.wait()
+    assert reference.returncode == 0, reference_output[-3000:]
+
+    # The kill came after epoch 3 and before the run ended.
+    assert 3 <= rows_at_kill < max_epochs
+    assert not (killed_dir / "metrics.json").exists()
+    killed_at = load_checkpoint(killed_dir / "checkpoints" / "last.pt")["train_state"]["epoch"]
+    assert 3 <= killed_at < max_epochs
+
+    resumed = subprocess.run(
+        _train_command(killed_dir, cache, max_epochs), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
+    )
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert f"after epoch {killed_at}" in (killed_dir / "train.log").read_text()  # it resumed, it did not restart
+    assert (killed_dir / "config.previous-1.yaml").is_file()
+    assert (killed_dir / "config.yaml").is_file()
+
+    reference_history = _history(reference_dir)
+    assert len(reference_history) == max_epochs
+    _assert_same_history(_history(killed_dir), reference_history)
+    got, want = _metrics(killed_dir), _metrics(reference_dir)
+    assert got["epochs"] == want["epochs"] == max_epochs and got["seed"] == want["seed"] == 3
+    assert got["best_epoch"] == want["best_epoch"]
+    for split in ("val", "test"):
+        assert got[split]["n"] == want[split]["n"]
+        for name in ("mae", "rmse", "r2"):
+            assert got[split][name] == pytest.approx(want[split][name], rel=0, abs=1e-12), (split, name)
+
+
+# ----- 2. early stopping ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_early_stopping_keeps_and_scores_the_best_checkpoint(small_cfg, tmp_path):
+    # min_delta larger than any val MAE: only the first epoch counts as an improvement.
+    cfg = small_cfg("trainer.max_epochs=10", "trainer.patience=2", "trainer.min_delta=1000")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    best_val = train(cfg, run_dir)
+
+    metrics = _metrics(run_dir)
+    assert metrics["epochs"] == 3 and metrics["best_epoch"] == 1
+    history = _history(run_dir)
+    assert [int(r["epoch"]) for r in history] == [1, 2, 3]
+    assert best_val == pytest.approx(float(history[0]["val_mae"]), rel=1e-12)
+    assert load_checkpoint(run_dir / "checkpoints" / "best.pt")["train_state"]["epoch"] == 1
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["epoch"] == 3
+
+    scores = {}
+    for name in ("best", "last"):
+        eval_cfg = _compose("eval", [f"ckpt={run_dir / 'checkpoints' / f'{name}.pt'}", f"output={tmp_path / name}", "device=cpu"])
+        scores[name] = evaluate(eval_cfg)["test"]["mae"]
+    assert metrics["test"]["mae"] == pytest.approx(scores["best"], abs=1e-6)
+    assert abs(metrics["test"]["mae"] - scores["last"]) > 1e-6
+
+
+# ----- 3. non-finite loss ---------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(small_cfg, tmp_path, monkeypatch):
+    cfg = small_cfg("trainer.max_epochs=6", "trainer.patience=100")
+    data = prepare_data(cfg.data, graph_settings(cfg.graph))
+    batches_per_epoch = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
+    mse = loop.LOSSES["mse"]
+    calls = []
+
+    def mse_nan_from_epoch_3(output, target):
+        epoch = len(calls) // batches_per_epoch + 1
+        calls.append(epoch)
+        loss = mse(output, target)
+        return loss * float("nan") if epoch >= 3 else loss
+
+    monkeypatch.setitem(loop.LOSSES, "mse", mse_nan_from_epoch_3)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    last = run_dir / "checkpoints" / "last.pt"
+    with pytest.raises(loop.NonFiniteLossError, match="epoch 3") as error:
+        train(cfg, run_dir)
+    assert str(last) in str(error.value)
+    assert calls.count(3) == batches_per_epoch and max(calls) == 3  # stopped at the end of epoch 3
+
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["train_state"]["epoch"] == 2
+    weights = checkpoint["model_state"]
+    assert weights and all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point())
+    assert [int(r["epoch"]) for r in _history(run_dir)] == [1, 2]
+    assert not (run_dir / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_cli_exits_with_status_2_and_a_message_on_a_diverging_run(tmp_path):
+    # With Adam every weight moves by about lr in the first step: lr=1e30 overflows float32.
+    command = [
+        CRYSTAL_TRAIN, *SMALL, "trainer.max_epochs=2", "optim.lr=1e30", *QUIET_CPU,
+        f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output[-3000:]
+    assert "non-finite training loss in epoch 1" in output
+    assert "no checkpoint had been written yet" in output and not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
+    assert "Traceback" not in output
+    assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+# ----- 4. multirun ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_multirun_builds_the_graph_cache_once_and_writes_a_sorted_summary(tmp_path):
+    cache, sweep = tmp_path / "cache", tmp_path / "sweep"
+    command = [
+        CRYSTAL_TRAIN, "-m", "data=demo", "data.num_crystals=100", "model.n_conv=1", "trainer.max_epochs=1", *QUIET_CPU,
+        "optim.lr=1e-3,2e-3", "trainer.batch_size=16,32", f"data.cache_dir={cache}", f"hydra.sweep.dir={sweep}",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+    assert len(list((cache / "graphs").glob("graphs-*.pt"))) == 1
+    logs = sorted(sweep.glob("*/train.log"))
+    assert [log.parent.name for log in logs] == ["0", "1", "2", "3"]
+    text = "".join(log.read_text() for log in logs)
+    assert text.count("Graph cache built") == 1
+    assert text.count("Graph cache loaded") == 3
+
+    with open(sweep / "sweep_summary.csv", newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert tuple(reader.fieldnames) == SUMMARY_COLUMNS
+    assert len(rows) == 4
+    val_maes = [float(row["val_mae"]) for row in rows]
+    assert val_maes == sorted(val_maes)
+    swept = []
+    for row in rows:
+        overrides = dict(override.split("=", 1) for override in row["overrides"].split())
+        swept.append((float(overrides["optim.lr"]), int(overrides["trainer.batch_size"])))
+    assert sorted(swept) == [(1e-3, 16), (1e-3, 32), (2e-3, 16), (2e-3, 32)]
+    for row in rows:
+        run_dir = Path(row["run_dir"])
+        assert run_dir.parent == sweep
+        assert float(row["val_mae"]) == pytest.approx(_metrics(run_dir)["val"]["mae"], rel=1e-12)
+
+
+# ----- 5. torchrun ----------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is unavailable")
+def test_torchrun_two_cpu_ranks_write_one_consistent_run(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [
+        TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "crystal_train.train",
+        "data=demo", "data.num_crystals=100", "model.n_conv=1", "trainer.max_epochs=2", *QUIET_CPU, "seed=1",
+        f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}",
+    ]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+
+    metrics = _metrics(run_dir)
+    assert metrics["epochs"] == 2
+    history = _history(run_dir)
+    assert [int(r["epoch"]) for r in history] == [1, 2]
+    assert (run_dir / "checkpoints" / "best.pt").is_file() and (run_dir / "checkpoints" / "last.pt").is_file()
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert not (tmp_path / "outputs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "run"]
+    # Validation is sharded over both ranks; rank 0 alone re-scores best.pt for metrics.json.
+    # They agree only if every rank validated with rank 0's BatchNorm running statistics (with
+    # each rank's own statistics the two differed by about 2e-5 here; float noise is about 1e-9).
+    best = history[metrics["best_epoch"] - 1]
+    assert float(best["val_mae"]) == pytest.approx(metrics["val"]["mae"], rel=0, abs=1e-7)
+    assert metrics["val"]["n"] == len(json.loads((run_dir / "split.json").read_text())["val"])
+
+
+# ----- 6. small units -------------------------------------------------------------------------
+
+
+def test_torchrun_arguments_single_process_adds_nothing():
+    assert torchrun_arguments(["data=demo"], {}) == []
+    assert torchrun_arguments(["data=demo"], {"WORLD_SIZE": "1", "RANK": "0", "TORCHELASTIC_RUN_ID": "x"}) == []
+
+
+def test_torchrun_arguments_share_one_run_dir_and_quiet_other_ranks():
+    launch = {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "abc"}
+    rank0 = torchrun_arguments(["data=demo"], {**launch, "RANK": "0"})
+    rank1 = torchrun_arguments(["data=demo"], {**launch, "RANK": "1"})
+    dirs0 = [a for a in rank0 if a.startswith("hydra.run.dir=")]
+    dirs1 = [a for a in rank1 if a.startswith("hydra.run.dir=")]
+    assert len(dirs0) == 1 and dirs0 == dirs1
+    assert "abc" in dirs0[0]
+    assert "hydra.output_subdir=null" in rank1 and "hydra.output_subdir=null" not in rank0
+    other = torchrun_arguments(["data=demo"], {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "other", "RANK": "0"})
+    assert [a for a in other if a.startswith("hydra.run.dir=")] != dirs0
+    # A run directory given on the command line is kept.
+    given = torchrun_arguments(["hydra.run.dir=/tmp/mine"], {**launch, "RANK": "1"})
+    assert not any(a.startswith("hydra.run.dir=") for a in given) and "hydra.output_subdir=null" in given
+
+
+def _train_lrs(cfg, run_dir: Path) -> list[float]:
+    run_dir.mkdir()
+    train(cfg, run_dir)
+    return [float(row["lr"]) for row in _history(run_dir)]
+
+
+@pytest.mark.slow
+def test_warmup_raises_the_lr_linearly_then_holds_it(small_cfg, tmp_path):
+    cfg = small_cfg("scheduler=none", "trainer.warmup_epochs=2", "trainer.max_epochs=4", "optim.lr=0.004")
+    data = prepare_data(cfg.data, graph_settings(cfg.graph))
+    steps = math.ceil(len(data.splits["train"]) / int(cfg.trainer.batch_size))
+    lrs = _train_lrs(cfg, tmp_path / "run")
+    # history's lr is the lr of each epoch's first step: warm-up step s (0-based) uses lr*(s+1)/(2*steps).
+    assert lrs == pytest.approx([0.004 * 1 / (2 * steps), 0.004 * (steps + 1) / (2 * steps), 0.004, 0.004], rel=1e-9)
+    assert lrs[0] < lrs[1] < lrs[2]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "overrides, expected",
+    [
+        (["scheduler=cosine"], lambda lr: [lr, 1e-6 + (lr - 1e-6) * (1 + math.cos(math.pi / 2)) / 2]),
+        (["scheduler=step", "scheduler.step_size=1", "scheduler.gamma=0.5"], lambda lr: [lr, lr / 2]),
+    ],
+    ids=["cosine", "step"],
+)
+def test_schedulers_compose_and_set_the_lr(small_cfg, tmp_path, overrides, expected):
+    cfg = small_cfg(*overrides, "trainer.max_epochs=2", "optim.lr=0.002")
+    assert cfg.scheduler._target_.startswith("torch.optim.lr_scheduler.")
+    lrs = _train_lrs(cfg, tmp_path / "run")
+    assert lrs == pytest.approx(expected(0.002), rel=1e-9)
+    checkpoint = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    assert checkpoint["scheduler_state"]["last_epoch"] == 2
+
+
+@pytest.mark.parametrize(
+    "name, cls, settings",
+    [
+        ("adamw", torch.optim.AdamW, {"lr": 0.001, "weight_decay": 0.01}),
+        ("sgd", torch.optim.SGD, {"lr": 0.02, "momentum": 0.9}),
+    ],
+)
+def test_optimizer_configs_instantiate(compose_train_cfg, tmp_path, name, cls, settings):
+    cfg = compose_train_cfg([f"optim={name}"], tmp_path)
+    parameters = [torch.nn.Parameter(torch.ones(3))]
+    optimizer = hydra.utils.instantiate(cfg.optim)(parameters)
+    assert type(optimizer) is cls
+    group = optimizer.param_groups[0]
+    assert {key: group[key] for key in settings} == settings
+    assert group["params"] == parameters
