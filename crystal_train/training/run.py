@@ -147,7 +147,10 @@ def score_splits(
         results[name] = (targets, predictions)
         if name in prediction_splits:
             artifacts.write_predictions(out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predictions, targets)
-            parity_plot(targets, predictions, out_dir / f"parity_{name}.png", data.target, data.units, split=name)
+            parity_plot(
+                targets, predictions, out_dir / f"parity_{name}.png", data.target, data.units, split=name,
+                title=f"{type(model).__name__}: {name} split",
+            )
     return artifacts.metrics_report(results, data.target, data.units, normalizer.mean)
 
 
