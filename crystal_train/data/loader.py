@@ -40,11 +40,19 @@ class DeviceGraphs:
         values = store.targets if targets is None else targets
         self.targets = put(np.nan_to_num(values, nan=0.0), torch.float32)
 
-    def batch(self, indices: np.ndarray) -> GraphBatch:
-        """The GraphBatch of the crystals at `indices` (a host array)."""
+    def upload(self, indices: np.ndarray) -> torch.Tensor:
+        """Crystal indices as a tensor on the device (one transfer, e.g. per epoch)."""
+        return torch.as_tensor(np.ascontiguousarray(indices), dtype=torch.long).to(self.device)
+
+    def batch(self, indices: np.ndarray, index: torch.Tensor | None = None) -> GraphBatch:
+        """The GraphBatch of the crystals at `indices` (a host array; `index` is the same on the device).
+
+        Sizes come from host-side counts, so no device synchronisation happens here.
+        """
         num_nodes = int(self.node_counts[indices].sum())
         num_edges = int(self.edge_counts[indices].sum())
-        index = torch.as_tensor(indices, dtype=torch.long).to(self.device, non_blocking=True)
+        if index is None:
+            index = self.upload(indices)
         node_counts = self.node_count_t[index]
         edge_counts = self.edge_count_t[index]
         node_ids, node_owner = _concat_ranges(self.node_ptr[index], node_counts, num_nodes)
@@ -110,5 +118,7 @@ class BatchIterator:
 
     def __iter__(self):
         order = self._shard(self.rng.permutation(self.indices) if self.shuffle else self.indices)
+        order_on_device = self.graphs.upload(order)
         for start in range(0, len(order), self.batch_size):
-            yield self.graphs.batch(order[start : start + self.batch_size])
+            stop = start + self.batch_size
+            yield self.graphs.batch(order[start:stop], order_on_device[start:stop])
