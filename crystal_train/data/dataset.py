@@ -30,13 +30,11 @@ class PreparedData:
 
 
 @dataclass
-class _Source:
-    items: Sequence
-    to_crystal: Callable
+class _SourcePlan:
     fingerprint: str
     target: str
-    skipped: list[tuple[str, str]]
     description: str
+    read: Callable[[], tuple[Sequence, Callable, list[tuple[str, str]]]]  # (items, to_crystal, skipped)
 
 
 def graph_settings(cfg) -> GraphSettings:
@@ -52,25 +50,24 @@ def default_cache_dir() -> Path:
 
 
 def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = None) -> PreparedData:
-    """Read the configured source, build or load its graph cache, and split it."""
+    """Find the configured source's graph cache (or read the source and build it), then split it.
+
+    The cache key needs only a hash of the source's bytes, so a cached dataset is never re-read.
+    """
     cache_dir = Path(data_cfg.get("cache_dir") or default_cache_dir())
-    source = _resolve_source(data_cfg, cache_dir)
-    items = _limit(source.items, data_cfg.get("limit"), int(data_cfg.get("seed", 0)))
-    supported = _supported_elements()
+    source = _plan_source(data_cfg, cache_dir)
+    limit, seed = data_cfg.get("limit"), int(data_cfg.get("seed", 0))
     key = cache_key(
-        source=source.fingerprint,
-        target=source.target,
-        limit=data_cfg.get("limit"),
-        seed=int(data_cfg.get("seed", 0)),
-        graph=settings.key(),
-        features=FEATURES_VERSION,
+        source=source.fingerprint, target=source.target, limit=limit, seed=seed, graph=settings.key(), features=FEATURES_VERSION
     )
-    store = load_or_build(
-        cache_dir / "graphs",
-        key,
-        lambda: build_store(items, source.to_crystal, settings, supported, num_workers=num_workers),
-    )
-    store.skipped = list(source.skipped) + list(store.skipped)
+
+    def build() -> GraphStore:
+        items, to_crystal, skipped = source.read()
+        store = build_store(_limit(items, limit, seed), to_crystal, settings, _supported_elements(), num_workers=num_workers)
+        store.skipped = list(skipped) + list(store.skipped)
+        return store
+
+    store = load_or_build(cache_dir / "graphs", key, build)
     report_skipped(store)
     if len(store) == 0:
         raise ValueError(f"no valid crystals remain in {source.description}; see the skipped reasons above")
@@ -79,7 +76,7 @@ def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = No
         store,
         kind=split_cfg.get("kind", "random"),
         fractions=tuple(split_cfg.get("fractions", (0.8, 0.1, 0.1))),
-        seed=int(data_cfg.get("seed", 0)),
+        seed=seed,
         file=split_cfg.get("file"),
     )
     log.info(
@@ -104,21 +101,21 @@ def report_skipped(store: GraphStore) -> None:
         log.warning("%d atoms have no neighbour within the cutoff", store.isolated_atoms)
 
 
-def _resolve_source(data_cfg, cache_dir: Path) -> _Source:
+def _plan_source(data_cfg, cache_dir: Path) -> _SourcePlan:
+    """Where the crystals come from: a cheap fingerprint now, the items only when read."""
     kind = data_cfg.get("source", "materials_project")
+    target = str(data_cfg.target)
     if kind == "demo":
         from crystal_train.data.demo import build_demo_crystals, demo_fingerprint
 
         num, seed = int(data_cfg.num_crystals), int(data_cfg.get("seed", 0))
-        return _Source(
-            items=_LazyList(lambda: build_demo_crystals(num, seed), num),
-            to_crystal=_identity,
+        return _SourcePlan(
             fingerprint=demo_fingerprint(num, seed),
-            target=str(data_cfg.target),
-            skipped=[],
+            target=target,
             description=f"built-in demo dataset ({num} EMT alloys, not Materials Project data)",
+            read=lambda: (build_demo_crystals(num, seed), _identity, []),
         )
-    from crystal_train.data.sources import load_source, to_crystal
+    from crystal_train.data.sources import content_fingerprint, load_source, to_crystal
 
     snapshot = data_cfg.get("snapshot")
     if snapshot is None:
@@ -128,36 +125,21 @@ def _resolve_source(data_cfg, cache_dir: Path) -> _Source:
 
         query = data_cfg.get("query") or {}
         snapshot = resolve_mp_snapshot(
-            OmegaConf.to_container(query, resolve=True) if OmegaConf.is_config(query) else dict(query),
-            [str(data_cfg.target)],
-            cache_dir,
+            OmegaConf.to_container(query, resolve=True) if OmegaConf.is_config(query) else dict(query), [target], cache_dir
         )
-    data = load_source(
-        Path(snapshot).expanduser(),
-        str(data_cfg.target),
-        id_column=data_cfg.get("id_column"),
-        cif_column=data_cfg.get("cif_column"),
-    )
-    return _Source(data.items, to_crystal, data.fingerprint, data.target, list(data.skipped), f"{snapshot} ({data.layout})")
+    path = Path(snapshot).expanduser()
+    id_column, cif_column = data_cfg.get("id_column"), data_cfg.get("cif_column")
+
+    def read():
+        data = load_source(path, target, id_column=id_column, cif_column=cif_column)
+        log.info("Read %s (%s layout): %d items", path, data.layout, len(data.items))
+        return data.items, to_crystal, data.skipped
+
+    return _SourcePlan(content_fingerprint(path, target, id_column, cif_column), target, str(path), read)
 
 
 def _identity(item):
     return item
-
-
-class _LazyList(Sequence):
-    """A sequence built on first access, so a cached demo dataset is never regenerated."""
-
-    def __init__(self, make: Callable[[], list], length: int):
-        self._make, self._length, self._items = make, length, None
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __getitem__(self, index):
-        if self._items is None:
-            self._items = self._make()
-        return self._items[index]
 
 
 def _limit(items: Sequence, limit: int | None, seed: int) -> Sequence:

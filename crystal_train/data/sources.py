@@ -94,6 +94,19 @@ def load_source(
     )
 
 
+def content_fingerprint(path: str | Path, target: str, id_column: str | None = None, cif_column: str | None = None) -> str:
+    """sha256 of every file's bytes at `path` (a file, or a folder's files) and the read settings.
+
+    Cheap to compute without parsing anything, so a graph cache can be found before the source is
+    read; layout detection is a function of the same bytes and settings.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"data source {path} does not exist")
+    files = [(path, path.name)] if path.is_file() else [(f, str(f.relative_to(path))) for f in path.rglob("*") if f.is_file()]
+    return _fingerprint(files, target, {"id_column": id_column, "cif_column": cif_column})
+
+
 def to_crystal(item: RawItem) -> Crystal:
     """Parse one item's structure; raises SkippedItem(id, reason) when it cannot be used."""
     if item.cif_text is not None:
