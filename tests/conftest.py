@@ -1,4 +1,4 @@
-"""Shared test fixtures: the real train config composed for fast CPU runs inside tmp_path."""
+"""Shared fixtures: the real train config composed for quick CPU runs in tmp_path, and small CSV snapshots."""
 
 from __future__ import annotations
 
@@ -10,8 +10,6 @@ from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
-
-SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 @pytest.fixture
@@ -66,6 +64,6 @@ def write_csv(tmp_path):
 def good_rows() -> list[dict]:
     """CSV rows of the five good structures with distinct labels."""
     return [
-        {"material_id": item_id, "formation_energy_per_atom": -0.5 * n, "band_gap": 0.25 * n, "cif": cif_text(s)}
+        {"material_id": item_id, "formation_energy_per_atom": -0.5 * (n + 1), "band_gap": 0.25 * n, "cif": cif_text(s)}
         for n, (item_id, s) in enumerate(good_structures().items())
     ]

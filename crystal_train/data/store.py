@@ -121,7 +121,7 @@ def _build_one(item) -> tuple[str, float, str | None, CrystalGraph | None, str |
                 raise SkippedItem(crystal.id, f"element outside the feature table: {names}")
         if crystal.num_atoms == 0:
             raise SkippedItem(crystal.id, "no atoms")
-        graph = build_graph(crystal, _worker_state["settings"])
+        graph = _compact(build_graph(crystal, _worker_state["settings"]))
         return str(item.id), item.target, item.split, graph, None
     except SkippedItem as skipped:
         return skipped.item_id, float("nan"), None, None, skipped.reason
@@ -141,21 +141,35 @@ def build_store(
     num_workers = num_workers or os.cpu_count() or 1
     init_args = (to_crystal, settings, supported_elements)
     bar = dict(total=len(items), desc="graphs", unit="crystal", disable=not progress, mininterval=1.0)
-    if num_workers <= 1 or len(items) < 200:
-        _init_worker(*init_args)
-        results: Iterable = tqdm(map(_build_one, items), **bar)
-        return _assemble(results)
     threads = torch.get_num_threads()
-    context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with context.Pool(num_workers, initializer=_init_worker, initargs=init_args) as pool:
-        chunk = max(16, min(256, len(items) // (num_workers * 8) or 1))
-        store = _assemble(tqdm(pool.imap(_build_one, items, chunksize=chunk), **bar))
-    torch.set_num_threads(threads)
-    return store
+    try:
+        if num_workers <= 1 or len(items) < 200:
+            _init_worker(*init_args)  # one torch thread while building here; restored below
+            return _assemble(tqdm(map(_build_one, items), **bar))
+        context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with context.Pool(num_workers, initializer=_init_worker, initargs=init_args) as pool:
+            chunk = max(16, min(256, len(items) // (num_workers * 8) or 1))
+            return _assemble(tqdm(pool.imap(_build_one, items, chunksize=chunk), **bar))
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compact(graph: CrystalGraph) -> CrystalGraph:
+    """The graph in the store's dtypes, so workers pickle back and the parent holds half as many bytes."""
+    return CrystalGraph(
+        numbers=graph.numbers.astype(np.int16),
+        edge_index=graph.edge_index.astype(np.int32),
+        distances=graph.distances.astype(np.float32),
+        images=graph.images.astype(np.int8),
+    )
 
 
 def _assemble(results: Iterable) -> GraphStore:
-    ids, targets, splits, graphs, skipped = [], [], [], [], []
+    ids, targets, splits, skipped = [], [], [], []
+    numbers, distances = _Column(np.int16, (0,)), _Column(np.float32, (0,))
+    edge_index, images = _Column(np.int32, (2, 0), axis=1), _Column(np.int8, (0, 3))
+    node_counts, edge_counts = [], []
+    isolated = 0
     for item_id, target, split, graph, reason in results:
         if graph is None:
             skipped.append((item_id, reason))
@@ -163,20 +177,65 @@ def _assemble(results: Iterable) -> GraphStore:
         ids.append(item_id)
         targets.append(np.nan if target is None else float(target))
         splits.append(SPLIT_CODES[split])
-        graphs.append(graph)
-    node_counts = np.array([len(g.numbers) for g in graphs], dtype=np.int64)
-    edge_counts = np.array([g.distances.size for g in graphs], dtype=np.int64)
-    empty = np.zeros((2, 0), dtype=np.int32)
+        node_counts.append(len(graph.numbers))
+        edge_counts.append(graph.distances.size)
+        isolated += graph.isolated_atoms
+        numbers.append(graph.numbers)
+        edge_index.append(graph.edge_index)
+        distances.append(graph.distances)
+        images.append(graph.images)
     return GraphStore(
         ids=ids,
         targets=np.array(targets, dtype=np.float64),
         split_codes=np.array(splits, dtype=np.int8),
-        numbers=np.concatenate([g.numbers for g in graphs]).astype(np.int16) if graphs else np.zeros(0, np.int16),
-        node_ptr=np.r_[0, np.cumsum(node_counts)].astype(np.int64),
-        edge_index=np.concatenate([g.edge_index for g in graphs], axis=1).astype(np.int32) if graphs else empty,
-        edge_ptr=np.r_[0, np.cumsum(edge_counts)].astype(np.int64),
-        distances=np.concatenate([g.distances for g in graphs]).astype(np.float32) if graphs else np.zeros(0, np.float32),
-        images=np.concatenate([g.images for g in graphs]).astype(np.int8) if graphs else np.zeros((0, 3), np.int8),
+        numbers=numbers.join(),
+        node_ptr=np.r_[0, np.cumsum(node_counts, dtype=np.int64)],
+        edge_index=edge_index.join(),
+        edge_ptr=np.r_[0, np.cumsum(edge_counts, dtype=np.int64)],
+        distances=distances.join(),
+        images=images.join(),
         skipped=skipped,
-        isolated_atoms=sum(g.isolated_atoms for g in graphs),
+        isolated_atoms=isolated,
     )
+
+
+class _Column:
+    """Per-crystal arrays joined into one, with peak memory near one copy of the data.
+
+    Each piece is copied at once into a large preallocated block, so the many small arrays never
+    pile up; the blocks are then copied into the result one at a time, each freed once copied.
+    """
+
+    # above glibc's largest mmap threshold (32 MiB), so a freed block goes back to the OS
+    BLOCK_BYTES = 64 << 20
+
+    def __init__(self, dtype, shape: tuple, axis: int = 0):
+        self.dtype, self.shape, self.axis = np.dtype(dtype), shape, axis
+        self.blocks: list[np.ndarray] = []  # each viewed with the joined axis first
+        self.filled: list[int] = []
+
+    def _rows(self, array: np.ndarray) -> np.ndarray:
+        return array if self.axis == 0 else array.swapaxes(0, self.axis)
+
+    def append(self, piece: np.ndarray) -> None:
+        piece = self._rows(piece)
+        if not self.blocks or self.filled[-1] + len(piece) > len(self.blocks[-1]):
+            row_bytes = self.dtype.itemsize * int(np.prod(piece.shape[1:]))
+            shape = list(self.shape)
+            shape[self.axis] = max(len(piece), self.BLOCK_BYTES // row_bytes)
+            self.blocks.append(self._rows(np.empty(shape, dtype=self.dtype)))
+            self.filled.append(0)
+        start = self.filled[-1]
+        self.blocks[-1][start : start + len(piece)] = piece
+        self.filled[-1] = start + len(piece)
+
+    def join(self) -> np.ndarray:
+        shape = list(self.shape)
+        shape[self.axis] = sum(self.filled)
+        out = np.empty(shape, dtype=self.dtype)
+        rows, offset = self._rows(out), 0
+        while self.blocks:
+            block, filled = self.blocks.pop(0), self.filled.pop(0)
+            rows[offset : offset + filled] = block[:filled]
+            offset += filled
+        return out

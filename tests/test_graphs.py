@@ -1,0 +1,243 @@
+"""build_graph against a brute-force enumeration of periodic images."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice
+
+from crystal_train.data.crystal import Crystal
+from crystal_train.data.graphs import GraphSettings, build_graph
+from crystal_train.data.store import build_store
+
+ALL = GraphSettings(cutoff=8.0, max_neighbors=None)
+
+
+def brute_force(crystal: Crystal, cutoff: float, centres=None) -> dict[tuple[int, int, tuple[int, int, int]], float]:
+    """{(i, j, image): distance} for every neighbour j + image of centre i with 0 < d <= cutoff."""
+    lattice, frac = crystal.lattice, crystal.frac_coords
+    cart = frac @ lattice
+    # fractional component k of a vector v is v . b_k with b_k the k-th column of inv(lattice), so a
+    # neighbour within the cutoff needs |n_k + (f_j - f_i)_k| <= cutoff * |b_k|
+    reciprocal_norms = np.linalg.norm(np.linalg.inv(lattice), axis=0)
+    spread = np.abs(frac[:, None, :] - frac[None, :, :]).max(axis=(0, 1))
+    reach = np.ceil(cutoff * reciprocal_norms + spread).astype(int)
+    images = np.array(list(itertools.product(*(range(-r, r + 1) for r in reach))))
+    shifts = images @ lattice
+    found = {}
+    for i in range(crystal.num_atoms) if centres is None else centres:
+        vectors = cart[None, :, :] + shifts[:, None, :] - cart[i]
+        distances = np.linalg.norm(vectors, axis=2)
+        for t, j in zip(*np.nonzero((distances > 1e-8) & (distances <= cutoff))):
+            found[(i, int(j), tuple(int(x) for x in images[t]))] = float(distances[t, j])
+    return found
+
+
+def edges_of(graph) -> dict[tuple[int, int, tuple[int, int, int]], float]:
+    """{(i, j, image): distance} of a built graph; fails on a repeated edge."""
+    j, i = graph.edge_index
+    edges = {
+        (int(a), int(b), tuple(int(x) for x in image)): float(d)
+        for a, b, image, d in zip(i, j, graph.images, graph.distances)
+    }
+    assert len(edges) == graph.distances.size, "an edge appears twice"
+    return edges
+
+
+def random_cell(rng, num_atoms, lengths=(2.5, 6.0), angles=(60.0, 120.0), cid="x") -> Crystal:
+    while True:
+        a, b, c = rng.uniform(*lengths, size=3)
+        alpha, beta, gamma = rng.uniform(*angles, size=3)
+        lattice = Lattice.from_parameters(a, b, c, alpha, beta, gamma)
+        if lattice.volume > 0.05 * a * b * c:
+            break
+    return Crystal(
+        id=cid,
+        lattice=np.array(lattice.matrix),
+        numbers=rng.integers(1, 90, size=num_atoms),
+        frac_coords=rng.uniform(0, 1, size=(num_atoms, 3)),
+    )
+
+
+def skewed_cell(rng, alpha, beta, gamma, num_atoms=3) -> Crystal:
+    lattice = Lattice.from_parameters(*rng.uniform(3.0, 4.5, size=3), alpha, beta, gamma)
+    return Crystal(
+        id="skewed",
+        lattice=np.array(lattice.matrix),
+        numbers=rng.integers(1, 90, size=num_atoms),
+        frac_coords=rng.uniform(0, 1, size=(num_atoms, 3)),
+    )
+
+
+def supercell(repeats=5) -> Crystal:
+    """A 2-atom rocksalt-like primitive cell (non-round lengths) repeated repeats^3 times: 250 atoms."""
+    base = np.array([[0.0, 1.71, 1.71], [1.71, 0.0, 1.71], [1.71, 1.71, 0.0]]) * 1.03
+    base_frac = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.5]])
+    cells = np.array(list(itertools.product(range(repeats), repeat=3)))
+    frac = (cells[:, None, :] + base_frac[None, :, :]).reshape(-1, 3) / repeats
+    numbers = np.tile([11, 17], len(cells))
+    return Crystal(id="super", lattice=base * repeats, numbers=numbers, frac_coords=frac)
+
+
+def assert_all_edges(crystal: Crystal, cutoff: float, centres=None) -> dict:
+    graph = build_graph(crystal, GraphSettings(cutoff=cutoff, max_neighbors=None))
+    built = edges_of(graph)
+    if centres is not None:
+        built = {key: d for key, d in built.items() if key[0] in set(centres)}
+    expected = brute_force(crystal, cutoff, centres)
+    assert built.keys() == expected.keys()
+    keys = sorted(expected)
+    np.testing.assert_allclose([built[k] for k in keys], [expected[k] for k in keys], rtol=0, atol=1e-9)
+    return built
+
+
+def assert_nearest(crystal: Crystal, cutoff: float, k: int, centres=None) -> None:
+    """Each centre keeps exactly min(k, available) real neighbours, and their distances are the k smallest."""
+    built = edges_of(build_graph(crystal, GraphSettings(cutoff=cutoff, max_neighbors=k)))
+    expected = brute_force(crystal, cutoff, centres)
+    for i in range(crystal.num_atoms) if centres is None else centres:
+        kept = {key: d for key, d in built.items() if key[0] == i}
+        for key, d in kept.items():
+            assert key in expected
+            assert d == pytest.approx(expected[key], abs=1e-9)
+        reference = sorted(d for key, d in expected.items() if key[0] == i)[:k]
+        np.testing.assert_allclose(sorted(kept.values()), reference, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_cells_match_brute_force(seed):
+    rng = np.random.default_rng(seed)
+    crystal = random_cell(rng, num_atoms=int(rng.integers(1, 5)))
+    cutoff = float(rng.uniform(4.0, 8.0))
+    assert_all_edges(crystal, cutoff)
+    assert_nearest(crystal, cutoff, 12)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_one_atom_cell_shorter_than_cutoff_has_self_images(seed):
+    rng = np.random.default_rng(100 + seed)
+    crystal = random_cell(rng, num_atoms=1, lengths=(2.0, 3.2))
+    built = assert_all_edges(crystal, 7.0)
+    assert len(built) > 50
+    assert all(i == j == 0 and image != (0, 0, 0) for i, j, image in built)
+    assert_nearest(crystal, 7.0, 12)
+
+
+@pytest.mark.parametrize("angles", [(25.0, 25.0, 25.0), (90.0, 90.0, 20.0), (30.0, 80.0, 100.0), (150.0, 90.0, 90.0)])
+def test_skewed_cells_match_brute_force(angles):
+    rng = np.random.default_rng(7)
+    crystal = skewed_cell(rng, *angles)
+    assert_all_edges(crystal, 8.0)
+    assert_nearest(crystal, 8.0, 12)
+
+
+def test_supercell_sampled_centres_match_brute_force():
+    crystal = supercell()
+    assert crystal.num_atoms == 250
+    centres = np.random.default_rng(0).choice(crystal.num_atoms, size=8, replace=False).tolist()
+    built = assert_all_edges(crystal, 8.0, centres)
+    # the shortest supercell translation is 12.5 Å, so no atom reaches its own image within 8 Å
+    assert all(j != i for i, j, _ in built)
+    assert_nearest(crystal, 8.0, 12, centres)
+
+
+def test_supercell_atoms_have_as_many_neighbours_as_in_the_primitive_cell():
+    prim = supercell(repeats=1)
+    big = supercell(repeats=5)
+    for crystal in (prim, big):
+        graph = build_graph(crystal, ALL)
+        counts = np.bincount(graph.edge_index[1], minlength=crystal.num_atoms)
+        assert len(set(counts.tolist())) == 1
+    assert np.bincount(build_graph(big, ALL).edge_index[1])[0] == np.bincount(build_graph(prim, ALL).edge_index[1])[0]
+
+
+def test_self_images_present_when_other_atoms_exist():
+    crystal = Crystal("two", np.diag([3.1, 3.3, 9.0]), np.array([8, 26]), np.array([[0, 0, 0], [0.5, 0.5, 0.5]]))
+    built = assert_all_edges(crystal, 5.0)
+    self_images = {image for i, j, image in built if i == j == 0}
+    assert {(1, 0, 0), (-1, 0, 0), (0, 1, 0), (0, -1, 0)} <= self_images
+    assert (0, 0, 0) not in self_images
+
+
+def test_fewer_neighbours_than_max_keeps_all():
+    crystal = Crystal("sparse", np.diag([6.0, 7.0, 30.0]), np.array([3, 9]), np.array([[0, 0, 0], [0.5, 0.5, 0.0]]))
+    every = build_graph(crystal, GraphSettings(cutoff=5.0, max_neighbors=None))
+    capped = build_graph(crystal, GraphSettings(cutoff=5.0, max_neighbors=12))
+    assert every.distances.size < 12 * crystal.num_atoms
+    assert edges_of(every) == edges_of(capped)
+
+
+def test_ties_resolved_deterministically():
+    # bcc: 8 neighbours at a*sqrt(3)/2, then 6 at a, so k=12 must choose 4 of 6 tied ones
+    crystal = Crystal("bcc", np.eye(3) * 2.87 * 2, np.full(16, 26), np.array(
+        [[x, y, z] for x in (0, 0.5) for y in (0, 0.5) for z in (0, 0.5)]
+        + [[x + 0.25, y + 0.25, z + 0.25] for x in (0, 0.5) for y in (0, 0.5) for z in (0, 0.5)]
+    ))
+    settings = GraphSettings(cutoff=6.0, max_neighbors=12)
+    first, second = build_graph(crystal, settings), build_graph(crystal, settings)
+    for name in ("edge_index", "distances", "images"):
+        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
+    distances = np.sort(first.distances[first.edge_index[1] == 0])
+    assert distances[8:] == pytest.approx([2.87] * 4)
+
+
+def test_permuted_atom_order_keeps_each_centres_neighbour_shells():
+    rng = np.random.default_rng(3)
+    crystal = supercell(repeats=2)
+    perm = rng.permutation(crystal.num_atoms)
+    permuted = Crystal("p", crystal.lattice, crystal.numbers[perm], crystal.frac_coords[perm])
+    settings = GraphSettings(cutoff=6.0, max_neighbors=12)
+
+    def shells(c: Crystal, original: np.ndarray) -> dict[int, list]:
+        g = build_graph(c, settings)
+        j, i = g.edge_index
+        result: dict[int, list] = {}
+        for a, b, d in zip(i, j, g.distances):
+            result.setdefault(int(original[a]), []).append((int(c.numbers[b]), round(float(d), 6)))
+        return {key: sorted(value) for key, value in result.items()}
+
+    assert shells(crystal, np.arange(crystal.num_atoms)) == shells(permuted, perm)
+
+
+def test_store_gives_each_crystal_the_same_graph_whatever_the_input_order():
+    rng = np.random.default_rng(11)
+    crystals = [random_cell(rng, int(rng.integers(1, 4)), cid=f"c{n}") for n in range(6)]
+    settings = GraphSettings(cutoff=6.0, max_neighbors=12)
+    order = rng.permutation(len(crystals))
+
+    def per_id(items):
+        store = build_store(items, lambda c: c, settings, num_workers=1, progress=False)
+        return {
+            cid: (
+                store.edge_index[:, store.edge_ptr[n] : store.edge_ptr[n + 1]].tolist(),
+                store.images[store.edge_ptr[n] : store.edge_ptr[n + 1]].tolist(),
+                store.distances[store.edge_ptr[n] : store.edge_ptr[n + 1]].tolist(),
+            )
+            for n, cid in enumerate(store.ids)
+        }
+
+    assert per_id(crystals) == per_id([crystals[k] for k in order])
+
+
+def test_isolated_atoms_in_huge_cell():
+    crystal = Crystal(
+        "gas",
+        np.eye(3) * 100.0,
+        np.array([1, 2, 8]),
+        np.array([[0.1, 0.1, 0.1], [0.5, 0.5, 0.5], [0.8, 0.2, 0.6]]),
+    )
+    graph = build_graph(crystal, GraphSettings(cutoff=4.0, max_neighbors=12))
+    assert graph.distances.size == 0
+    assert graph.isolated_atoms == crystal.num_atoms
+
+
+def test_isolated_atoms_counts_only_atoms_without_neighbours():
+    crystal = Crystal(
+        "pair+lone",
+        np.eye(3) * 50.0,
+        np.array([1, 1, 8]),
+        np.array([[0.1, 0.1, 0.1], [0.115, 0.1, 0.1], [0.6, 0.6, 0.6]]),
+    )
+    assert build_graph(crystal, GraphSettings(cutoff=3.0, max_neighbors=None)).isolated_atoms == 1

@@ -1,0 +1,128 @@
+"""Train/val/test splits: seeded fractions, by composition, the source's own, and from a split file."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from crystal_train.data.crystal import Crystal
+from crystal_train.data.dataset import graph_settings, prepare_data
+from crystal_train.data.graphs import GraphSettings
+from crystal_train.data.splits import SPLIT_ORDER, make_splits, split_ids
+from crystal_train.data.store import build_store
+from crystal_train.training import artifacts
+
+FCC = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+
+
+def _store(crystals):
+    return build_store(crystals, lambda c: c, GraphSettings(3.0, 12), num_workers=1, progress=False)
+
+
+def _simple_store(n: int):
+    rng = np.random.default_rng(0)
+    return _store(
+        [Crystal(f"id-{k}", np.eye(3) * 3.0, rng.integers(1, 90, size=1), np.zeros((1, 3))) for k in range(n)]
+    )
+
+
+def _assert_partition(splits, n):
+    everything = np.concatenate([splits[name] for name in SPLIT_ORDER])
+    assert sorted(everything.tolist()) == list(range(n))
+
+
+@pytest.mark.parametrize(("n", "fractions"), [(200, (0.8, 0.1, 0.1)), (37, (0.6, 0.2, 0.2)), (10, (0.5, 0.0, 0.5))])
+def test_fraction_split_is_seeded_partition_with_requested_sizes(n, fractions):
+    store = _simple_store(n)
+    splits = make_splits(store, "random", fractions, seed=5)
+    _assert_partition(splits, n)
+    for name, fraction in zip(SPLIT_ORDER, fractions):
+        assert abs(len(splits[name]) - fraction * n) <= 1
+    again = make_splits(store, "random", fractions, seed=5)
+    assert all(np.array_equal(splits[name], again[name]) for name in SPLIT_ORDER)
+    other = make_splits(store, "random", fractions, seed=6)
+    assert not all(np.array_equal(splits[name], other[name]) for name in SPLIT_ORDER if len(splits[name]))
+
+
+def test_bad_fractions_are_rejected():
+    store = _simple_store(10)
+    with pytest.raises(ValueError, match="fractions"):
+        make_splits(store, "random", (0.8, 0.1, 0.2))
+
+
+def _nacl_polymorphs_and_others():
+    primitive = Crystal("nacl-2", np.array([[0, 2.82, 2.82], [2.82, 0, 2.82], [2.82, 2.82, 0]]), np.array([11, 17]),
+                        np.array([[0, 0, 0], [0.5, 0.5, 0.5]]))
+    conventional = Crystal("nacl-8", np.eye(3) * 5.64, np.array([11] * 4 + [17] * 4),
+                           np.vstack([FCC, FCC + [0.5, 0, 0]]))
+    cscl_type = Crystal("nacl-cscl", np.eye(3) * 3.4, np.array([17, 11]), np.array([[0.5, 0.5, 0.5], [0, 0, 0]]))
+    rng = np.random.default_rng(1)
+    others = []
+    for k in range(30):
+        numbers = rng.integers(1, 90, size=int(rng.integers(1, 4)))
+        others.append(Crystal(f"other-{k}", np.eye(3) * 4.0, numbers, rng.uniform(0, 1, size=(len(numbers), 3))))
+    return [primitive, *others[:15], conventional, *others[15:], cscl_type]
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_composition_split_keeps_polymorphs_together(seed):
+    store = _store(_nacl_polymorphs_and_others())
+    splits = make_splits(store, "composition", (0.5, 0.25, 0.25), seed=seed)
+    _assert_partition(splits, len(store))
+    where = {store.ids[i]: name for name in SPLIT_ORDER for i in splits[name]}
+    assert where["nacl-2"] == where["nacl-8"] == where["nacl-cscl"]
+    assert all(len(splits[name]) for name in SPLIT_ORDER)
+
+
+def test_composition_split_moves_polymorph_group_as_one_across_seeds():
+    store = _store(_nacl_polymorphs_and_others())
+    homes = set()
+    for seed in range(20):
+        splits = make_splits(store, "composition", (0.5, 0.25, 0.25), seed=seed)
+        homes.add(next(name for name in SPLIT_ORDER if store.ids.index("nacl-8") in splits[name]))
+    assert len(homes) > 1  # the group is placed by the seed, not pinned to one split
+
+
+def test_source_split_column_is_used(compose_train_cfg, write_csv, good_rows, tmp_path):
+    wanted = dict(zip([row["material_id"] for row in good_rows], ["test", "train", "val", "train", "test"]))
+    for row in good_rows:
+        row["split"] = wanted[row["material_id"]]
+    cfg = compose_train_cfg([f"data.snapshot={write_csv(good_rows)}", "data.split.fractions=[1.0,0.0,0.0]"], tmp_path)
+    data = prepare_data(cfg.data, graph_settings(cfg.graph))
+    got = split_ids(data.store, data.splits)
+    assert got == {name: [i for i in wanted if wanted[i] == name] for name in SPLIT_ORDER}
+
+
+def test_split_file_from_previous_run_is_reused_exactly(compose_train_cfg, write_csv, good_rows, tmp_path):
+    snapshot = write_csv(good_rows)
+    first_cfg = compose_train_cfg([f"data.snapshot={snapshot}", "data.split.fractions=[0.6,0.2,0.2]"], tmp_path)
+    first = prepare_data(first_cfg.data, graph_settings(first_cfg.graph))
+    saved = split_ids(first.store, first.splits)
+    saved["train"].reverse()  # the file's order is kept, not re-sorted
+    artifacts.write_json(tmp_path / "split.json", saved)
+
+    cfg = compose_train_cfg(
+        [f"data.snapshot={snapshot}", f"data.split.file={tmp_path / 'split.json'}", "data.seed=99", "data.split.kind=composition"],
+        tmp_path,
+    )
+    data = prepare_data(cfg.data, graph_settings(cfg.graph))
+    assert split_ids(data.store, data.splits) == saved
+
+
+def test_split_file_with_unknown_id_is_a_clear_error(compose_train_cfg, write_csv, good_rows, tmp_path):
+    ids = [row["material_id"] for row in good_rows]
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": ids[:3], "val": [ids[3], "mp-nowhere"], "test": ids[4:]}))
+    cfg = compose_train_cfg([f"data.snapshot={write_csv(good_rows)}", f"data.split.file={split_file}"], tmp_path)
+    with pytest.raises(ValueError, match=r"val ids are not in the data.*mp-nowhere"):
+        prepare_data(cfg.data, graph_settings(cfg.graph))
+
+
+def test_split_file_missing_a_split_is_a_clear_error(tmp_path):
+    store = _simple_store(4)
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": store.ids[:3], "val": store.ids[3:]}))
+    with pytest.raises(ValueError, match="no 'test' list"):
+        make_splits(store, file=split_file)
