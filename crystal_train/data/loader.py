@@ -35,7 +35,7 @@ class DeviceGraphs:
         self.edge_ptr = put(store.edge_ptr[:-1], torch.long)
         self.node_count_t = put(self.node_counts, torch.long)
         self.edge_count_t = put(self.edge_counts, torch.long)
-        self.edge_index = put(store.edge_index, torch.long)
+        self.edge_index = put(store.edge_index, torch.int32)  # local indices; widened per batch
         self.distances = put(store.distances, torch.float32)
         values = store.targets if targets is None else targets
         self.targets = put(np.nan_to_num(values, nan=0.0), torch.float32)
@@ -58,7 +58,7 @@ class DeviceGraphs:
         node_ids, node_owner = _concat_ranges(self.node_ptr[index], node_counts, num_nodes)
         edge_ids, edge_owner = _concat_ranges(self.edge_ptr[index], edge_counts, num_edges)
         first_node = torch.cumsum(node_counts, 0) - node_counts
-        edge_index = self.edge_index[:, edge_ids] + first_node[edge_owner]
+        edge_index = self.edge_index[:, edge_ids].long() + first_node[edge_owner]
         return GraphBatch(
             atomic_numbers=self.numbers[node_ids],
             edge_index=edge_index,
