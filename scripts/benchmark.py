@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--precisions", default="32", help="comma-separated: 32, bf16")
     parser.add_argument("--compile", choices=("off", "on", "both"), default="off", help="torch.compile settings to measure")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (crystals)")
-    parser.add_argument("--eval-batch-size", type=int, default=512, help="inference batch size")
+    parser.add_argument("--eval-batch-size", type=int, default=64, help="inference batch size")
     parser.add_argument("--no-baseline", action="store_true", help="skip the PyG DataLoader baseline")
     parser.add_argument("--cache-dir", default=None, help="graph cache directory (default: a fresh temporary one, so the build is cold)")
     parser.add_argument("--workers", type=int, default=None, help="processes for the graph build (default: all cores)")

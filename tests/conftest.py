@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
+
+from config_utils import compose_config
 
 
 @pytest.fixture
@@ -17,20 +17,10 @@ def compose_train_cfg():
     """compose_train_cfg(overrides, tmp_path): the train config with the cache in tmp_path, on CPU, quiet."""
 
     def compose_cfg(overrides: list[str], tmp_path: Path):
-        GlobalHydra.instance().clear()
-        with initialize_config_module(config_module="crystal_train.configs", version_base="1.3"):
-            return compose(
-                config_name="train",
-                overrides=[
-                    f"data.cache_dir={tmp_path / 'cache'}",
-                    "trainer.device=cpu",
-                    "trainer.progress_bar=false",
-                    *overrides,
-                ],
-            )
+        defaults = [f"data.cache_dir={tmp_path / 'cache'}", "trainer.device=cpu", "trainer.progress_bar=false"]
+        return compose_config("train", [*defaults, *overrides])
 
-    yield compose_cfg
-    GlobalHydra.instance().clear()
+    return compose_cfg
 
 
 def good_structures() -> dict[str, Structure]:

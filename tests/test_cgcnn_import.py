@@ -25,8 +25,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from graph_utils import make_batch
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 from omegaconf import OmegaConf
 
 from crystal_train.cli.evaluate import evaluate
@@ -37,6 +35,7 @@ from crystal_train.data.graphs import GraphSettings
 from crystal_train.models.cgcnn import CGCNN
 from crystal_train.models.cgcnn_import import convert_reference_checkpoint
 from crystal_train.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model, model_from_checkpoint
+from config_utils import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
@@ -55,15 +54,6 @@ def load_script():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def compose_cfg(config_name: str, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module="crystal_train.configs", version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 def read_predictions(path: Path) -> dict[str, float]:
@@ -139,7 +129,7 @@ def reference_predictions(name: str) -> dict[str, float]:
 @pytest.mark.parametrize("name", REGRESSION_CHECKPOINTS)
 def test_predict_matches_independent_reference(name, tmp_path):
     """crystal-predict on the original *.pth.tar agrees with the reference forward pass on every crystal."""
-    cfg = compose_cfg(
+    cfg = compose_config(
         "predict",
         [f"ckpt={PRETRAINED / f'{name}.pth.tar'}", f"atom_init={ATOM_INIT}", f"input={SAMPLE}", f"output={tmp_path / 'preds.csv'}", "device=cpu"],
     )
@@ -167,7 +157,7 @@ def test_evaluate_converted_checkpoint_on_cgcnn_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("CRYSTAL_TRAIN_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "eval"
     ckpt = PRETRAINED / "formation-energy-per-atom.pth.tar"
-    cfg = compose_cfg(
+    cfg = compose_config(
         "eval", [f"ckpt={ckpt}", f"atom_init={ATOM_INIT}", f"data.snapshot={SAMPLE}", "split=all", f"output={out}", "device=cpu"]
     )
     report = evaluate(cfg)
@@ -201,7 +191,7 @@ def test_script_output_loads_and_predicts_identically(tmp_path):
         assert torch.equal(value, from_converted.state_dict()[key]), key
     predictions = {}
     for name, ckpt, extra in (("original", original, [f"atom_init={ATOM_INIT}"]), ("converted", converted, [])):
-        cfg = compose_cfg("predict", [f"ckpt={ckpt}", f"input={SAMPLE}", f"output={tmp_path / name}.csv", "device=cpu", *extra])
+        cfg = compose_config("predict", [f"ckpt={ckpt}", f"input={SAMPLE}", f"output={tmp_path / name}.csv", "device=cpu", *extra])
         predictions[name] = read_predictions(run_predict(cfg))
     assert predictions["converted"] == predictions["original"]
     assert len(predictions["converted"]) == 10

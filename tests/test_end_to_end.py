@@ -10,11 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.training.run import train
+from config_utils import compose_config
 
 RUN_FILES = (
     "metrics.json",
@@ -25,21 +24,17 @@ RUN_FILES = (
     "split.json",
     "skipped.csv",
     "config.yaml",
+    "parity_test.png",
+    "learning_curve.png",
 )
 DEMO_OVERRIDES = ["data=demo", "data.num_crystals=120", "model.n_conv=2", "trainer.batch_size=32", "seed=7"]
-
-
-def _compose(config_name: str, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    with initialize_config_module(config_module="crystal_train.configs", version_base="1.3"):
-        return compose(config_name=config_name, overrides=overrides)
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     """One short CGCNN training on the demo data, shared by the tests below."""
     root = tmp_path_factory.mktemp("demo_run")
-    cfg = _compose(
+    cfg = compose_config(
         "train",
         [*DEMO_OVERRIDES, f"data.cache_dir={root / 'cache'}", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=3"],
     )
@@ -77,7 +72,7 @@ def test_training_writes_every_run_file(demo_run):
 @pytest.mark.slow
 def test_eval_reproduces_test_mae_with_no_other_argument(demo_run, tmp_path):
     run_dir, _, _ = demo_run
-    cfg = _compose("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"output={tmp_path}", "device=cpu"])
+    cfg = compose_config("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"output={tmp_path}", "device=cpu"])
     report = evaluate(cfg)
     trained = json.loads((run_dir / "metrics.json").read_text())
     assert report["test"]["mae"] == pytest.approx(trained["test"]["mae"], abs=1e-5)
@@ -90,7 +85,7 @@ def test_eval_reproduces_test_mae_with_no_other_argument(demo_run, tmp_path):
 def test_same_settings_reuse_the_graph_cache(demo_run, tmp_path):
     _, cache, _ = demo_run
     caches = sorted(cache.glob("graphs/graphs-*.pt"))
-    cfg = _compose(
+    cfg = compose_config(
         "train",
         [*DEMO_OVERRIDES, f"data.cache_dir={cache}", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=1"],
     )

@@ -16,8 +16,6 @@ import hydra
 import pytest
 import torch
 import torch.distributed as dist
-from hydra import compose, initialize_config_module
-from hydra.core.global_hydra import GlobalHydra
 
 import crystal_train.training.loop as loop
 from crystal_train.cli.evaluate import evaluate
@@ -26,6 +24,7 @@ from crystal_train.train import torchrun_arguments
 from crystal_train.training.checkpoint import load_checkpoint
 from crystal_train.training.run import train
 from crystal_train.training.sweep import SUMMARY_COLUMNS
+from config_utils import compose_config
 
 BIN = Path(sys.executable).parent
 CRYSTAL_TRAIN = str(BIN / "crystal-train")
@@ -52,15 +51,6 @@ def _history(run_dir: Path) -> list[dict]:
 
 def _metrics(run_dir: Path) -> dict:
     return json.loads((Path(run_dir) / "metrics.json").read_text())
-
-
-def _compose(config_name: str, overrides: list[str]):
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_module(config_module="crystal_train.configs", version_base="1.3"):
-            return compose(config_name=config_name, overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +171,7 @@ def test_early_stopping_keeps_and_scores_the_best_checkpoint(small_cfg, tmp_path
 
     scores = {}
     for name in ("best", "last"):
-        eval_cfg = _compose("eval", [f"ckpt={run_dir / 'checkpoints' / f'{name}.pt'}", f"output={tmp_path / name}", "device=cpu"])
+        eval_cfg = compose_config("eval", [f"ckpt={run_dir / 'checkpoints' / f'{name}.pt'}", f"output={tmp_path / name}", "device=cpu"])
         scores[name] = evaluate(eval_cfg)["test"]["mae"]
     assert metrics["test"]["mae"] == pytest.approx(scores["best"], abs=1e-6)
     assert abs(metrics["test"]["mae"] - scores["last"]) > 1e-6
