@@ -34,8 +34,6 @@ from ase.units import Bohr
 from crystal_train.data.crystal import Crystal
 
 DEMO_VERSION = 1
-DEMO_TARGET = "formation_energy_per_atom"
-DEMO_UNITS = "eV/atom"
 DEMO_ELEMENTS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
 
 _ANISO_STRAIN = 0.015  # std of the traceless strain components

@@ -41,27 +41,6 @@ class GraphStore:
     def splits(self) -> list[str | None]:
         return [SPLIT_NAMES[int(code)] for code in self.split_codes]
 
-    def subset(self, indices: Sequence[int]) -> "GraphStore":
-        """A new store holding only the given crystals, in that order."""
-        indices = np.asarray(indices, dtype=np.int64)
-        node_counts = np.diff(self.node_ptr)[indices]
-        edge_counts = np.diff(self.edge_ptr)[indices]
-        nodes = _concat_ranges(self.node_ptr[indices], node_counts)
-        edges = _concat_ranges(self.edge_ptr[indices], edge_counts)
-        return GraphStore(
-            ids=[self.ids[i] for i in indices],
-            targets=self.targets[indices],
-            split_codes=self.split_codes[indices],
-            numbers=self.numbers[nodes],
-            node_ptr=np.r_[0, np.cumsum(node_counts)],
-            edge_index=self.edge_index[:, edges],
-            edge_ptr=np.r_[0, np.cumsum(edge_counts)],
-            distances=self.distances[edges],
-            images=self.images[edges],
-            skipped=list(self.skipped),
-            isolated_atoms=self.isolated_atoms,
-        )
-
     def state(self) -> dict:
         """Plain tensors and lists, loadable with torch.load(weights_only=True)."""
         return {
@@ -87,14 +66,6 @@ class GraphStore:
             isolated_atoms=int(state["isolated_atoms"]),
             **arrays,
         )
-
-
-def _concat_ranges(starts: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """Concatenation of arange(s, s + c) for each (s, c)."""
-    total = int(counts.sum())
-    offsets = np.cumsum(counts) - counts
-    owner = np.repeat(np.arange(len(counts)), counts)
-    return starts[owner] + np.arange(total) - offsets[owner]
 
 
 # ----- building ---------------------------------------------------------------------------
