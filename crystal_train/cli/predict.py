@@ -52,11 +52,11 @@ def run_predict(cfg: DictConfig) -> Path:
     table = getattr(model, "atom_features", None)
     supported = supported_elements(table.cpu()) if table is not None else None
     store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), supported)
-    report_skipped(store)
     output = Path(cfg.output).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
+    skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
+    report_skipped(store, listed_in=str(skipped_path))
     if store.skipped:
-        skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
         artifacts.write_skipped(skipped_path, store.skipped)
         for item_id, reason in store.skipped:
             log.warning("Not predicted: %s (%s)", item_id, reason)
@@ -64,7 +64,8 @@ def run_predict(cfg: DictConfig) -> Path:
         model, DeviceGraphs(store, device), np.arange(len(store)), Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size)
     )
     artifacts.write_predictions(output, store.ids, predictions)
-    log.info("Wrote %d predictions (%s, %s) to %s", len(store), checkpoint.get("target"), checkpoint.get("units"), output)
+    units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
+    log.info("Wrote %d predictions of %s%s to %s", len(store), checkpoint.get("target"), units, output)
     return output
 
 

@@ -88,7 +88,7 @@ def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = No
     return PreparedData(store, splits, source.target, str(data_cfg.get("units") or ""), source.description)
 
 
-def report_skipped(store: GraphStore) -> None:
+def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:
     """One log line summarising skipped items and isolated atoms."""
     if store.skipped:
         reasons: dict[str, int] = {}
@@ -96,7 +96,7 @@ def report_skipped(store: GraphStore) -> None:
             kind = reason.split(":")[0]
             reasons[kind] = reasons.get(kind, 0) + 1
         summary = "; ".join(f"{count} {kind}" for kind, count in sorted(reasons.items()))
-        log.warning("Skipped %d items (%s); listed in skipped.csv", len(store.skipped), summary)
+        log.warning("Skipped %d items (%s); listed in %s", len(store.skipped), summary, listed_in)
     if store.isolated_atoms:
         log.warning("%d atoms have no neighbour within the cutoff", store.isolated_atoms)
 
