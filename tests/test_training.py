@@ -370,3 +370,15 @@ def test_optimizer_configs_instantiate(compose_train_cfg, tmp_path, name, cls, s
     group = optimizer.param_groups[0]
     assert {key: group[key] for key in settings} == settings
     assert group["params"] == parameters
+
+
+@pytest.mark.slow
+def test_bf16_run_is_scored_in_the_precision_it_was_selected_in(small_cfg, tmp_path):
+    """With trainer.precision=bf16 the reported val MAE is the one early stopping saw."""
+    run_dir = tmp_path / "run"
+    best_val = train(small_cfg("trainer.max_epochs=2", "trainer.precision=bf16"), run_dir)
+    metrics = _metrics(run_dir)
+    assert metrics["val"]["mae"] == pytest.approx(best_val, abs=1e-6)
+    eval_cfg = compose_config("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"output={tmp_path / 'eval'}", "device=cpu", "split=all"])
+    report = evaluate(eval_cfg)
+    assert report["test"]["mae"] == pytest.approx(metrics["test"]["mae"], abs=1e-6)

@@ -43,7 +43,8 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs = DeviceGraphs(data.store, device)
     normalizer = Normalizer(**checkpoint["normalizer"])
-    report = score_splits(model, graphs, data, normalizer, int(cfg.batch_size), out_dir, names, prediction_splits=names)
+    precision = str(train_cfg.get("trainer", {}).get("precision", "32"))
+    report = score_splits(model, graphs, data, normalizer, int(cfg.batch_size), out_dir, names, prediction_splits=names, precision=precision)
     report.update(checkpoint=str(checkpoint_path), best_epoch=checkpoint.get("train_state", {}).get("best_epoch"))
     artifacts.write_json(out_dir / "metrics.json", report)
     for name in names:

@@ -60,8 +60,9 @@ def run_predict(cfg: DictConfig) -> Path:
         artifacts.write_skipped(skipped_path, store.skipped)
         for item_id, reason in store.skipped:
             log.warning("Not predicted: %s (%s)", item_id, reason)
+    precision = str(checkpoint["config"].get("trainer", {}).get("precision", "32"))
     predictions = predict(
-        model, DeviceGraphs(store, device), np.arange(len(store)), Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size)
+        model, DeviceGraphs(store, device), np.arange(len(store)), Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size), precision
     )
     artifacts.write_predictions(output, store.ids, predictions)
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""

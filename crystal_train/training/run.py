@@ -107,7 +107,10 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units)
         best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
         model.load_state_dict(best["model_state"])
-        report = score_splits(model, graphs, data, normalizer, int(cfg.trainer.eval_batch_size), run_dir, ("train", "val", "test"))
+        report = score_splits(
+            model, graphs, data, normalizer, int(cfg.trainer.eval_batch_size), run_dir, ("train", "val", "test"),
+            precision=str(cfg.trainer.get("precision", "32")),
+        )
         report.update(best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed))
         artifacts.write_json(run_dir / "metrics.json", report)
         log.info(
@@ -137,12 +140,13 @@ def score_splits(
     out_dir: Path,
     splits: tuple[str, ...],
     prediction_splits: tuple[str, ...] = ("test",),
+    precision: str = "32",
 ) -> dict:
-    """Metrics for each split (metrics.json schema); writes predictions_<split>.csv."""
+    """Metrics for each split (metrics.json schema); writes predictions_<split>.csv and parity plots."""
     results = {}
     for name in splits:
         indices = data.splits[name]
-        predictions = predict(model, graphs, indices, normalizer, batch_size)
+        predictions = predict(model, graphs, indices, normalizer, batch_size, precision)
         targets = data.store.targets[indices]
         results[name] = (targets, predictions)
         if name in prediction_splits:
