@@ -13,6 +13,7 @@ import re
 import warnings
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -75,26 +76,24 @@ def read_structure_file(path: str | Path) -> Crystal:
 def _read_with_pymatgen(path: Path, item_id: str) -> Crystal:
     from pymatgen.core import Structure
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            structure = Structure.from_file(path)
-    except Exception as error:  # pymatgen raises many types for bad files
-        raise SkippedItem(item_id, f"unreadable file: {_first_line(error)}") from None
-    if not structure.is_ordered:
-        raise SkippedItem(item_id, "partial occupancy or disorder")
-    return Crystal.from_pymatgen(structure, item_id)
+    return crystal_via_pymatgen(lambda: Structure.from_file(path), item_id, "unreadable file")
 
 
 def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
     from pymatgen.core import Structure
 
+    return crystal_via_pymatgen(lambda: Structure.from_str(text, fmt="cif"), item_id, "malformed CIF")
+
+
+def crystal_via_pymatgen(make_structure: Callable, item_id: str, failure: str) -> Crystal:
+    """Crystal from a pymatgen Structure built by `make_structure`; SkippedItem("<failure>: ...")
+    when pymatgen cannot build it, or for partial occupancy."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            structure = Structure.from_str(text, fmt="cif")
-    except Exception as error:  # pymatgen raises many types for bad CIFs
-        raise SkippedItem(item_id, f"malformed CIF: {_first_line(error)}") from None
+            structure = make_structure()
+    except Exception as error:  # pymatgen raises many types for bad input
+        raise SkippedItem(item_id, f"{failure}: {_first_line(error)}") from None
     if not structure.is_ordered:
         raise SkippedItem(item_id, "partial occupancy or disorder")
     return Crystal.from_pymatgen(structure, item_id)

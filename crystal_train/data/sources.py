@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from crystal_train.data.cif import parse_cif, read_structure_file
+from crystal_train.data.cif import crystal_via_pymatgen, parse_cif, read_structure_file
 from crystal_train.data.crystal import Crystal, SkippedItem
 from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
 
@@ -135,13 +135,7 @@ def _from_structure_dict(structure: dict, item_id: str) -> Crystal:
         return _from_arrays(structure, item_id)
     from pymatgen.core import Structure
 
-    try:
-        pmg = Structure.from_dict(structure)
-    except Exception as error:  # pymatgen raises many types for bad dicts
-        raise SkippedItem(item_id, f"malformed structure: {type(error).__name__}: {error}") from None
-    if not pmg.is_ordered:
-        raise SkippedItem(item_id, "partial occupancy or disorder")
-    return Crystal.from_pymatgen(pmg, item_id)
+    return crystal_via_pymatgen(lambda: Structure.from_dict(structure), item_id, "malformed structure")
 
 
 def _from_arrays(structure: dict, item_id: str) -> Crystal:
