@@ -14,7 +14,8 @@ REDACTED = "<redacted>"
 def take_api_key(cfg: DictConfig, run_dir: Path | None = None) -> None:
     """Move data.api_key into the MP_API_KEY environment variable of this process only.
 
-    The config keeps no key, and any copy Hydra already wrote under run_dir/.hydra is redacted.
+    The config keeps no key, and any copy Hydra already wrote (run_dir/.hydra, and a multirun's
+    multirun.yaml one level up) is redacted.
     """
     key = cfg.get("data", {}).get("api_key") if "data" in cfg else None
     if not key:
@@ -23,7 +24,8 @@ def take_api_key(cfg: DictConfig, run_dir: Path | None = None) -> None:
     with open_dict(cfg):
         cfg.data.api_key = None
     if run_dir is not None:
-        for path in Path(run_dir).glob(".hydra/*.yaml"):
+        run_dir = Path(run_dir)
+        for path in [*run_dir.glob(".hydra/*.yaml"), *run_dir.parent.glob("multirun.yaml")]:
             text = path.read_text()
             if str(key) in text:
                 path.write_text(text.replace(str(key), REDACTED))

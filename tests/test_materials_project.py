@@ -201,10 +201,11 @@ def test_training_from_mp_download_keeps_the_key_out_of_every_file(tmp_path, mon
     run_dir = tmp_path / "run"
     (run_dir / ".hydra").mkdir(parents=True)
     (run_dir / ".hydra" / "overrides.yaml").write_text(f"- data.api_key={API_KEY}\n")  # as Hydra writes it
+    (tmp_path / "multirun.yaml").write_text(f"task:\n- data.api_key={API_KEY}\n")  # a multirun's copy
     overrides = [f"data.api_key={API_KEY}", "trainer.max_epochs=1", "model.n_conv=1", "data.split.fractions=[0.34,0.33,0.33]"]
     train(compose_train_cfg(overrides, tmp_path), run_dir)
     assert (run_dir / "metrics.json").is_file()
-    for path in [*run_dir.rglob("*"), *(tmp_path / "cache").rglob("*")]:
+    for path in [*run_dir.rglob("*"), *(tmp_path / "cache").rglob("*"), tmp_path / "multirun.yaml"]:
         if path.is_file():
             content = path.read_bytes()
             if path.suffix == ".gz":
