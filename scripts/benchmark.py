@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from hydra import compose, initialize_config_module
 from torch_geometric.data import Data

@@ -7,7 +7,6 @@ import secrets
 from pathlib import Path
 
 import hydra
-import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
