@@ -53,9 +53,9 @@ def _history(epochs):
 def test_parity_annotation_formats_regression_metrics():
     metrics = regression_metrics(np.array([0.0, 1.0, 2.0, 4.0]), np.array([0.1, 0.8, 2.3, 3.9]))
     text = parity_annotation(metrics, "eV/atom")
-    assert f"MAE = {metrics['mae']:.3g} eV/atom" in text
-    assert f"RMSE = {metrics['rmse']:.3g} eV/atom" in text
-    assert f"R² = {metrics['r2']:.3g}" in text
+    assert f"MAE = {metrics['mae']:#.3g} eV/atom" in text
+    assert f"RMSE = {metrics['rmse']:#.3g} eV/atom" in text
+    assert f"R² = {metrics['r2']:#.3g}" in text
     assert "n = 4" in text
     assert "R² = n/a" in parity_annotation({"mae": 0.0, "rmse": 0.0, "r2": None, "n": 1}, "eV")
 
@@ -82,7 +82,7 @@ def test_parity_figure_drops_non_finite_pairs():
     text = "\n".join(_texts(make_parity_figure(targets, predictions, "formation energy", "eV/atom")))
     assert "n = 46" in text
     assert "4 non-finite pairs dropped" in text
-    assert f"MAE = {regression_metrics(targets[4:], predictions[4:])['mae']:.3g} eV/atom" in text
+    assert f"MAE = {regression_metrics(targets[4:], predictions[4:])['mae']:#.3g} eV/atom" in text
 
 
 def test_parity_figure_rejects_mismatched_lengths():
@@ -119,7 +119,7 @@ def test_learning_curve_figure_marks_best_epoch_and_lr_axis():
     best = min(history, key=lambda row: row["val_mae"])
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
     assert labels[:2] == ["train MAE", "val MAE"] and labels[-1] == "learning rate"
-    assert f"best val {best['val_mae']:.3g} eV/atom (epoch {best['epoch']})" in labels
+    assert f"best val {best['val_mae']:#.3g} eV/atom (epoch {best['epoch']})" in labels
     assert ax.get_yscale() == "log"  # MAE spans 1.0 .. 0.083 plus val, more than a decade
 
 
@@ -158,3 +158,8 @@ def test_plots_leave_backend_and_pyplot_alone(tmp_path):
 def test_learning_curve_empty_history_says_no_data(tmp_path):
     assert "no data" in _texts(make_learning_curve_figure([], "eV"))
     _assert_real_png(learning_curve_plot([], tmp_path / "none.png", "eV"), coloured=False)
+
+
+def test_annotation_keeps_three_significant_figures():
+    text = parity_annotation({"mae": 0.06, "rmse": 0.1, "r2": 0.9, "n": 3}, "eV")
+    assert "MAE = 0.0600 eV" in text and "RMSE = 0.100 eV" in text and "R² = 0.900" in text

@@ -45,7 +45,7 @@ def _axis_label(quantity: str, units: str) -> str:
 
 
 def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3g}"
+    return "n/a" if value is None else f"{value:#.3g}"
 
 
 def parity_annotation(metrics: dict, units: str) -> str:
