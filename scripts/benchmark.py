@@ -29,7 +29,7 @@ from torch_geometric.loader import DataLoader
 from crystal_train.data.batch import GraphBatch
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
-from crystal_train.training.inference import resolve_device
+from crystal_train.training.inference import precision_context, resolve_device
 from crystal_train.training.metrics import Normalizer
 
 
@@ -70,7 +70,7 @@ def train_epoch(model, optimizer, batches, normalizer, device, precision: str) -
     synchronize(device)
     start, crystals = time.perf_counter(), 0
     for batch in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with precision_context(device.type, precision):
             output = model(batch)
         loss = torch.nn.functional.mse_loss(output.float(), normalizer.normalize(batch.targets))
         optimizer.zero_grad(set_to_none=True)
@@ -87,7 +87,7 @@ def inference_epoch(model, batches, device, precision: str) -> tuple[float, int]
     synchronize(device)
     start, crystals = time.perf_counter(), 0
     for batch in batches:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with precision_context(device.type, precision):
             model(batch)
         crystals += batch.num_graphs
     synchronize(device)

@@ -21,11 +21,16 @@ def predict(
     device_type = graphs.device.type
     outputs = []
     for batch in BatchIterator(graphs, indices, batch_size):
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=str(precision) == "bf16"):
+        with precision_context(device_type, precision):
             outputs.append(model(batch).float())
     if not outputs:
         return np.zeros(0)
     return normalizer.denormalize(torch.cat(outputs).double().cpu().numpy())
+
+
+def precision_context(device_type: str, precision: str):
+    """bf16 autocast for `precision="bf16"`, a no-op context for "32" (trainer.precision)."""
+    return torch.autocast(device_type, dtype=torch.bfloat16, enabled=str(precision) == "bf16")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from crystal_train.data.loader import BatchIterator
 from crystal_train.training.checkpoint import save_checkpoint
 from crystal_train.training.distributed import DistributedContext
+from crystal_train.training.inference import precision_context
 from crystal_train.training.metrics import Normalizer
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class Trainer:
         self.on_epoch_end = on_epoch_end
         self.state = TrainState()
         self.loss_fn = LOSSES[trainer_cfg.get("loss", "mse")]
-        self.autocast_dtype = torch.bfloat16 if str(trainer_cfg.get("precision", "32")) == "bf16" else None
+        self.precision = str(trainer_cfg.get("precision", "32"))
         self.context = context or DistributedContext(device=next(model.parameters()).device)
         self.train_forward, self.eval_forward = _forwards(model, self.context, bool(trainer_cfg.get("compile", False)))
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
@@ -159,7 +160,7 @@ class Trainer:
         for step, batch in enumerate(batches, start=self.state.epoch * len(self.train_batches)):
             if step < self.warmup_steps:
                 self._set_warmup_lr(step)
-            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            with precision_context(device.type, self.precision):
                 output = self.train_forward(batch)
             output = output.float()
             target = self.normalizer.normalize(batch.targets)
@@ -197,7 +198,7 @@ class Trainer:
         abs_error_sum = torch.zeros((), device=device, dtype=torch.float64)
         count = 0
         for batch in self.val_batches:
-            with torch.autocast(device.type, dtype=self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            with precision_context(device.type, self.precision):
                 output = self.eval_forward(batch)
             prediction = self.normalizer.denormalize(output.double())
             abs_error_sum += (prediction - batch.targets.double()).abs().sum()

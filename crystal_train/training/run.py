@@ -55,8 +55,9 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
 
     data = prepare_data(cfg.data, graph_settings(cfg.graph))
+    ids_by_split = split_ids(data.store, data.splits)
     if context.is_main:
-        artifacts.write_json(run_dir / "split.json", split_ids(data.store, data.splits))
+        artifacts.write_json(run_dir / "split.json", ids_by_split)
         artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)
     normalizer = Normalizer.fit(data.store.targets[data.splits["train"]])
 
@@ -88,7 +89,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             "config": OmegaConf.to_container(cfg, resolve=True),
             "target": data.target,
             "units": data.units,
-            "split_ids": split_ids(data.store, data.splits),
+            "split_ids": ids_by_split,
         },
         on_epoch_end=lambda state: _log_epoch(run_dir, state, loggers),
         context=context,
