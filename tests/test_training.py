@@ -355,6 +355,14 @@ def test_schedulers_compose_and_set_the_lr(small_cfg, tmp_path, overrides, expec
     assert checkpoint["scheduler_state"]["last_epoch"] == 2
 
 
+@pytest.mark.slow
+def test_linear_lr_scaling_sets_the_lr_the_scheduler_starts_from(small_cfg, tmp_path):
+    # batch 16 against a reference of 4: the cosine schedule runs from 4 × optim.lr.
+    cfg = small_cfg("scheduler=cosine", "trainer.max_epochs=2", "optim.lr=0.001", "trainer.lr_scaling=linear", "trainer.lr_reference_batch_size=4")
+    lrs = _train_lrs(cfg, tmp_path / "run")
+    assert lrs == pytest.approx([0.004, 1e-6 + (0.004 - 1e-6) / 2], rel=1e-9)
+
+
 @pytest.mark.parametrize(
     "name, cls, settings",
     [

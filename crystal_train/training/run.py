@@ -20,6 +20,7 @@ from crystal_train.training.distributed import DistributedContext, setup_distrib
 from crystal_train.training.inference import predict, resolve_device
 from crystal_train.training.loop import Trainer, seed_everything
 from crystal_train.training.loggers import make_loggers
+from crystal_train.training.lr_scaling import lr_scale, scale_learning_rate
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.plots import learning_curve_plot, parity_plot
 
@@ -66,6 +67,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     loggers = make_loggers(cfg.get("logger"), run_dir) if context.is_main else []
     model = hydra.utils.instantiate(cfg.model).to(device)
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
+    _apply_lr_scaling(optimizer, cfg.trainer, context.world_size)
     scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler", {}).get("_target_") else None
     log.info(
         "Model %s with %d parameters on %s%s",
@@ -119,6 +121,19 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         )
     context.barrier()
     return float(state.best_val_mae)
+
+
+def _apply_lr_scaling(optimizer: torch.optim.Optimizer, trainer_cfg: DictConfig, world_size: int) -> None:
+    """Scale optim.lr to the global batch (trainer.batch_size on each of world_size ranks)."""
+    rule = str(trainer_cfg.get("lr_scaling", "none"))
+    global_batch = int(trainer_cfg.batch_size) * world_size
+    factor = lr_scale(rule, global_batch, int(trainer_cfg.get("lr_reference_batch_size", 64)))
+    if factor != 1.0:
+        scale_learning_rate(optimizer, factor)
+        log.info(
+            "Learning rate scaled ×%.3g (%s rule, global batch %d against reference %d): %.3g",
+            factor, rule, global_batch, int(trainer_cfg.lr_reference_batch_size), optimizer.param_groups[0]["lr"],
+        )
 
 
 def _agreed_seed(seed, context: DistributedContext) -> int:
