@@ -33,7 +33,7 @@ def test_experiment_overlays_compose(experiment):
     assert cfg.trainer.max_epochs > 0 and cfg.trainer.patience > 0
     if experiment.startswith("mp2018"):
         assert cfg.data.snapshot.endswith("mp2018_megnet_with_structures.csv.xz")
-        assert cfg.data.target == ("band_gap" if experiment.endswith("gap") else "formation_energy_per_atom")
+        assert cfg.data.target == ("band_gap" if "_gap" in experiment else "formation_energy_per_atom")
         assert cfg.model._target_.endswith("SchNet" if "schnet" in experiment else "CGCNN")
 
 
