@@ -195,6 +195,7 @@ def main() -> None:
                 "cached_prepare_s": load_seconds,
             }
             graphs = DeviceGraphs(data.store, device)
+            report["graphs"][model_name]["resident_on_device"] = graphs.resident
             for precision in args.precisions.split(","):
                 for compiled in compile_settings:
                     report["runs"].append(measure(cfg, model_name, data, args, device, precision, compiled, graphs))

@@ -23,6 +23,7 @@ def test_benchmark_reports_throughput_memory_and_baseline_ratio(tmp_path):
     assert graphs["crystals"] == 120
     assert graphs["graph"] == {"cutoff": 8.0, "max_neighbors": 12}
     assert graphs["cached_prepare_s"] < graphs["first_prepare_s"]
+    assert graphs["resident_on_device"] is True
     assert report["warmup_batches"] == 1
     assert report["peak_host_memory_gib"] > 0
 

@@ -11,22 +11,47 @@ from crystal_train.data.batch import GraphBatch
 from crystal_train.data.store import GraphStore
 
 
-class DeviceGraphs:
-    """A GraphStore's arrays as tensors on one device, sliced into batches without Python loops.
+DEVICE_MEMORY_FRACTION = 0.5  # of the free device memory the dataset may take; the rest is for the model
 
-    Per-crystal counts are kept on the host too, so the batch sizes are known without a
-    device synchronisation.
+
+def fits_on_device(num_bytes: int, device: torch.device, fraction: float = DEVICE_MEMORY_FRACTION) -> bool:
+    """Whether `num_bytes` of graph tensors should live on `device` (always, for the CPU)."""
+    if device.type != "cuda":
+        return True
+    free, _total = torch.cuda.mem_get_info(device)
+    return num_bytes <= fraction * free
+
+
+class DeviceGraphs:
+    """A GraphStore's arrays as tensors, sliced into batches on `device` without Python loops.
+
+    The arrays live on the training device when they fit (`resident=None` decides by free
+    device memory); otherwise they stay in pinned host memory and each batch is gathered there
+    and copied over. Per-crystal counts are kept on the host too, so the batch sizes are known
+    without a device synchronisation.
     """
 
-    def __init__(self, store: GraphStore, device: torch.device | str = "cpu", targets: np.ndarray | None = None):
+    def __init__(
+        self,
+        store: GraphStore,
+        device: torch.device | str = "cpu",
+        targets: np.ndarray | None = None,
+        resident: bool | None = None,
+    ):
         device = torch.device(device)
+        if resident is None:
+            resident = fits_on_device(graph_tensor_bytes(store), device)
+        storage = device if resident else torch.device("cpu")
         pin = device.type == "cuda"
 
         def put(array, dtype):
             tensor = torch.as_tensor(np.ascontiguousarray(array)).to(dtype)
-            return tensor.pin_memory().to(device, non_blocking=True) if pin else tensor.to(device)
+            if pin:
+                tensor = tensor.pin_memory()
+            return tensor.to(storage, non_blocking=True)
 
         self.device = device
+        self.storage_device = storage
         self.num_crystals = len(store)
         self.node_counts = np.diff(store.node_ptr)
         self.edge_counts = np.diff(store.edge_ptr)
@@ -40,12 +65,17 @@ class DeviceGraphs:
         values = store.targets if targets is None else targets
         self.targets = put(np.nan_to_num(values, nan=0.0), torch.float32)
 
+    @property
+    def resident(self) -> bool:
+        """True when the dataset's tensors live on the training device."""
+        return self.storage_device == self.device
+
     def upload(self, indices: np.ndarray) -> torch.Tensor:
-        """Crystal indices as a tensor on the device (one transfer, e.g. per epoch)."""
-        return torch.as_tensor(np.ascontiguousarray(indices), dtype=torch.long).to(self.device)
+        """Crystal indices as a tensor where the arrays live (one transfer, e.g. per epoch)."""
+        return torch.as_tensor(np.ascontiguousarray(indices), dtype=torch.long).to(self.storage_device)
 
     def batch(self, indices: np.ndarray, index: torch.Tensor | None = None) -> GraphBatch:
-        """The GraphBatch of the crystals at `indices` (a host array; `index` is the same on the device).
+        """The GraphBatch of the crystals at `indices` (a host array; `index` is the same, uploaded).
 
         Sizes come from host-side counts, so no device synchronisation happens here.
         """
@@ -59,14 +89,19 @@ class DeviceGraphs:
         edge_ids, edge_owner = _concat_ranges(self.edge_ptr[index], edge_counts, num_edges)
         first_node = torch.cumsum(node_counts, 0) - node_counts
         edge_index = self.edge_index[:, edge_ids].long() + first_node[edge_owner]
+        tensors = (self.numbers[node_ids], edge_index, self.distances[edge_ids], node_owner, self.targets[index])
+        if not self.resident:
+            tensors = tuple(tensor.to(self.device, non_blocking=True) for tensor in tensors)
+        numbers, edge_index, distances, owner, targets = tensors
         return GraphBatch(
-            atomic_numbers=self.numbers[node_ids],
-            edge_index=edge_index,
-            distances=self.distances[edge_ids],
-            batch=node_owner,
-            num_graphs=len(indices),
-            targets=self.targets[index],
+            atomic_numbers=numbers, edge_index=edge_index, distances=distances, batch=owner, num_graphs=len(indices), targets=targets
         )
+
+
+def graph_tensor_bytes(store: GraphStore) -> int:
+    """Bytes DeviceGraphs takes for `store`: int64 atoms, pointers and counts, int32 edges, float32 rest."""
+    crystals, atoms, edges = len(store), len(store.numbers), int(store.edge_ptr[-1])
+    return 8 * atoms + 8 * 4 * crystals + 4 * 2 * edges + 4 * edges + 4 * crystals
 
 
 def _concat_ranges(starts: torch.Tensor, counts: torch.Tensor, total: int):

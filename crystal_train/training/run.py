@@ -11,7 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crystal_train.data.dataset import PreparedData, graph_settings, prepare_data
-from crystal_train.data.loader import BatchIterator, DeviceGraphs
+from crystal_train.data.loader import BatchIterator, DeviceGraphs, graph_tensor_bytes
 from crystal_train.data.splits import split_ids
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
@@ -63,7 +63,11 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     normalizer = Normalizer.fit(data.store.targets[data.splits["train"]])
 
     device = context.device
-    graphs = DeviceGraphs(data.store, device)
+    graphs = DeviceGraphs(data.store, device, resident=_graphs_on_device(cfg.trainer.get("graphs_on_device", "auto")))
+    log.info(
+        "Graph tensors (%.0f MiB) %s", graph_tensor_bytes(data.store) / 2**20,
+        f"on {device}" if graphs.resident else f"in pinned host memory, copied to {device} batch by batch",
+    )
     loggers = make_loggers(cfg.get("logger"), run_dir) if context.is_main else []
     model = hydra.utils.instantiate(cfg.model).to(device)
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
@@ -121,6 +125,15 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         )
     context.barrier()
     return float(state.best_val_mae)
+
+
+def _graphs_on_device(setting) -> bool | None:
+    """trainer.graphs_on_device: auto (None: when they fit), true or false."""
+    if str(setting).lower() == "auto":
+        return None
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"trainer.graphs_on_device must be auto, true or false, not {setting!r}")
 
 
 def _apply_lr_scaling(optimizer: torch.optim.Optimizer, trainer_cfg: DictConfig, world_size: int) -> None:

@@ -1,0 +1,83 @@
+"""Index-sliced batches: equal to per-crystal collation, on-device or copied from host memory."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from graph_utils import make_batch
+
+from crystal_train.data import loader
+from crystal_train.data.crystal import Crystal
+from crystal_train.data.graphs import GraphSettings
+from crystal_train.data.loader import BatchIterator, DeviceGraphs, fits_on_device, graph_tensor_bytes
+from crystal_train.data.store import build_store
+
+SETTINGS = GraphSettings(5.0, 12)
+
+
+def _crystals(count: int = 7) -> list[Crystal]:
+    rng = np.random.default_rng(11)
+    crystals = []
+    for i in range(count):
+        n = int(rng.integers(1, 5))
+        lattice = np.diag(rng.uniform(3.0, 4.5, 3)) + rng.uniform(-0.5, 0.5, (3, 3))
+        crystals.append(Crystal(f"c{i}", lattice, rng.choice([3, 8, 14, 26], n), rng.random((n, 3)), target=float(i)))
+    return crystals
+
+
+@pytest.fixture(scope="module")
+def crystals_and_store():
+    crystals = _crystals()
+    return crystals, build_store(crystals, lambda c: c, SETTINGS, num_workers=1, progress=False)
+
+
+@pytest.mark.parametrize("resident", [True, False])
+def test_batches_equal_collating_the_same_crystals(crystals_and_store, resident):
+    crystals, store = crystals_and_store
+    graphs = DeviceGraphs(store, "cpu", resident=resident)
+    indices = np.array([5, 0, 3])
+    got = graphs.batch(indices)
+    want = make_batch([crystals[i] for i in indices], SETTINGS, dtype=torch.float32)
+    torch.testing.assert_close(got.atomic_numbers, want.atomic_numbers.long())
+    torch.testing.assert_close(got.edge_index, want.edge_index.long())
+    torch.testing.assert_close(got.distances, want.distances)
+    torch.testing.assert_close(got.batch, want.batch.long())
+    torch.testing.assert_close(got.targets, want.targets)
+    assert got.num_graphs == 3
+
+
+def test_non_resident_graphs_stay_on_the_host_and_batches_move_to_the_device(crystals_and_store):
+    """The meta device stands in for a GPU: storage stays on the CPU, every batch tensor is moved."""
+    _, store = crystals_and_store
+    graphs = DeviceGraphs(store, "meta", resident=False)
+    assert not graphs.resident and graphs.distances.device.type == "cpu"
+    reference = DeviceGraphs(store, "cpu").batch(np.arange(4))
+    batch = graphs.batch(np.arange(4))
+    for name in ("atomic_numbers", "edge_index", "distances", "batch", "targets"):
+        moved, expected = getattr(batch, name), getattr(reference, name)
+        assert moved.device.type == "meta" and moved.shape == expected.shape and moved.dtype == expected.dtype, name
+
+
+def test_iterator_covers_every_crystal_once_per_epoch(crystals_and_store):
+    _, store = crystals_and_store
+    graphs = DeviceGraphs(store, "cpu", resident=False)
+    iterator = BatchIterator(graphs, np.arange(len(store)), batch_size=3, shuffle=True, seed=1)
+    targets = torch.cat([batch.targets for batch in iterator])
+    assert sorted(targets.tolist()) == [float(i) for i in range(len(store))]
+    assert len(iterator) == 3
+
+
+def test_graph_tensor_bytes_counts_what_device_graphs_holds(crystals_and_store):
+    _, store = crystals_and_store
+    graphs = DeviceGraphs(store, "cpu")
+    held = [graphs.numbers, graphs.node_ptr, graphs.edge_ptr, graphs.node_count_t, graphs.edge_count_t,
+            graphs.edge_index, graphs.distances, graphs.targets]
+    assert graph_tensor_bytes(store) == sum(t.numel() * t.element_size() for t in held)
+
+
+def test_fits_on_device_uses_half_the_free_gpu_memory(monkeypatch):
+    monkeypatch.setattr(loader.torch.cuda, "mem_get_info", lambda device: (1000, 4000))
+    cuda = torch.device("cuda")
+    assert fits_on_device(500, cuda) and not fits_on_device(501, cuda)
+    assert fits_on_device(10**15, torch.device("cpu"))
