@@ -58,6 +58,8 @@ def test_training_writes_every_run_file(demo_run):
     assert metrics["baseline_test_mae"] > 0 and 1 <= metrics["best_epoch"] <= 3
     with open(run_dir / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
+    assert metrics["epochs"] == len(rows)
+    assert metrics["train_seconds"] == pytest.approx(sum(float(row["seconds"]) for row in rows), rel=1e-6)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_mae", "val_mae", "seconds"}
     split = json.loads((run_dir / "split.json").read_text())

@@ -263,6 +263,7 @@ def test_multirun_builds_the_graph_cache_once_and_writes_a_sorted_summary(tmp_pa
         run_dir = Path(row["run_dir"])
         assert run_dir.parent == sweep
         assert float(row["val_mae"]) == pytest.approx(_metrics(run_dir)["val"]["mae"], rel=1e-12)
+        assert int(row["epochs"]) == 1 and float(row["train_seconds"]) == pytest.approx(_metrics(run_dir)["train_seconds"])
 
 
 # ----- 5. torchrun ----------------------------------------------------------------------------

@@ -117,7 +117,10 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             model, graphs, data, normalizer, int(cfg.trainer.eval_batch_size), run_dir, ("train", "val", "test"),
             precision=str(cfg.trainer.get("precision", "32")),
         )
-        report.update(best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed))
+        report.update(
+            best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed),
+            train_seconds=sum(row["seconds"] for row in state.history),  # training and validation, over every resume
+        )
         artifacts.write_json(run_dir / "metrics.json", report)
         log.info(
             "Best epoch %d: val MAE %.4f, test MAE %.4f %s (mean-predictor baseline %.4f)",

@@ -13,7 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = (
-    "overrides", "best_epoch", "val_mae", "val_rmse", "val_r2", "test_mae", "test_rmse", "test_r2", "run_dir",
+    "overrides", "best_epoch", "epochs", "train_seconds", "val_mae", "val_rmse", "val_r2", "test_mae", "test_rmse", "test_r2", "run_dir",
 )
 
 
@@ -30,6 +30,8 @@ def summarize_sweep(sweep_dir: Path) -> Path:
             {
                 "overrides": " ".join(str(o) for o in overrides),
                 "best_epoch": metrics.get("best_epoch"),
+                "epochs": metrics.get("epochs"),
+                "train_seconds": metrics.get("train_seconds"),
                 **{f"{split}_{name}": metrics[split][name] for split in ("val", "test") for name in ("mae", "rmse", "r2")},
                 "run_dir": str(run_dir),
             }
