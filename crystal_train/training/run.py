@@ -143,12 +143,13 @@ def _apply_lr_scaling(optimizer: torch.optim.Optimizer, trainer_cfg: DictConfig,
     """Scale optim.lr to the global batch (trainer.batch_size on each of world_size ranks)."""
     rule = str(trainer_cfg.get("lr_scaling", "none"))
     global_batch = int(trainer_cfg.batch_size) * world_size
-    factor = lr_scale(rule, global_batch, int(trainer_cfg.get("lr_reference_batch_size", 64)))
+    reference = int(trainer_cfg.get("lr_reference_batch_size", 64))
+    factor = lr_scale(rule, global_batch, reference)
     if factor != 1.0:
         scale_learning_rate(optimizer, factor)
         log.info(
             "Learning rate scaled ×%.3g (%s rule, global batch %d against reference %d): %.3g",
-            factor, rule, global_batch, int(trainer_cfg.lr_reference_batch_size), optimizer.param_groups[0]["lr"],
+            factor, rule, global_batch, reference, optimizer.param_groups[0]["lr"],
         )
 
 
