@@ -171,7 +171,7 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
         "torch": torch.__version__,
         "batch_size": args.batch_size,
-        "warmup_batches": args.warmup_batches or "one epoch",
+        "warmup_batches": "one epoch" if args.warmup_batches is None else args.warmup_batches,
         "graphs": {},
         "runs": [],
     }
