@@ -12,7 +12,7 @@ from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.splits import SPLIT_ORDER, splits_from_ids
 from crystal_train.training import artifacts
-from crystal_train.training.checkpoint import load_model
+from crystal_train.training.checkpoint import load_model, trained_precision
 from crystal_train.training.inference import resolve_device
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.run import score_splits
@@ -43,8 +43,10 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs = DeviceGraphs(data.store, device)
     normalizer = Normalizer(**checkpoint["normalizer"])
-    precision = str(train_cfg.get("trainer", {}).get("precision", "32"))
-    report = score_splits(model, graphs, data, normalizer, int(cfg.batch_size), out_dir, names, prediction_splits=names, precision=precision)
+    report = score_splits(
+        model, graphs, data, normalizer, int(cfg.batch_size), out_dir, names, prediction_splits=names,
+        precision=trained_precision(checkpoint),
+    )
     report.update(checkpoint=str(checkpoint_path), best_epoch=checkpoint.get("train_state", {}).get("best_epoch"))
     artifacts.write_json(out_dir / "metrics.json", report)
     for name in names:

@@ -16,7 +16,7 @@ from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, to_crystal
 from crystal_train.data.store import build_store
 from crystal_train.training import artifacts
-from crystal_train.training.checkpoint import load_model
+from crystal_train.training.checkpoint import load_model, trained_precision
 from crystal_train.training.inference import predict, resolve_device
 from crystal_train.training.metrics import Normalizer
 
@@ -60,9 +60,9 @@ def run_predict(cfg: DictConfig) -> Path:
         artifacts.write_skipped(skipped_path, store.skipped)
         for item_id, reason in store.skipped:
             log.warning("Not predicted: %s (%s)", item_id, reason)
-    precision = str(checkpoint["config"].get("trainer", {}).get("precision", "32"))
     predictions = predict(
-        model, DeviceGraphs(store, device), np.arange(len(store)), Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size), precision
+        model, DeviceGraphs(store, device), np.arange(len(store)), Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size),
+        trained_precision(checkpoint),
     )
     artifacts.write_predictions(output, store.ids, predictions)
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""

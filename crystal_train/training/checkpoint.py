@@ -47,6 +47,11 @@ def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     return model
 
 
+def trained_precision(checkpoint: dict) -> str:
+    """The trainer.precision the checkpoint was trained and validated in ("32" when unset)."""
+    return str(checkpoint["config"].get("trainer", {}).get("precision", "32"))
+
+
 def load_model(path: Path, atom_init: str | None = None) -> tuple[dict, torch.nn.Module]:
     """(checkpoint, model) from a crystal-train checkpoint or an original CGCNN *.pth.tar."""
     path = Path(path)
