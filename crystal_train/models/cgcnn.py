@@ -60,9 +60,15 @@ class ConvLayer(nn.Module):
         """x (N, atom_fea_len); edge_index row 0 neighbour j, row 1 centre i; edge_attr (E, nbr_fea_len)."""
         a = self.atom_fea_len
         # fc_full(v_i ⊕ v_j ⊕ u_ij) = W_i v_i + W_j v_j + W_u u_ij + b: the atom terms once per atom.
+        # index_select rather than x[index]: its backward is an index_add, cheaper on CPU than the
+        # accumulating index_put that advanced indexing backpropagates through (docs/BENCHMARKS.md).
         w_self, w_nbr, w_edge = self.fc_full.weight.split([a, a, self.nbr_fea_len], dim=1)
         src, dst = edge_index
-        z = F.linear(x, w_self, self.fc_full.bias)[dst] + F.linear(x, w_nbr)[src] + F.linear(edge_attr, w_edge)
+        z = (
+            F.linear(x, w_self, self.fc_full.bias).index_select(0, dst)
+            + F.linear(x, w_nbr).index_select(0, src)
+            + F.linear(edge_attr, w_edge)
+        )
         z_filter, z_core = self.bn1(z).chunk(2, dim=-1)
         messages = self.sigmoid(z_filter) * self.softplus1(z_core)
         summed = scatter(messages, dst, dim=0, dim_size=x.size(0), reduce="sum")
