@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import signal
@@ -148,6 +149,43 @@ def test_cli_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_pat
         assert got[split]["n"] == want[split]["n"]
         for name in ("mae", "rmse", "r2"):
             assert got[split][name] == pytest.approx(want[split][name], rel=0, abs=1e-12), (split, name)
+
+
+class _KilledBetweenWrites(BaseException):
+    """Stands in for a SIGKILL that lands after last.pt is written and before best.pt is."""
+
+
+@pytest.mark.slow
+def test_kill_between_last_and_best_writes_is_repaired_on_resume(small_cfg, tmp_path, monkeypatch, caplog):
+    # Every epoch improves on validation, so every epoch writes both checkpoints.
+    monkeypatch.setattr(loop.Trainer, "_validate", lambda self: 1.0 / (self.state.epoch + 1))
+    save = loop.save_checkpoint
+
+    def save_then_die_before_best_of_epoch_3(path, **contents):
+        if Path(path).name == "best.pt" and contents["train_state"]["epoch"] == 3:
+            raise _KilledBetweenWrites
+        save(path, **contents)
+
+    cfg = small_cfg("trainer.max_epochs=3", "trainer.patience=100")
+    run_dir = tmp_path / "run"
+    checkpoints = run_dir / "checkpoints"
+    with monkeypatch.context() as patch:
+        patch.setattr(loop, "save_checkpoint", save_then_die_before_best_of_epoch_3)
+        with pytest.raises(_KilledBetweenWrites):
+            train(cfg, run_dir)
+    assert load_checkpoint(checkpoints / "last.pt")["train_state"]["best_epoch"] == 3
+    assert load_checkpoint(checkpoints / "best.pt")["train_state"]["epoch"] == 2  # stale
+    (checkpoints / ".last.pt.x1y2z3.tmp").write_bytes(b"")  # what a kill mid-write leaves
+
+    with caplog.at_level(logging.INFO, logger="crystal_train.training.checkpoint"):
+        train(cfg, run_dir)  # resumes after epoch 3: nothing left to train, only scoring
+
+    last, best = load_checkpoint(checkpoints / "last.pt"), load_checkpoint(checkpoints / "best.pt")
+    assert best["train_state"]["epoch"] == 3 == _metrics(run_dir)["best_epoch"]
+    assert best["model_state"].keys() == last["model_state"].keys()
+    assert all(torch.equal(best["model_state"][k], last["model_state"][k]) for k in last["model_state"])
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt"]
+    assert "Rewrote" in caplog.text and "cut short" in caplog.text
 
 
 # ----- 2. early stopping ----------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import hydra
@@ -13,10 +14,38 @@ from crystal_train.data.cache import atomic_torch_save
 CHECKPOINT_FORMAT = "crystal-train-checkpoint"
 CHECKPOINT_VERSION = 1
 
+log = logging.getLogger(__name__)
+
 
 def save_checkpoint(path: Path, **contents) -> None:
     """Atomically write a checkpoint (model/optimizer/scheduler states, config, normaliser...)."""
     atomic_torch_save({"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **contents}, Path(path))
+
+
+def recover_interrupted_saves(checkpoint_dir: Path, last: dict) -> None:
+    """Before resuming from `last` (last.pt), undo what a kill during checkpoint writes left behind.
+
+    Each epoch writes last.pt and then, if it improved, best.pt. A kill between the two leaves a
+    last.pt that is itself the best epoch beside an older best.pt: best.pt is rewritten from it.
+    Temporary files of a write cut short are removed.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    for leftover in sorted(checkpoint_dir.glob(".*.pt.*.tmp")):
+        leftover.unlink()
+        log.info("Removed %s, left by a checkpoint write that was cut short", leftover)
+    state = last["train_state"]
+    best_path = checkpoint_dir / "best.pt"
+    best_epoch_on_disk = load_checkpoint(best_path)["train_state"]["epoch"] if best_path.exists() else None
+    if best_epoch_on_disk == state["best_epoch"]:
+        return
+    if state["best_epoch"] == state["epoch"]:
+        save_checkpoint(best_path, **{key: value for key, value in last.items() if key not in ("format", "version")})
+        log.info("Rewrote %s from last.pt: the run stopped before saving its best epoch %d", best_path, state["best_epoch"])
+    else:
+        log.warning(
+            "%s holds epoch %s but the best epoch is %d, whose weights were not saved; "
+            "the final scores use %s unless a later epoch improves on it", best_path, best_epoch_on_disk, state["best_epoch"], best_path,
+        )
 
 
 def load_checkpoint(path: Path, map_location="cpu") -> dict:

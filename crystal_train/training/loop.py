@@ -136,9 +136,10 @@ class Trainer:
             self.state.history.append(row)
             if self.context.is_main:
                 checkpoint = self.checkpoint()
+                # last.pt first: a kill before best.pt is written is repaired on resume from it.
+                save_checkpoint(self.checkpoint_dir / "last.pt", **checkpoint)
                 if improved:
                     save_checkpoint(self.checkpoint_dir / "best.pt", **checkpoint)
-                save_checkpoint(self.checkpoint_dir / "last.pt", **checkpoint)
             log.info(
                 "epoch %d/%d  lr %.2e  train loss %.4f  train MAE %.4f  val MAE %.4f%s  (%.1f s)",
                 epoch, max_epochs, lr, train_loss, train_mae, val_mae, "  *best*" if improved else "", row["seconds"],

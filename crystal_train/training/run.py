@@ -15,7 +15,7 @@ from crystal_train.data.loader import BatchIterator, DeviceGraphs, graph_tensor_
 from crystal_train.data.splits import split_ids
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
-from crystal_train.training.checkpoint import load_checkpoint
+from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
 from crystal_train.training.inference import predict, resolve_device
 from crystal_train.training.loop import Trainer, seed_everything
@@ -101,6 +101,8 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         context=context,
     )
     if resume:
+        if context.is_main:
+            recover_interrupted_saves(checkpoint_dir, saved)
         trainer.restore(saved)
         log.info("Resumed from %s after epoch %d", last, trainer.state.epoch)
     try:
