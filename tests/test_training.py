@@ -22,7 +22,7 @@ import crystal_train.training.loop as loop
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.train import torchrun_arguments
-from crystal_train.training.checkpoint import load_checkpoint
+from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, save_checkpoint
 from crystal_train.training.run import train
 from crystal_train.training.sweep import SUMMARY_COLUMNS
 from config_utils import compose_config
@@ -186,6 +186,16 @@ def test_kill_between_last_and_best_writes_is_repaired_on_resume(small_cfg, tmp_
     assert all(torch.equal(best["model_state"][k], last["model_state"][k]) for k in last["model_state"])
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt"]
     assert "Rewrote" in caplog.text and "cut short" in caplog.text
+
+
+def test_resume_keeps_and_warns_about_a_best_checkpoint_it_cannot_restore(tmp_path, caplog):
+    # last.pt's best epoch (3) is neither on disk nor last.pt itself (epoch 5): nothing to restore from.
+    save_checkpoint(tmp_path / "best.pt", train_state={"epoch": 4, "best_epoch": 4}, model_state={"w": torch.ones(2)})
+    last = {"train_state": {"epoch": 5, "best_epoch": 3}, "model_state": {"w": torch.zeros(2)}}
+    with caplog.at_level(logging.WARNING, logger="crystal_train.training.checkpoint"):
+        recover_interrupted_saves(tmp_path, last)
+    assert "holds epoch 4, not the best epoch 3" in caplog.text
+    assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model_state"]["w"], torch.ones(2))
 
 
 # ----- 2. early stopping ----------------------------------------------------------------------

@@ -43,8 +43,9 @@ def recover_interrupted_saves(checkpoint_dir: Path, last: dict) -> None:
         log.info("Rewrote %s from last.pt: the run stopped before saving its best epoch %d", best_path, state["best_epoch"])
     else:
         log.warning(
-            "%s holds epoch %s but the best epoch is %d, whose weights were not saved; "
-            "the final scores use %s unless a later epoch improves on it", best_path, best_epoch_on_disk, state["best_epoch"], best_path,
+            "%s holds epoch %s, not the best epoch %d recorded in last.pt, whose weights are gone; "
+            "the final scores use it unless a later epoch improves on epoch %d",
+            best_path, best_epoch_on_disk, state["best_epoch"], state["best_epoch"],
         )
 
 
