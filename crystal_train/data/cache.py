@@ -28,6 +28,11 @@ def cache_key(**parts) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 
+def unfinished_writes(directory: Path) -> list[Path]:
+    """Temporary files that atomic_torch_save left in `directory` when killed mid-write."""
+    return sorted(Path(directory).glob(".*.*.tmp"))
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     """Write with torch.save to a temporary file beside `path`, fsync, then rename over it."""
     path = Path(path)

@@ -9,7 +9,7 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from crystal_train.data.cache import atomic_torch_save
+from crystal_train.data.cache import atomic_torch_save, unfinished_writes
 
 CHECKPOINT_FORMAT = "crystal-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -30,7 +30,7 @@ def recover_interrupted_saves(checkpoint_dir: Path, last: dict) -> None:
     Temporary files of a write cut short are removed.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    for leftover in sorted(checkpoint_dir.glob(".*.pt.*.tmp")):
+    for leftover in unfinished_writes(checkpoint_dir):
         leftover.unlink()
         log.info("Removed %s, left by a checkpoint write that was cut short", leftover)
     state = last["train_state"]
@@ -39,7 +39,7 @@ def recover_interrupted_saves(checkpoint_dir: Path, last: dict) -> None:
     if best_epoch_on_disk == state["best_epoch"]:
         return
     if state["best_epoch"] == state["epoch"]:
-        save_checkpoint(best_path, **{key: value for key, value in last.items() if key not in ("format", "version")})
+        atomic_torch_save(last, best_path)
         log.info("Rewrote %s from last.pt: the run stopped before saving its best epoch %d", best_path, state["best_epoch"])
     else:
         log.warning(
