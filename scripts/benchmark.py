@@ -1,4 +1,4 @@
-"""Measure crystal-train's speed on one snapshot and device, and a PyG DataLoader baseline beside it.
+r"""Measure crystal-train's speed on one snapshot and device, and a PyG DataLoader baseline beside it.
 
 Prints one JSON object: graph-cache build and load times, training throughput (crystals/s over
 a full epoch after a warm-up, with device synchronisation), inference throughput, peak host
