@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from crystal_train.data import dataset
-from crystal_train.data.cache import atomic_torch_save, cache_key, load_or_build
+from crystal_train.atomic_file import atomic_torch_save
+from crystal_train.data.cache import cache_key, load_or_build
 from crystal_train.data.crystal import Crystal, SkippedItem
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data import store as store_module

@@ -5,6 +5,8 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
+import stat
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -215,3 +217,14 @@ def test_training_from_mp_download_keeps_the_key_out_of_every_file(tmp_path, mon
     monkeypatch.delenv("MP_API_KEY", raising=False)
     train(compose_train_cfg(["trainer.max_epochs=1", "model.n_conv=1", "data.split.fractions=[0.34,0.33,0.33]"], tmp_path), tmp_path / "offline")
     assert (tmp_path / "offline" / "metrics.json").is_file()
+
+
+def test_snapshot_is_readable_like_any_new_file(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = mp.download_snapshot(QUERY, TARGETS, API_KEY, tmp_path, rester_factory=Factory())
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert _read(path)["num_records"] == 3
+    assert [p.name for p in tmp_path.iterdir()] == [path.name]

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from crystal_train.atomic_file import atomic_torch_save
 from crystal_train.data.store import GraphStore
 
 log = logging.getLogger(__name__)
@@ -26,31 +24,6 @@ def cache_key(**parts) -> str:
     """A stable hash of JSON-serialisable parts (source fingerprint, target, graph settings...)."""
     payload = json.dumps({"cache_format": CACHE_FORMAT_VERSION, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
-
-
-def unfinished_writes(directory: Path) -> list[Path]:
-    """Temporary files that atomic_torch_save left in `directory` when killed mid-write."""
-    return sorted(Path(directory).glob(".*.*.tmp"))
-
-
-def atomic_torch_save(obj, path: Path) -> None:
-    """Write with torch.save to a temporary file beside `path`, fsync, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def load_or_build(cache_dir: Path, key: str, build: Callable[[], GraphStore]) -> GraphStore:

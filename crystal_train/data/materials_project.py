@@ -16,11 +16,12 @@ import io
 import json
 import logging
 import os
-import tempfile
 import typing
 from datetime import datetime, timezone
 from importlib.metadata import version as package_version
 from pathlib import Path
+
+from crystal_train.atomic_file import atomic_write
 
 SNAPSHOT_FORMAT = "crystal-train-snapshot"
 SNAPSHOT_VERSION = 1
@@ -101,7 +102,7 @@ def download_snapshot(
         "num_records": len(records),
         "records": records,
     }
-    _write_atomic(path, snapshot)
+    atomic_write(path, lambda raw: _write_gzip_json(snapshot, raw))
     log.info("Wrote %d Materials Project records (database %s) to %s", len(records), database_version, path)
     return path
 
@@ -201,14 +202,8 @@ def _number(value, target: str, item_id: str) -> float | None:
         raise ValueError(f"Materials Project field {target!r} of {item_id} is not a number: {value!r}") from None
 
 
-def _write_atomic(path: Path, snapshot: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as zipped:
-            with io.TextIOWrapper(zipped, encoding="utf-8") as text:
-                json.dump(snapshot, text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+def _write_gzip_json(snapshot: dict, raw) -> None:
+    """Write the snapshot as gzip JSON with a fixed header time, so equal data gives equal bytes."""
+    with gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as zipped:
+        with io.TextIOWrapper(zipped, encoding="utf-8") as text:
+            json.dump(snapshot, text)

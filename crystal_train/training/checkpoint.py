@@ -9,7 +9,7 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from crystal_train.data.cache import atomic_torch_save, unfinished_writes
+from crystal_train.atomic_file import atomic_torch_save, unfinished_writes
 
 CHECKPOINT_FORMAT = "crystal-train-checkpoint"
 CHECKPOINT_VERSION = 1

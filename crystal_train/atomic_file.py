@@ -1,0 +1,45 @@
+"""Crash-safe file writes: write beside the target, fsync, then rename over it."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import BinaryIO, Callable
+
+import torch
+
+
+def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """Call `write(handle)` on a temporary file beside `path`, fsync it, then rename it over `path`.
+
+    A reader sees the old file or the complete new one, never a part; a failed or killed write
+    leaves `path` as it was. The new file gets the usual umask mode, not mkstemp's 0600.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path: Path) -> None:
+    """`torch.save(obj)` to `path` through atomic_write."""
+    atomic_write(path, lambda handle: torch.save(obj, handle))
+
+
+def unfinished_writes(directory: Path) -> list[Path]:
+    """Temporary files that atomic_write left in `directory` when killed mid-write."""
+    return sorted(Path(directory).glob(".*.*.tmp"))

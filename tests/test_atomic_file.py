@@ -1,0 +1,56 @@
+"""Tests for crash-safe file writes shared by checkpoints, graph caches and MP snapshots."""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+import torch
+
+from crystal_train.atomic_file import atomic_torch_save, atomic_write, unfinished_writes
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_new_file_gets_the_umask_mode_not_mkstemps_0600(tmp_path, umask_022):
+    path = tmp_path / "sub" / "state.pt"
+    atomic_torch_save({"w": torch.arange(3)}, path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert torch.equal(torch.load(path, weights_only=True)["w"], torch.arange(3))
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "data.bin"
+    path.write_bytes(b"old")
+
+    def write_half_then_fail(handle):
+        handle.write(b"new but unfin")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(path, write_half_then_fail)
+    assert path.read_bytes() == b"old"
+    assert unfinished_writes(tmp_path) == [] and sorted(tmp_path.iterdir()) == [path]
+
+
+def test_data_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+    calls = []
+    real_fsync, real_replace = os.fsync, os.replace
+    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+    monkeypatch.setattr(os, "replace", lambda src, dst: (calls.append("replace"), real_replace(src, dst))[1])
+    atomic_write(tmp_path / "data.bin", lambda handle: handle.write(b"payload"))
+    assert calls == ["fsync", "replace"]
+    assert (tmp_path / "data.bin").read_bytes() == b"payload"
+
+
+def test_unfinished_writes_lists_only_temporaries_beside_the_target(tmp_path):
+    (tmp_path / "last.pt").write_bytes(b"")
+    leftover = tmp_path / ".last.pt.k3j2h1.tmp"
+    leftover.write_bytes(b"")
+    assert unfinished_writes(tmp_path) == [leftover]
