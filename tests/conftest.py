@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -57,3 +58,11 @@ def good_rows() -> list[dict]:
         {"material_id": item_id, "formation_energy_per_atom": -0.5 * (n + 1), "band_gap": 0.25 * n, "cif": cif_text(s)}
         for n, (item_id, s) in enumerate(good_structures().items())
     ]
+
+
+@pytest.fixture
+def umask_022():
+    """Run the test under umask 022, so new files should be 0644."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)

@@ -11,13 +11,6 @@ import torch
 from crystal_train.atomic_file import atomic_torch_save, atomic_write, unfinished_writes
 
 
-@pytest.fixture
-def umask_022():
-    previous = os.umask(0o022)
-    yield
-    os.umask(previous)
-
-
 def test_new_file_gets_the_umask_mode_not_mkstemps_0600(tmp_path, umask_022):
     path = tmp_path / "sub" / "state.pt"
     atomic_torch_save({"w": torch.arange(3)}, path)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import gzip
 import json
 import logging
-import os
 import stat
 from datetime import datetime
 from pathlib import Path
@@ -219,12 +218,8 @@ def test_training_from_mp_download_keeps_the_key_out_of_every_file(tmp_path, mon
     assert (tmp_path / "offline" / "metrics.json").is_file()
 
 
-def test_snapshot_is_readable_like_any_new_file(tmp_path):
-    previous = os.umask(0o022)
-    try:
-        path = mp.download_snapshot(QUERY, TARGETS, API_KEY, tmp_path, rester_factory=Factory())
-    finally:
-        os.umask(previous)
+def test_snapshot_is_readable_like_any_new_file(tmp_path, umask_022):
+    path = mp.download_snapshot(QUERY, TARGETS, API_KEY, tmp_path, rester_factory=Factory())
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert _read(path)["num_records"] == 3
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
