@@ -285,3 +285,32 @@ def test_cgcnn_default_table_is_the_feature_table():
     features = pytest.importorskip("crystal_train.data.features")
     table = features.cgcnn_feature_table()
     torch.testing.assert_close(CGCNN().atom_features, table.to(torch.get_default_dtype()))
+
+
+@pytest.mark.parametrize("name", ["cgcnn", "schnet"])
+def test_distance_basis_tails_are_zeros_not_denormals(name):
+    """The Gaussians equal the plain exp where it matters; their far tails are exact zeros.
+
+    Left as exp(), most of a float32 basis over 0–8 Å would be denormal numbers, which make every
+    multiply-add that reads them slow on many CPUs (crystal_train/models/basis.py).
+    """
+    if name == "cgcnn":
+        expansion = CGCNN(atom_features=random_table()).gaussian
+        centers, inverse_variance = np.arange(0.0, 8.2, 0.2), 1 / 0.2**2
+    else:
+        expansion = SchNet(num_gaussians=50, cutoff=8.0).distance_expansion
+        centers = np.linspace(0.0, 8.0, 50)
+        inverse_variance = 0.5 / (centers[1] - centers[0]) ** 2
+    distances = np.linspace(0.5, 8.0, 3001)
+    exponent = (distances[:, None] - centers) ** 2 * inverse_variance
+    smallest_normal = torch.finfo(torch.float32).tiny
+
+    plain = torch.exp(-torch.from_numpy(exponent).float())
+    assert ((plain > 0) & (plain < smallest_normal)).any()  # what the truncation is for
+
+    values = expansion(torch.from_numpy(distances).float())
+    assert values.dtype == torch.float32 and values.shape == exponent.shape
+    assert not ((values > 0) & (values < smallest_normal)).any()
+    reference = np.where(exponent < 60.0, np.exp(-exponent), 0.0)
+    np.testing.assert_allclose(values.double().numpy(), reference, rtol=2e-4, atol=1e-25)
+    assert (values[torch.from_numpy(exponent > 61.0)] == 0).all()

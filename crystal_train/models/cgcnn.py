@@ -21,10 +21,14 @@ from torch import Tensor, nn
 from torch_geometric.utils import scatter
 
 from crystal_train.data.batch import GraphBatch
+from crystal_train.models.basis import truncated_gaussians
 
 
 class GaussianDistance(nn.Module):
-    """exp(-(d - mu_k)^2 / var^2) with mu_k = arange(dmin, dmax + step, step), as the reference."""
+    """exp(-(d - mu_k)^2 / var^2) with mu_k = arange(dmin, dmax + step, step), as the reference.
+
+    Values below exp(-60) are exactly zero (``crystal_train.models.basis``).
+    """
 
     def __init__(self, dmin: float = 0.0, dmax: float = 8.0, step: float = 0.2, var: float | None = None):
         super().__init__()
@@ -36,7 +40,7 @@ class GaussianDistance(nn.Module):
         self.var = step if var is None else var
 
     def forward(self, distances: Tensor) -> Tensor:
-        return torch.exp(-((distances.unsqueeze(-1) - self.centers) ** 2) / self.var**2)
+        return truncated_gaussians(distances, self.centers, 1.0 / self.var**2)
 
 
 class ConvLayer(nn.Module):
