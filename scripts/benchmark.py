@@ -66,6 +66,16 @@ def compose_cfg(args, model: str, cache_dir: Path):
         return compose("train", overrides=[*data, f"model={model}", f"data.cache_dir={cache_dir}", *args.overrides])
 
 
+def cpu_description() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one) and torch's thread count."""
+    name = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        name = names[0] if names else name
+    return f"cpu ({name}, {torch.get_num_threads()} threads)"
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -168,7 +178,7 @@ def main() -> None:
     report = {
         "snapshot": args.snapshot or "demo",
         "limit": args.limit,
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)",
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description(),
         "torch": torch.__version__,
         "batch_size": args.batch_size,
         "warmup_batches": "one epoch" if args.warmup_batches is None else args.warmup_batches,

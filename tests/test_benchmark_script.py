@@ -26,6 +26,9 @@ def test_benchmark_reports_throughput_memory_and_baseline_ratio(tmp_path):
     assert graphs["resident_on_device"] is True
     assert report["warmup_batches"] == 1
     assert report["peak_host_memory_gib"] > 0
+    cpuinfo = Path("/proc/cpuinfo")
+    cpu_names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")] if cpuinfo.exists() else []
+    assert report["device"].startswith("cpu (") and all(name in report["device"] for name in cpu_names[:1])
 
     (run,) = report["runs"]
     assert (run["model"], run["precision"], run["compile"]) == ("cgcnn", "32", False)
