@@ -439,3 +439,13 @@ def test_bf16_run_is_scored_in_the_precision_it_was_selected_in(small_cfg, tmp_p
     eval_cfg = compose_config("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"output={tmp_path / 'eval'}", "device=cpu", "split=all"])
     report = evaluate(eval_cfg)
     assert report["test"]["mae"] == pytest.approx(metrics["test"]["mae"], abs=1e-6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, tmp_path, capsys, progress):
+    cfg = small_cfg("trainer.max_epochs=1", f"trainer.progress_bar={progress}", f"data.cache_dir={tmp_path / 'cold_cache'}")
+    train(cfg, tmp_path / "run")
+    err = capsys.readouterr().err
+    assert ("graphs:" in err) is progress
+    assert ("epoch 1:" in err) is progress

@@ -49,10 +49,11 @@ def default_cache_dir() -> Path:
     return mp_default()
 
 
-def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = None) -> PreparedData:
+def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = None, progress: bool = True) -> PreparedData:
     """Find the configured source's graph cache (or read the source and build it), then split it.
 
     The cache key needs only a hash of the source's bytes, so a cached dataset is never re-read.
+    `progress=False` hides the graph build's progress bar.
     """
     cache_dir = Path(data_cfg.get("cache_dir") or default_cache_dir())
     source = _plan_source(data_cfg, cache_dir)
@@ -63,7 +64,9 @@ def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = No
 
     def build() -> GraphStore:
         items, to_crystal, skipped = source.read()
-        store = build_store(_limit(items, limit, seed), to_crystal, settings, _supported_elements(), num_workers=num_workers)
+        store = build_store(
+            _limit(items, limit, seed), to_crystal, settings, _supported_elements(), num_workers=num_workers, progress=progress
+        )
         store.skipped = list(skipped) + list(store.skipped)
         return store
 

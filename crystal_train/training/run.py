@@ -55,7 +55,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
 
-    data = prepare_data(cfg.data, graph_settings(cfg.graph))
+    data = prepare_data(cfg.data, graph_settings(cfg.graph), progress=bool(cfg.trainer.get("progress_bar", True)))
     ids_by_split = split_ids(data.store, data.splits)
     if context.is_main:
         artifacts.write_json(run_dir / "split.json", ids_by_split)
