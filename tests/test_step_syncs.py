@@ -1,0 +1,115 @@
+"""Training and validation steps never wait for the device.
+
+On a GPU, reading a value back (`.item()`, `float(t)`) or an op whose output shape depends on
+the data (`nonzero`, boolean masks, `unique`, `repeat_interleave` without `output_size`) stalls
+the host until the queued kernels finish. Without a GPU, these ops are recorded on the CPU as they
+are dispatched: an epoch of many batches must make no more of them than an epoch of a few,
+so the only ones left are the once-per-epoch reductions.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import hydra
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from config_utils import compose_config
+from crystal_train.data.crystal import Crystal
+from crystal_train.data.graphs import GraphSettings
+from crystal_train.data.loader import BatchIterator, DeviceGraphs
+from crystal_train.data.store import build_store
+from crystal_train.training.loop import Trainer
+from crystal_train.training.metrics import Normalizer
+
+#: Ops that make a CUDA host wait for the device (value reads and data-dependent output shapes).
+SYNCING_OPS = {
+    "_local_scalar_dense", "nonzero", "masked_select", "masked_scatter", "is_nonzero", "equal",
+    "_unique2", "unique_dim", "unique_consecutive",
+}
+
+
+class SyncRecorder(TorchDispatchMode):
+    """Counts the syncing ops dispatched, leaving out value reads of the given host-side tensors."""
+
+    def __init__(self, host_tensors=lambda: []):
+        super().__init__()
+        self.host_tensors = host_tensors  # called at each op: optimizer state appears during the first step
+        self.counts = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        if name in SYNCING_OPS and not any(args[0] is t for t in self.host_tensors()):
+            self.counts[name] += 1
+        if name == "repeat_interleave" and func._overloadname != "self_int" and kwargs.get("output_size") is None:
+            self.counts["repeat_interleave without output_size"] += 1
+        if name == "index" and any(i is not None and i.dtype == torch.bool for i in args[1]):
+            self.counts["boolean-mask index"] += 1
+        return func(*args, **kwargs)
+
+
+def _crystals(count: int) -> list[Crystal]:
+    rng = np.random.default_rng(5)
+    crystals = []
+    for i in range(count):
+        n = int(rng.integers(1, 5))
+        lattice = np.diag(rng.uniform(3.0, 4.5, 3)) + rng.uniform(-0.4, 0.4, (3, 3))
+        crystals.append(Crystal(f"c{i}", lattice, rng.choice([3, 8, 14, 26], n), rng.random((n, 3)), target=float(i % 5)))
+    return crystals
+
+
+@pytest.fixture(scope="module")
+def graphs() -> DeviceGraphs:
+    store = build_store(_crystals(32), lambda c: c, GraphSettings(5.0, 12), num_workers=1, progress=False)
+    return DeviceGraphs(store, "cpu")
+
+
+def _trainer(graphs: DeviceGraphs, model_name: str, precision: str, num_crystals: int, tmp_path) -> Trainer:
+    """A Trainer with the shipped model and optimizer configs, clipping gradients, over num_crystals in batches of 4."""
+    cfg = compose_config("train", [f"model={model_name}", "model.n_conv=1" if model_name == "cgcnn" else "model.num_interactions=1",
+                                   "trainer.device=cpu", "trainer.progress_bar=false", "trainer.grad_clip=1.0",
+                                   f"trainer.precision={precision}"])
+    torch.manual_seed(0)
+    model = hydra.utils.instantiate(cfg.model)
+    optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
+    batches = BatchIterator(graphs, np.arange(num_crystals), batch_size=4, shuffle=True)
+    return Trainer(model, optimizer, None, Normalizer(2.0, 1.4), batches, batches, cfg.trainer, tmp_path, {})
+
+
+def _optimizer_step_counters(trainer: Trainer):
+    """Adam's per-parameter step counts: host tensors on a GPU too, so reading them does not sync."""
+    return lambda: [state["step"] for state in trainer.optimizer.state.values() if "step" in state]
+
+
+def _epoch_syncs(trainer: Trainer) -> tuple[Counter, Counter]:
+    with SyncRecorder(_optimizer_step_counters(trainer)) as recorder:
+        trainer._train_epoch()
+    train_counts = recorder.counts
+    with SyncRecorder() as recorder:
+        trainer._validate()
+    return train_counts, recorder.counts
+
+
+@pytest.mark.parametrize("model_name", ["cgcnn", "schnet"])
+@pytest.mark.parametrize("precision", ["32", "bf16"])
+def test_epoch_syncs_do_not_grow_with_the_number_of_batches(graphs, model_name, precision, tmp_path):
+    few = _epoch_syncs(_trainer(graphs, model_name, precision, 8, tmp_path))
+    many = _epoch_syncs(_trainer(graphs, model_name, precision, 32, tmp_path))
+    assert few[0] == many[0], f"training epoch of 2 vs 8 batches: {few[0]} vs {many[0]}"
+    assert few[1] == many[1], f"validation of 2 vs 8 batches: {few[1]} vs {many[1]}"
+    assert set(many[0]) | set(many[1]) <= {"_local_scalar_dense"}
+
+
+def test_recorder_sees_a_value_read_and_a_boolean_mask():
+    """The recorder itself: a per-batch `.item()`, mask or unsized repeat_interleave would be caught."""
+    values = torch.arange(6.0)
+    with SyncRecorder() as recorder:
+        values.sum().item()
+        values[values > 2.0]
+        torch.repeat_interleave(torch.tensor([1, 2]))
+        torch.repeat_interleave(torch.tensor([1, 2]), output_size=3)
+    assert recorder.counts == Counter({"_local_scalar_dense": 1, "boolean-mask index": 1, "repeat_interleave without output_size": 1})
