@@ -1,4 +1,4 @@
-"""Training and validation steps never wait for the device.
+"""Training, validation and prediction steps never wait for the device.
 
 On a GPU, reading a value back (`.item()`, `float(t)`) or an op whose output shape depends on
 the data (`nonzero`, boolean masks, `unique`, `repeat_interleave` without `output_size`) stalls
@@ -22,6 +22,7 @@ from crystal_train.data.crystal import Crystal
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
 from crystal_train.data.store import build_store
+from crystal_train.training.inference import predict
 from crystal_train.training.loop import Trainer
 from crystal_train.training.metrics import Normalizer
 
@@ -85,23 +86,30 @@ def _optimizer_step_counters(trainer: Trainer):
     return lambda: [state["step"] for state in trainer.optimizer.state.values() if "step" in state]
 
 
-def _epoch_syncs(trainer: Trainer) -> tuple[Counter, Counter]:
+def _syncs_per_phase(trainer: Trainer) -> dict[str, Counter]:
+    """Syncing ops of one training epoch, one validation pass and one prediction pass over the same crystals."""
+    phases = {}
     with SyncRecorder(_optimizer_step_counters(trainer)) as recorder:
         trainer._train_epoch()
-    train_counts = recorder.counts
+    phases["training epoch"] = recorder.counts
     with SyncRecorder() as recorder:
         trainer._validate()
-    return train_counts, recorder.counts
+    phases["validation"] = recorder.counts
+    batches = trainer.val_batches
+    with SyncRecorder() as recorder:
+        predict(trainer.model, batches.graphs, batches.indices, trainer.normalizer, batches.batch_size, trainer.precision)
+    phases["prediction"] = recorder.counts
+    return phases
 
 
 @pytest.mark.parametrize("model_name", ["cgcnn", "schnet"])
 @pytest.mark.parametrize("precision", ["32", "bf16"])
-def test_epoch_syncs_do_not_grow_with_the_number_of_batches(graphs, model_name, precision, tmp_path):
-    few = _epoch_syncs(_trainer(graphs, model_name, precision, 8, tmp_path))
-    many = _epoch_syncs(_trainer(graphs, model_name, precision, 32, tmp_path))
-    assert few[0] == many[0], f"training epoch of 2 vs 8 batches: {few[0]} vs {many[0]}"
-    assert few[1] == many[1], f"validation of 2 vs 8 batches: {few[1]} vs {many[1]}"
-    assert set(many[0]) | set(many[1]) <= {"_local_scalar_dense"}
+def test_syncs_do_not_grow_with_the_number_of_batches(graphs, model_name, precision, tmp_path):
+    few = _syncs_per_phase(_trainer(graphs, model_name, precision, 8, tmp_path))
+    many = _syncs_per_phase(_trainer(graphs, model_name, precision, 32, tmp_path))
+    for phase in many:
+        assert few[phase] == many[phase], f"{phase} of 2 vs 8 batches: {few[phase]} vs {many[phase]}"
+        assert set(many[phase]) <= {"_local_scalar_dense"}, phase
 
 
 def test_recorder_sees_a_value_read_and_a_boolean_mask():
