@@ -1,20 +1,23 @@
-"""Training, validation and prediction steps never wait for the device.
+"""What keeps a step cheap on a GPU, checked on the CPU: no host-device syncs, no recompiles.
 
 On a GPU, reading a value back (`.item()`, `float(t)`) or an op whose output shape depends on
 the data (`nonzero`, boolean masks, `unique`, `repeat_interleave` without `output_size`) stalls
 the host until the queued kernels finish. Without a GPU, these ops are recorded on the CPU as they
 are dispatched: an epoch of many batches must make no more of them than an epoch of a few,
-so the only ones left are the once-per-epoch reductions.
+so the only ones left are the once-per-epoch reductions. And with `trainer.compile=true`, batches
+of every size must run through the graphs compiled first, with no graph breaks.
 """
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 
 import hydra
 import numpy as np
 import pytest
 import torch
+from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from config_utils import compose_config
@@ -69,11 +72,11 @@ def graphs() -> DeviceGraphs:
     return DeviceGraphs(store, "cpu")
 
 
-def _trainer(graphs: DeviceGraphs, model_name: str, precision: str, num_crystals: int, tmp_path) -> Trainer:
+def _trainer(graphs: DeviceGraphs, model_name: str, precision: str, num_crystals: int, tmp_path, *overrides: str) -> Trainer:
     """A Trainer with the shipped model and optimizer configs, clipping gradients, over num_crystals in batches of 4."""
     cfg = compose_config("train", [f"model={model_name}", "model.n_conv=1" if model_name == "cgcnn" else "model.num_interactions=1",
                                    "trainer.device=cpu", "trainer.progress_bar=false", "trainer.grad_clip=1.0",
-                                   f"trainer.precision={precision}"])
+                                   f"trainer.precision={precision}", *overrides])
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model)
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
@@ -110,6 +113,20 @@ def test_syncs_do_not_grow_with_the_number_of_batches(graphs, model_name, precis
     for phase in many:
         assert few[phase] == many[phase], f"{phase} of 2 vs 8 batches: {few[phase]} vs {many[phase]}"
         assert set(many[phase]) <= {"_local_scalar_dense"}, phase
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_name", ["cgcnn", "schnet"])
+def test_compiled_model_takes_every_batch_size_without_recompiling(graphs, model_name, tmp_path):
+    """One graph for training and one for evaluation (batch norm and dropout differ), whatever the batch shapes."""
+    torch._dynamo.reset()
+    counters.clear()
+    trainer = _trainer(graphs, model_name, "32", 30, tmp_path, "trainer.compile=true")  # batches of 4 and a last one of 2
+    for _epoch in range(2):
+        train_loss, _ = trainer._train_epoch()
+        trainer._validate()
+    assert math.isfinite(train_loss)
+    assert counters["stats"]["unique_graphs"] == 2, dict(counters["stats"])
 
 
 def test_recorder_sees_a_value_read_and_a_boolean_mask():
