@@ -118,7 +118,7 @@ def test_syncs_do_not_grow_with_the_number_of_batches(graphs, model_name, precis
 @pytest.mark.slow
 @pytest.mark.parametrize("model_name", ["cgcnn", "schnet"])
 def test_compiled_model_takes_every_batch_size_without_recompiling(graphs, model_name, tmp_path):
-    """One graph for training and one for evaluation (batch norm and dropout differ), whatever the batch shapes."""
+    """One graph for training and one for evaluation (train() and eval() modes compile apart), whatever the batch shapes."""
     torch._dynamo.reset()
     counters.clear()
     trainer = _trainer(graphs, model_name, "32", 30, tmp_path, "trainer.compile=true")  # batches of 4 and a last one of 2
