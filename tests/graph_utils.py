@@ -1,4 +1,4 @@
-"""Test helper: a list of Crystals as one GraphBatch."""
+"""Test helpers: small random crystals, and a list of Crystals as one GraphBatch."""
 
 from __future__ import annotations
 
@@ -23,3 +23,14 @@ def make_batch(crystals: list[Crystal], settings: GraphSettings, dtype: torch.dt
         num_graphs=len(crystals),
         targets=None if None in targets else torch.tensor(targets, dtype=dtype),
     )
+
+
+def random_crystals(count: int, seed: int = 11) -> list[Crystal]:
+    """`count` crystals of 1–4 Li/O/Si/Fe atoms in skewed 3–4.5 Å cells; crystal i has target i."""
+    rng = np.random.default_rng(seed)
+    crystals = []
+    for i in range(count):
+        n = int(rng.integers(1, 5))
+        lattice = np.diag(rng.uniform(3.0, 4.5, 3)) + rng.uniform(-0.5, 0.5, (3, 3))
+        crystals.append(Crystal(f"c{i}", lattice, rng.choice([3, 8, 14, 26], n), rng.random((n, 3)), target=float(i)))
+    return crystals

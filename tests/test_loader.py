@@ -5,10 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from graph_utils import make_batch
+from graph_utils import make_batch, random_crystals
 
 from crystal_train.data import loader
-from crystal_train.data.crystal import Crystal
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.data.loader import BatchIterator, DeviceGraphs, fits_on_device, graph_tensor_bytes
 from crystal_train.data.store import build_store
@@ -16,19 +15,9 @@ from crystal_train.data.store import build_store
 SETTINGS = GraphSettings(5.0, 12)
 
 
-def _crystals(count: int = 7) -> list[Crystal]:
-    rng = np.random.default_rng(11)
-    crystals = []
-    for i in range(count):
-        n = int(rng.integers(1, 5))
-        lattice = np.diag(rng.uniform(3.0, 4.5, 3)) + rng.uniform(-0.5, 0.5, (3, 3))
-        crystals.append(Crystal(f"c{i}", lattice, rng.choice([3, 8, 14, 26], n), rng.random((n, 3)), target=float(i)))
-    return crystals
-
-
 @pytest.fixture(scope="module")
 def crystals_and_store():
-    crystals = _crystals()
+    crystals = random_crystals(7)
     return crystals, build_store(crystals, lambda c: c, SETTINGS, num_workers=1, progress=False)
 
 

@@ -21,7 +21,7 @@ from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from config_utils import compose_config
-from crystal_train.data.crystal import Crystal
+from graph_utils import random_crystals
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
 from crystal_train.data.store import build_store
@@ -56,19 +56,9 @@ class SyncRecorder(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def _crystals(count: int) -> list[Crystal]:
-    rng = np.random.default_rng(5)
-    crystals = []
-    for i in range(count):
-        n = int(rng.integers(1, 5))
-        lattice = np.diag(rng.uniform(3.0, 4.5, 3)) + rng.uniform(-0.4, 0.4, (3, 3))
-        crystals.append(Crystal(f"c{i}", lattice, rng.choice([3, 8, 14, 26], n), rng.random((n, 3)), target=float(i % 5)))
-    return crystals
-
-
 @pytest.fixture(scope="module")
 def graphs() -> DeviceGraphs:
-    store = build_store(_crystals(32), lambda c: c, GraphSettings(5.0, 12), num_workers=1, progress=False)
+    store = build_store(random_crystals(32), lambda c: c, GraphSettings(5.0, 12), num_workers=1, progress=False)
     return DeviceGraphs(store, "cpu")
 
 
