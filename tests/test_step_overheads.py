@@ -71,7 +71,7 @@ def _trainer(graphs: DeviceGraphs, model_name: str, precision: str, num_crystals
     model = hydra.utils.instantiate(cfg.model)
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
     batches = BatchIterator(graphs, np.arange(num_crystals), batch_size=4, shuffle=True)
-    return Trainer(model, optimizer, None, Normalizer(2.0, 1.4), batches, batches, cfg.trainer, tmp_path, {})
+    return Trainer(model, optimizer, None, Normalizer(2.0, 1.4, minimum=0.0), batches, batches, cfg.trainer, tmp_path, {})
 
 
 def _optimizer_step_counters(trainer: Trainer):

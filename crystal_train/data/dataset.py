@@ -74,6 +74,7 @@ def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = No
     report_skipped(store)
     if len(store) == 0:
         raise ValueError(f"no valid crystals remain in {source.description}; see the skipped reasons above")
+    check_target_floor(store, source.target, data_cfg.get("target_min"))
     split_cfg = data_cfg.get("split") or {}
     splits = make_splits(
         store,
@@ -89,6 +90,19 @@ def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = No
         ", ".join(f"{name} {len(idx)}" for name, idx in splits.items()),
     )
     return PreparedData(store, splits, source.target, str(data_cfg.get("units") or ""), source.description)
+
+
+def check_target_floor(store: GraphStore, target: str, minimum: float | None) -> None:
+    """Raise, naming the crystals, if any target lies below data.target_min (NaN targets pass)."""
+    if minimum is None:
+        return
+    below = np.flatnonzero(store.targets < float(minimum))
+    if below.size:
+        examples = ", ".join(f"{store.ids[i]} ({store.targets[i]:g})" for i in below[:5])
+        raise ValueError(
+            f"data.target_min={float(minimum):g}, but {below.size} crystal(s) have a {target} below it: {examples}"
+            f"{', ...' if below.size > 5 else ''}. Fix those targets, or set data.target_min=null if {target} has no lower bound"
+        )
 
 
 def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:

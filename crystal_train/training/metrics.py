@@ -26,24 +26,31 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict:
 
 @dataclass
 class Normalizer:
-    """Standardises targets with the mean and standard deviation of the training split."""
+    """Standardises targets with the mean and standard deviation of the training split.
+
+    `minimum` (data.target_min) is the target's physical lower bound, a band gap's 0 eV:
+    predictions are floored at it, so none is ever below what the target can be.
+    """
 
     mean: float
     std: float
+    minimum: float | None = None
 
     @classmethod
-    def fit(cls, train_targets: np.ndarray) -> "Normalizer":
+    def fit(cls, train_targets: np.ndarray, minimum: float | None = None) -> "Normalizer":
         values = np.asarray(train_targets, dtype=np.float64)
         if values.size == 0 or not np.isfinite(values).all():
             raise ValueError("the training split needs at least one finite target to fit the normaliser")
         std = float(values.std())
-        return cls(mean=float(values.mean()), std=std if std > 1e-12 else 1.0)
+        return cls(mean=float(values.mean()), std=std if std > 1e-12 else 1.0, minimum=None if minimum is None else float(minimum))
 
     def normalize(self, values):
         return (values - self.mean) / self.std
 
     def denormalize(self, values):
-        return values * self.std + self.mean
+        """Model outputs (NumPy array or tensor) in the target's units, floored at `minimum`."""
+        values = values * self.std + self.mean
+        return values if self.minimum is None else values.clip(self.minimum, None)
 
     def state(self) -> dict:
-        return {"mean": self.mean, "std": self.std}
+        return {"mean": self.mean, "std": self.std, "minimum": self.minimum}

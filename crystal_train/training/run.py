@@ -60,7 +60,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     if context.is_main:
         artifacts.write_json(run_dir / "split.json", ids_by_split)
         artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)
-    normalizer = Normalizer.fit(data.store.targets[data.splits["train"]])
+    normalizer = Normalizer.fit(data.store.targets[data.splits["train"]], minimum=cfg.data.get("target_min"))
 
     device = context.device
     graphs = DeviceGraphs(data.store, device, resident=_graphs_on_device(cfg.trainer.get("graphs_on_device", "auto")))
