@@ -13,21 +13,17 @@ from __future__ import annotations
 import math
 from collections import Counter
 
-import hydra
-import numpy as np
 import pytest
 import torch
 from torch._dynamo.utils import counters
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from config_utils import compose_config
-from graph_utils import random_crystals
+from graph_utils import make_trainer, random_crystals
 from crystal_train.data.graphs import GraphSettings
-from crystal_train.data.loader import BatchIterator, DeviceGraphs
+from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.store import build_store
 from crystal_train.training.inference import predict
 from crystal_train.training.loop import Trainer
-from crystal_train.training.metrics import Normalizer
 
 #: Ops that make a CUDA host wait for the device (value reads and data-dependent output shapes).
 SYNCING_OPS = {
@@ -62,18 +58,6 @@ def graphs() -> DeviceGraphs:
     return DeviceGraphs(store, "cpu")
 
 
-def _trainer(graphs: DeviceGraphs, model_name: str, precision: str, num_crystals: int, tmp_path, *overrides: str) -> Trainer:
-    """A Trainer with the shipped model and optimizer configs, clipping gradients, over num_crystals in batches of 4."""
-    cfg = compose_config("train", [f"model={model_name}", "model.n_conv=1" if model_name == "cgcnn" else "model.num_interactions=1",
-                                   "trainer.device=cpu", "trainer.progress_bar=false", "trainer.grad_clip=1.0",
-                                   f"trainer.precision={precision}", *overrides])
-    torch.manual_seed(0)
-    model = hydra.utils.instantiate(cfg.model)
-    optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
-    batches = BatchIterator(graphs, np.arange(num_crystals), batch_size=4, shuffle=True)
-    return Trainer(model, optimizer, None, Normalizer(2.0, 1.4, minimum=0.0), batches, batches, cfg.trainer, tmp_path, {})
-
-
 def _optimizer_step_counters(trainer: Trainer):
     """Adam's per-parameter step counts: host tensors on a GPU too, so reading them does not sync."""
     return lambda: [state["step"] for state in trainer.optimizer.state.values() if "step" in state]
@@ -98,8 +82,8 @@ def _syncs_per_phase(trainer: Trainer) -> dict[str, Counter]:
 @pytest.mark.parametrize("model_name", ["cgcnn", "schnet"])
 @pytest.mark.parametrize("precision", ["32", "bf16"])
 def test_syncs_do_not_grow_with_the_number_of_batches(graphs, model_name, precision, tmp_path):
-    few = _syncs_per_phase(_trainer(graphs, model_name, precision, 8, tmp_path))
-    many = _syncs_per_phase(_trainer(graphs, model_name, precision, 32, tmp_path))
+    few = _syncs_per_phase(make_trainer(graphs, model_name, 8, tmp_path, precision=precision))
+    many = _syncs_per_phase(make_trainer(graphs, model_name, 32, tmp_path, precision=precision))
     for phase in many:
         assert few[phase] == many[phase], f"{phase} of 2 vs 8 batches: {few[phase]} vs {many[phase]}"
         assert set(many[phase]) <= {"_local_scalar_dense"}, phase
@@ -111,7 +95,7 @@ def test_compiled_model_takes_every_batch_size_without_recompiling(graphs, model
     """One graph for training and one for evaluation (train() and eval() modes compile apart), whatever the batch shapes."""
     torch._dynamo.reset()
     counters.clear()
-    trainer = _trainer(graphs, model_name, "32", 30, tmp_path, "trainer.compile=true")  # batches of 4 and a last one of 2
+    trainer = make_trainer(graphs, model_name, 30, tmp_path, "trainer.compile=true")  # batches of 4 and a last one of 2
     for _epoch in range(2):
         train_loss, _ = trainer._train_epoch()
         trainer._validate()

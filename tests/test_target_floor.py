@@ -4,23 +4,21 @@ from __future__ import annotations
 
 import csv
 
-import hydra
 import numpy as np
 import pytest
 import torch
 
 from config_utils import compose_config
 from conftest import good_structures
-from graph_utils import random_crystals
+from graph_utils import make_trainer, random_crystals
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.cli.predict import run_predict
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.graphs import GraphSettings
-from crystal_train.data.loader import BatchIterator, DeviceGraphs
+from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.store import build_store
 from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
 from crystal_train.training.inference import predict
-from crystal_train.training.loop import Trainer
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.run import train
 
@@ -58,17 +56,12 @@ def test_targets_below_the_floor_stop_the_run_naming_them(compose_train_cfg, wri
 def test_validation_scores_the_floored_predictions(tmp_path):
     store = build_store(random_crystals(12), lambda c: c, GraphSettings(5.0, 12), num_workers=1, progress=False)
     graphs, indices = DeviceGraphs(store, "cpu"), np.arange(12)
-    cfg = compose_config("train", ["model.n_conv=1", "trainer.device=cpu", "trainer.progress_bar=false"])
-    torch.manual_seed(0)
-    model = hydra.utils.instantiate(cfg.model)
-    raw = predict(model, graphs, indices, Normalizer(5.0, 3.0), batch_size=4)
+    trainer = make_trainer(graphs, "cgcnn", 12, tmp_path)
+    raw = predict(trainer.model, graphs, indices, Normalizer(5.0, 3.0), batch_size=4)
     floor = float(np.median(raw))  # half the predictions lie below it
-    normalizer = Normalizer(5.0, 3.0, minimum=floor)
-    floored = predict(model, graphs, indices, normalizer, batch_size=4)
+    trainer.normalizer = Normalizer(5.0, 3.0, minimum=floor)
+    floored = predict(trainer.model, graphs, indices, trainer.normalizer, batch_size=4)
     np.testing.assert_array_equal(floored, np.maximum(raw, floor))
-    batches = BatchIterator(graphs, indices, batch_size=4)
-    optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
-    trainer = Trainer(model, optimizer, None, normalizer, batches, batches, cfg.trainer, tmp_path, {})
     assert trainer._validate() == pytest.approx(np.mean(np.abs(floored - store.targets)), abs=1e-9)
 
 
