@@ -42,13 +42,10 @@ def random_crystals(count: int, seed: int = 11) -> list[Crystal]:
     return crystals
 
 
-def make_trainer(
-    graphs: DeviceGraphs, model_name: str, num_crystals: int, tmp_path, *overrides: str, precision: str = "32",
-    normalizer: Normalizer | None = None,
-) -> Trainer:
+def make_trainer(graphs: DeviceGraphs, model_name: str, num_crystals: int, tmp_path, *overrides: str, precision: str = "32") -> Trainer:
     """A Trainer with the shipped model and optimizer configs, clipping gradients, over num_crystals in batches of 4.
 
-    Without `normalizer`, targets are scaled by mean 2, std 1.4 and predictions floored at 0.
+    Targets are scaled by mean 2, std 1.4 and predictions floored at 0 (set `trainer.normalizer` to change that).
     """
     cfg = compose_config("train", [f"model={model_name}", "model.n_conv=1" if model_name == "cgcnn" else "model.num_interactions=1",
                                    "trainer.device=cpu", "trainer.progress_bar=false", "trainer.grad_clip=1.0",
@@ -57,4 +54,4 @@ def make_trainer(
     model = hydra.utils.instantiate(cfg.model)
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
     batches = BatchIterator(graphs, np.arange(num_crystals), batch_size=4, shuffle=True)
-    return Trainer(model, optimizer, None, normalizer or Normalizer(2.0, 1.4, minimum=0.0), batches, batches, cfg.trainer, tmp_path, {})
+    return Trainer(model, optimizer, None, Normalizer(2.0, 1.4, minimum=0.0), batches, batches, cfg.trainer, tmp_path, {})
