@@ -4,6 +4,8 @@ Prints one JSON object: graph-cache build and load times, training throughput (c
 a full epoch after a warm-up, with device synchronisation), inference throughput, peak host
 and device memory, for each model × precision × compile setting, plus the same model trained
 from a plain torch_geometric DataLoader over a list of Data objects, and the speed-up ratio.
+It also times batch formation alone (one pass over the training split with no model, batches
+moved to the device): the ceiling that the data path puts on training speed, for both paths.
 
 Example (CPU, 2,000 crystals of the shared MP-2018 CSV):
     python scripts/benchmark.py --snapshot ../shared/datasets/mp2018_megnet/mp2018_megnet_with_structures.csv.xz \
@@ -137,7 +139,31 @@ def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
     return batches
 
 
-def measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs) -> dict:
+def batching_pass(batches, device, max_batches: int | None = None) -> tuple[float, int]:
+    """Seconds and crystals for forming `batches` on the device with no model, or its first `max_batches`."""
+    synchronize(device)
+    start, crystals = time.perf_counter(), 0
+    for batch in itertools.islice(batches, max_batches):
+        crystals += batch.num_graphs
+    synchronize(device)
+    return time.perf_counter() - start, crystals
+
+
+def measure_batching(graphs, train_idx, baseline, args, device) -> dict:
+    """Crystals/s of batch formation alone over the training split: ours, and the baseline's collation."""
+    ours = BatchIterator(graphs, train_idx, args.batch_size, shuffle=True)
+    batching_pass(ours, device, args.warmup_batches)
+    seconds, crystals = batching_pass(ours, device)
+    result = {"crystals": crystals, "ours_crystals_per_s": crystals / seconds}
+    if baseline is not None:
+        batching_pass(baseline(), device, args.warmup_batches)
+        base_seconds, base_crystals = batching_pass(baseline(), device)
+        result["baseline_pyg_dataloader_crystals_per_s"] = base_crystals / base_seconds
+        result["ratio"] = result["ours_crystals_per_s"] / result["baseline_pyg_dataloader_crystals_per_s"]
+    return result
+
+
+def measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline) -> dict:
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model).to(device)
     forward = torch.compile(model, dynamic=True) if compiled else model
@@ -163,8 +189,7 @@ def measure(cfg, model_name, data, args, device, precision: str, compiled: bool,
         "inference_crystals_per_s": infer_crystals / infer_seconds,
         "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
-    if not args.no_baseline and not compiled and precision == "32":
-        baseline = pyg_batches(data.store, train_idx, args.batch_size, device, shuffle=True)
+    if baseline is not None and not compiled and precision == "32":
         train_epoch(model, optimizer, baseline(), normalizer, device, precision, warmup)
         base_seconds, base_crystals = train_epoch(model, optimizer, baseline(), normalizer, device, precision)
         result["baseline_pyg_dataloader_crystals_per_s"] = base_crystals / base_seconds
@@ -205,10 +230,13 @@ def main() -> None:
                 "cached_prepare_s": load_seconds,
             }
             graphs = DeviceGraphs(data.store, device)
+            train_idx = data.splits["train"]
+            baseline = None if args.no_baseline else pyg_batches(data.store, train_idx, args.batch_size, device, shuffle=True)
             report["graphs"][model_name]["resident_on_device"] = graphs.resident
+            report["graphs"][model_name]["batching"] = measure_batching(graphs, train_idx, baseline, args, device)
             for precision in args.precisions.split(","):
                 for compiled in compile_settings:
-                    report["runs"].append(measure(cfg, model_name, data, args, device, precision, compiled, graphs))
+                    report["runs"].append(measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline))
     report["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(json.dumps(report, indent=2))
 

@@ -24,6 +24,11 @@ def test_benchmark_reports_throughput_memory_and_baseline_ratio(tmp_path):
     assert graphs["graph"] == {"cutoff": 8.0, "max_neighbors": 12}
     assert graphs["cached_prepare_s"] < graphs["first_prepare_s"]
     assert graphs["resident_on_device"] is True
+    # Batch formation alone, over the whole training split (the demo splits 80/10/10), for both paths.
+    batching = graphs["batching"]
+    assert batching["crystals"] == 96
+    assert batching["ours_crystals_per_s"] > 0 and batching["baseline_pyg_dataloader_crystals_per_s"] > 0
+    assert batching["ratio"] == pytest.approx(batching["ours_crystals_per_s"] / batching["baseline_pyg_dataloader_crystals_per_s"])
     assert report["warmup_batches"] == 1
     assert report["peak_host_memory_gib"] > 0
     cpuinfo = Path("/proc/cpuinfo")
