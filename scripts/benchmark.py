@@ -83,35 +83,46 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def train_epoch(model, optimizer, batches, normalizer, device, precision: str, max_batches: int | None = None) -> tuple[float, int]:
-    """Seconds and crystals for one training epoch over `batches` (an iterable of GraphBatch), or its first `max_batches`."""
-    model.train()
+def timed_pass(batches, device, max_batches: int | None = None, step=None) -> tuple[float, int]:
+    """Seconds and crystals for running `step` (nothing: batch formation alone) on each of `batches`, or its first `max_batches`.
+
+    The device is synchronised before and after, so queued work is inside the timing.
+    """
     synchronize(device)
     start, crystals = time.perf_counter(), 0
     for batch in itertools.islice(batches, max_batches):
+        if step is not None:
+            step(batch)
+        crystals += batch.num_graphs
+    synchronize(device)
+    return time.perf_counter() - start, crystals
+
+
+def train_epoch(model, optimizer, batches, normalizer, device, precision: str, max_batches: int | None = None) -> tuple[float, int]:
+    """Seconds and crystals for one training epoch over `batches` (an iterable of GraphBatch), or its first `max_batches`."""
+
+    def train_step(batch):
         with precision_context(device.type, precision):
             output = model(batch)
         loss = torch.nn.functional.mse_loss(output.float(), normalizer.normalize(batch.targets))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        crystals += batch.num_graphs
-    synchronize(device)
-    return time.perf_counter() - start, crystals
+
+    model.train()
+    return timed_pass(batches, device, max_batches, train_step)
 
 
 @torch.no_grad()
 def inference_epoch(model, batches, device, precision: str, max_batches: int | None = None) -> tuple[float, int]:
     """Seconds and crystals for one inference pass over `batches`, or its first `max_batches`."""
-    model.eval()
-    synchronize(device)
-    start, crystals = time.perf_counter(), 0
-    for batch in itertools.islice(batches, max_batches):
+
+    def inference_step(batch):
         with precision_context(device.type, precision):
             model(batch)
-        crystals += batch.num_graphs
-    synchronize(device)
-    return time.perf_counter() - start, crystals
+
+    model.eval()
+    return timed_pass(batches, device, max_batches, inference_step)
 
 
 def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
@@ -139,25 +150,15 @@ def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
     return batches
 
 
-def batching_pass(batches, device, max_batches: int | None = None) -> tuple[float, int]:
-    """Seconds and crystals for forming `batches` on the device with no model, or its first `max_batches`."""
-    synchronize(device)
-    start, crystals = time.perf_counter(), 0
-    for batch in itertools.islice(batches, max_batches):
-        crystals += batch.num_graphs
-    synchronize(device)
-    return time.perf_counter() - start, crystals
-
-
 def measure_batching(graphs, train_idx, baseline, args, device) -> dict:
     """Crystals/s of batch formation alone over the training split: ours, and the baseline's collation."""
     ours = BatchIterator(graphs, train_idx, args.batch_size, shuffle=True)
-    batching_pass(ours, device, args.warmup_batches)
-    seconds, crystals = batching_pass(ours, device)
+    timed_pass(ours, device, args.warmup_batches)
+    seconds, crystals = timed_pass(ours, device)
     result = {"crystals": crystals, "ours_crystals_per_s": crystals / seconds}
     if baseline is not None:
-        batching_pass(baseline(), device, args.warmup_batches)
-        base_seconds, base_crystals = batching_pass(baseline(), device)
+        timed_pass(baseline(), device, args.warmup_batches)
+        base_seconds, base_crystals = timed_pass(baseline(), device)
         result["baseline_pyg_dataloader_crystals_per_s"] = base_crystals / base_seconds
         result["ratio"] = result["ours_crystals_per_s"] / result["baseline_pyg_dataloader_crystals_per_s"]
     return result
