@@ -17,12 +17,14 @@ import hydra
 import pytest
 import torch
 import torch.distributed as dist
+from omegaconf import OmegaConf
 
 import crystal_train.training.loop as loop
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.train import torchrun_arguments
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, save_checkpoint
+from crystal_train.training.resume import ResumeConfigError, check_same_training, config_changes
 from crystal_train.training.run import train
 from crystal_train.training.sweep import SUMMARY_COLUMNS
 from config_utils import compose_config
@@ -196,6 +198,44 @@ def test_resume_keeps_and_warns_about_a_best_checkpoint_it_cannot_restore(tmp_pa
         recover_interrupted_saves(tmp_path, last)
     assert "holds epoch 4, not the best epoch 3" in caplog.text
     assert torch.equal(load_checkpoint(tmp_path / "best.pt")["model_state"]["w"], torch.ones(2))
+
+
+def _resolved(*overrides: str) -> dict:
+    return OmegaConf.to_container(compose_config("train", ["data=demo", "seed=3", *overrides]), resolve=True)
+
+
+def test_resume_allows_a_longer_run_but_not_a_changed_cosine_schedule_or_learning_rate(tmp_path):
+    last = tmp_path / "last.pt"
+    plateau = _resolved("trainer.max_epochs=5")
+    check_same_training(plateau, _resolved("trainer.max_epochs=9", "trainer.device=cpu", "logger.tensorboard=true"), last)
+
+    cosine = _resolved("scheduler=cosine", "trainer.max_epochs=5")
+    with pytest.raises(ResumeConfigError, match=r"scheduler\.T_max: 5 -> 9") as refused:
+        check_same_training(cosine, _resolved("scheduler=cosine", "trainer.max_epochs=9", "optim.lr=0.01"), last)
+    assert "optim.lr: 0.001 -> 0.01" in str(refused.value) and "trainer.max_epochs" not in str(refused.value)
+    assert str(last) in str(refused.value)
+
+
+def test_config_changes_names_changed_added_and_removed_keys():
+    saved = {"model": {"n_conv": 3, "h": [1, 2]}, "optim": {"lr": 0.1}, "old": 1}
+    current = {"model": {"n_conv": 4, "h": [1, 2]}, "optim": {"lr": 0.1, "betas": [0.9, 0.99]}}
+    assert config_changes(saved, current) == ["model.n_conv", "old", "optim.betas"]
+    assert config_changes(saved, saved) == []
+
+
+@pytest.mark.slow
+def test_resume_with_a_changed_model_stops_before_touching_the_run(small_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    train(small_cfg("trainer.max_epochs=1"), run_dir)
+    before = (run_dir / "checkpoints" / "last.pt").read_bytes()
+    with pytest.raises(ResumeConfigError, match=r"model\.n_conv: 1 -> 2"):
+        train(small_cfg("trainer.max_epochs=2", "model.n_conv=2"), run_dir)
+    assert (run_dir / "checkpoints" / "last.pt").read_bytes() == before
+    assert not (run_dir / "config.previous-1.yaml").exists()
+
+    train(small_cfg("trainer.max_epochs=2"), run_dir)  # a longer run with the same settings continues
+    assert [int(row["epoch"]) for row in _history(run_dir)] == [1, 2]
+    assert _metrics(run_dir)["epochs"] == 2
 
 
 # ----- 2. early stopping ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from crystal_train.training.loop import NonFiniteLossError
+from crystal_train.training.resume import ResumeConfigError
 from crystal_train.training.run import train
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,7 @@ def main(cfg: DictConfig) -> float:
     """Train and return the best validation MAE (the value a Hydra sweeper minimises)."""
     try:
         return train(cfg, Path(HydraConfig.get().runtime.output_dir))
-    except NonFiniteLossError as error:
+    except (NonFiniteLossError, ResumeConfigError) as error:
         log.error("%s", error)
         sys.exit(2)
 

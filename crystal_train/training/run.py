@@ -23,6 +23,7 @@ from crystal_train.training.loggers import make_loggers
 from crystal_train.training.lr_scaling import lr_scale, scale_learning_rate
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.plots import learning_curve_plot, parity_plot
+from crystal_train.training.resume import check_same_training, keep_old_config, should_resume
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +46,15 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float:
     checkpoint_dir = run_dir / "checkpoints"
     last = checkpoint_dir / "last.pt"
-    resume = _should_resume(cfg.trainer.get("resume", "auto"), last)
+    resume = should_resume(cfg.trainer.get("resume", "auto"), last)
     saved = load_checkpoint(last) if resume else None
     with open_dict(cfg):
         cfg.seed = _agreed_seed(cfg.get("seed") if saved is None else saved["config"]["seed"], context)
+    if resume:
+        check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last)
     if context.is_main:
         if resume:
-            _keep_old_config(run_dir)
+            keep_old_config(run_dir)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
 
@@ -196,22 +199,3 @@ def _log_epoch(run_dir: Path, state, loggers) -> None:
     artifacts.write_history(run_dir / "history.csv", state.history)
     for logger in loggers:
         logger.log_epoch(state.history[-1])
-
-
-def _should_resume(setting, last: Path) -> bool:
-    setting = str(setting).lower()
-    if setting == "true":
-        if not last.exists():
-            raise FileNotFoundError(f"trainer.resume=true but there is no {last} to resume from")
-        return True
-    return setting == "auto" and last.exists()
-
-
-def _keep_old_config(run_dir: Path) -> None:
-    """Move the previous config.yaml aside (config.previous-N.yaml) before a resumed run writes its own."""
-    old = run_dir / "config.yaml"
-    if old.exists():
-        number = 1
-        while (run_dir / f"config.previous-{number}.yaml").exists():
-            number += 1
-        old.rename(run_dir / f"config.previous-{number}.yaml")

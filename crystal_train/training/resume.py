@@ -1,0 +1,78 @@
+"""Whether a run continues from its last.pt, and that it continues the same training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Settings a resumed run may change: how long it trains, where and how fast it runs, where its
+# files go. Anything else would be ignored by the restored optimizer or scheduler state, or would
+# mix two trainings in one history (a cosine T_max, a learning rate, the model or the data).
+RESUMABLE_CHANGES = frozenset({
+    "trainer.max_epochs", "trainer.patience", "trainer.min_delta", "trainer.resume",
+    "trainer.device", "trainer.graphs_on_device", "trainer.compile", "trainer.progress_bar", "trainer.eval_batch_size",
+    "data.cache_dir", "data.api_key", "logger",
+})
+
+
+class ResumeConfigError(ValueError):
+    """The run directory's last.pt was trained with settings this run would change."""
+
+
+def should_resume(setting, last: Path) -> bool:
+    """trainer.resume: auto (when last.pt exists), true (it must exist) or false."""
+    setting = str(setting).lower()
+    if setting == "true":
+        if not last.exists():
+            raise FileNotFoundError(f"trainer.resume=true but there is no {last} to resume from")
+        return True
+    return setting == "auto" and last.exists()
+
+
+def check_same_training(saved: dict, current: dict, last: Path) -> None:
+    """Raise ResumeConfigError naming every setting (outside RESUMABLE_CHANGES) that differs from last.pt's."""
+    changes = [key for key in config_changes(saved, current) if not _resumable(key)]
+    if changes:
+        listed = "; ".join(f"{key}: {_show(saved, key)} -> {_show(current, key)}" for key in changes)
+        raise ResumeConfigError(
+            f"cannot resume {last}: it was trained with different settings ({listed}). Resuming would ignore or mix "
+            "them. Rerun with the original settings to continue it, or start a new run: another hydra.run.dir, "
+            "or trainer.resume=false to start over in this directory."
+        )
+
+
+def config_changes(saved: dict, current: dict) -> list[str]:
+    """Dotted keys whose values differ between two resolved configs, including keys only one has."""
+    flat_saved, flat_current = _flatten(saved), _flatten(current)
+    return sorted(key for key in flat_saved.keys() | flat_current.keys() if flat_saved.get(key, _ABSENT) != flat_current.get(key, _ABSENT))
+
+
+def keep_old_config(run_dir: Path) -> None:
+    """Move the previous config.yaml aside (config.previous-N.yaml) before a resumed run writes its own."""
+    old = run_dir / "config.yaml"
+    if old.exists():
+        number = 1
+        while (run_dir / f"config.previous-{number}.yaml").exists():
+            number += 1
+        old.rename(run_dir / f"config.previous-{number}.yaml")
+
+
+_ABSENT = object()
+
+
+def _flatten(config, prefix: str = "") -> dict:
+    if not isinstance(config, dict) or not config:
+        return {prefix: config}
+    flat = {}
+    for key, value in config.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def _resumable(key: str) -> bool:
+    parts = key.split(".")
+    return any(".".join(parts[:length]) in RESUMABLE_CHANGES for length in range(1, len(parts) + 1))
+
+
+def _show(config: dict, key: str):
+    value = _flatten(config).get(key, _ABSENT)
+    return "(absent)" if value is _ABSENT else repr(value)
