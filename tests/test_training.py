@@ -24,7 +24,7 @@ from crystal_train.cli.evaluate import evaluate
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.train import torchrun_arguments
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, save_checkpoint
-from crystal_train.training.resume import ResumeConfigError, check_same_training, config_changes
+from crystal_train.training.resume import ABSENT, ResumeConfigError, check_same_training, config_changes
 from crystal_train.training.run import train
 from crystal_train.training.sweep import SUMMARY_COLUMNS
 from config_utils import compose_config
@@ -219,8 +219,9 @@ def test_resume_allows_a_longer_run_but_not_a_changed_cosine_schedule_or_learnin
 def test_config_changes_names_changed_added_and_removed_keys():
     saved = {"model": {"n_conv": 3, "h": [1, 2]}, "optim": {"lr": 0.1}, "old": 1}
     current = {"model": {"n_conv": 4, "h": [1, 2]}, "optim": {"lr": 0.1, "betas": [0.9, 0.99]}}
-    assert config_changes(saved, current) == ["model.n_conv", "old", "optim.betas"]
-    assert config_changes(saved, saved) == []
+    assert list(config_changes(saved, current)) == ["model.n_conv", "old", "optim.betas"]
+    assert config_changes(saved, current)["old"] == (1, ABSENT) and config_changes(saved, current)["model.n_conv"] == (3, 4)
+    assert config_changes(saved, saved) == {}
 
 
 @pytest.mark.slow

@@ -14,6 +14,9 @@ RESUMABLE_CHANGES = frozenset({
 })
 
 
+ABSENT = object()  # stands for a key one of two configs lacks
+
+
 class ResumeConfigError(ValueError):
     """The run directory's last.pt was trained with settings this run would change."""
 
@@ -30,9 +33,9 @@ def should_resume(setting, last: Path) -> bool:
 
 def check_same_training(saved: dict, current: dict, last: Path) -> None:
     """Raise ResumeConfigError naming every setting (outside RESUMABLE_CHANGES) that differs from last.pt's."""
-    changes = [key for key in config_changes(saved, current) if not _resumable(key)]
+    changes = {key: values for key, values in config_changes(saved, current).items() if not _resumable(key)}
     if changes:
-        listed = "; ".join(f"{key}: {_show(saved, key)} -> {_show(current, key)}" for key in changes)
+        listed = "; ".join(f"{key}: {_show(old)} -> {_show(new)}" for key, (old, new) in changes.items())
         raise ResumeConfigError(
             f"cannot resume {last}: it was trained with different settings ({listed}). Resuming would ignore or mix "
             "them. Rerun with the original settings to continue it, or start a new run: another hydra.run.dir, "
@@ -40,10 +43,14 @@ def check_same_training(saved: dict, current: dict, last: Path) -> None:
         )
 
 
-def config_changes(saved: dict, current: dict) -> list[str]:
-    """Dotted keys whose values differ between two resolved configs, including keys only one has."""
+def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
+    """{dotted key: (saved value, current value)} for each setting that differs, in key order; a key only one has is ABSENT in the other."""
     flat_saved, flat_current = _flatten(saved), _flatten(current)
-    return sorted(key for key in flat_saved.keys() | flat_current.keys() if flat_saved.get(key, _ABSENT) != flat_current.get(key, _ABSENT))
+    return {
+        key: (flat_saved.get(key, ABSENT), flat_current.get(key, ABSENT))
+        for key in sorted(flat_saved.keys() | flat_current.keys())
+        if flat_saved.get(key, ABSENT) != flat_current.get(key, ABSENT)
+    }
 
 
 def keep_old_config(run_dir: Path) -> None:
@@ -54,9 +61,6 @@ def keep_old_config(run_dir: Path) -> None:
         while (run_dir / f"config.previous-{number}.yaml").exists():
             number += 1
         old.rename(run_dir / f"config.previous-{number}.yaml")
-
-
-_ABSENT = object()
 
 
 def _flatten(config, prefix: str = "") -> dict:
@@ -73,6 +77,5 @@ def _resumable(key: str) -> bool:
     return any(".".join(parts[:length]) in RESUMABLE_CHANGES for length in range(1, len(parts) + 1))
 
 
-def _show(config: dict, key: str):
-    value = _flatten(config).get(key, _ABSENT)
-    return "(absent)" if value is _ABSENT else repr(value)
+def _show(value) -> str:
+    return "(absent)" if value is ABSENT else repr(value)
