@@ -169,8 +169,8 @@ def measure(cfg, model_name, data, args, device, precision: str, compiled: bool,
     model = hydra.utils.instantiate(cfg.model).to(device)
     forward = torch.compile(model, dynamic=True) if compiled else model
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
-    normalizer = Normalizer.fit(data.store.targets[data.splits["train"]])
     train_idx = data.splits["train"]
+    normalizer = Normalizer.fit(data.store.targets[train_idx])
     ours = BatchIterator(graphs, train_idx, args.batch_size, shuffle=True)
     ours_eval = BatchIterator(graphs, train_idx, args.eval_batch_size)
     if device.type == "cuda":
