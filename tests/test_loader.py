@@ -70,3 +70,19 @@ def test_fits_on_device_uses_half_the_free_gpu_memory(monkeypatch):
     cuda = torch.device("cuda")
     assert fits_on_device(500, cuda) and not fits_on_device(501, cuda)
     assert fits_on_device(10**15, torch.device("cpu"))
+
+
+def test_training_iterator_folds_a_lone_last_crystal_into_the_batch_before(crystals_and_store):
+    """7 crystals in batches of 3: 3 + 3 + 1 becomes 3 + 4, so BatchNorm never sees a one-crystal batch."""
+    _, store = crystals_and_store
+    graphs = DeviceGraphs(store, "cpu")
+    plain = BatchIterator(graphs, np.arange(7), batch_size=3, shuffle=True, seed=1)
+    folded = BatchIterator(graphs, np.arange(7), batch_size=3, shuffle=True, seed=1, fold_lone_tail=True)
+    assert [batch.num_graphs for batch in plain] == [3, 3, 1] and len(plain) == 3
+    batches = list(folded)
+    assert [batch.num_graphs for batch in batches] == [3, 4] and len(folded) == 2
+    assert sorted(torch.cat([batch.targets for batch in batches]).tolist()) == [float(i) for i in range(7)]
+    two_left = BatchIterator(graphs, np.arange(5), batch_size=3, fold_lone_tail=True)
+    assert [batch.num_graphs for batch in two_left] == [3, 2] and len(two_left) == 2
+    alone = BatchIterator(graphs, np.arange(1), batch_size=3, fold_lone_tail=True)
+    assert [batch.num_graphs for batch in alone] == [1] and len(alone) == 1

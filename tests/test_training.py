@@ -239,6 +239,21 @@ def test_resume_with_a_changed_model_stops_before_touching_the_run(small_cfg, tm
     assert _metrics(run_dir)["epochs"] == 2
 
 
+@pytest.mark.slow
+def test_resume_refuses_a_changed_seed_and_may_raise_the_patience_of_a_stopped_run(small_cfg, tmp_path):
+    # min_delta larger than any val MAE: only epoch 1 improves, so patience=1 stops after epoch 2.
+    stopping = ("trainer.max_epochs=10", "trainer.min_delta=1000")
+    run_dir = tmp_path / "run"
+    train(small_cfg(*stopping, "trainer.patience=1"), run_dir)
+    assert _metrics(run_dir)["epochs"] == 2
+    with pytest.raises(ResumeConfigError, match=r"seed: 3 -> 4"):
+        train(small_cfg(*stopping, "trainer.patience=3", "seed=4"), run_dir)
+
+    train(small_cfg(*stopping, "trainer.patience=3", "seed=null"), run_dir)  # no seed given: the saved one is used
+    assert [int(row["epoch"]) for row in _history(run_dir)] == [1, 2, 3, 4]
+    assert _metrics(run_dir)["epochs"] == 4 and _metrics(run_dir)["seed"] == 3
+
+
 # ----- 2. early stopping ----------------------------------------------------------------------
 
 

@@ -117,7 +117,9 @@ class BatchIterator:
 
     With world_size > 1 each rank takes every world_size-th crystal of the (identically seeded)
     order, as torch's DistributedSampler does; `pad` repeats a few crystals so every rank gets
-    the same number of batches (needed for training, not for validation).
+    the same number of batches (needed for training, not for validation). `fold_lone_tail` folds
+    a last batch of a single crystal into the batch before it: in training mode, BatchNorm cannot
+    normalise a batch of one atom, and a one-crystal step is mostly noise anyway.
     """
 
     def __init__(
@@ -130,6 +132,7 @@ class BatchIterator:
         rank: int = 0,
         world_size: int = 1,
         pad: bool = True,
+        fold_lone_tail: bool = False,
     ):
         self.graphs = graphs
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -137,6 +140,7 @@ class BatchIterator:
         self.shuffle = shuffle
         self.rng = np.random.default_rng(seed)
         self.rank, self.world_size, self.pad = rank, world_size, pad
+        self.fold_lone_tail = fold_lone_tail
 
     def _shard(self, order: np.ndarray) -> np.ndarray:
         if self.world_size == 1:
@@ -149,11 +153,18 @@ class BatchIterator:
         count = len(self.indices)
         if self.world_size > 1:
             count = math.ceil(count / self.world_size) if self.pad else len(range(self.rank, count, self.world_size))
-        return math.ceil(count / self.batch_size)
+        return len(self._starts(count))
+
+    def _starts(self, count: int) -> list[int]:
+        """Where each batch of `count` ordered crystals begins."""
+        starts = list(range(0, count, self.batch_size))
+        if self.fold_lone_tail and len(starts) > 1 and count - starts[-1] == 1:
+            starts.pop()
+        return starts
 
     def __iter__(self):
         order = self._shard(self.rng.permutation(self.indices) if self.shuffle else self.indices)
         order_on_device = self.graphs.upload(order)
-        for start in range(0, len(order), self.batch_size):
-            stop = start + self.batch_size
+        starts = self._starts(len(order))
+        for start, stop in zip(starts, [*starts[1:], len(order)]):
             yield self.graphs.batch(order[start:stop], order_on_device[start:stop])

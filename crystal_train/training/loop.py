@@ -111,6 +111,8 @@ class Trainer:
         max_epochs = int(self.cfg.max_epochs)
         patience = int(self.cfg.patience)
         min_delta = float(self.cfg.get("min_delta", 0.0))
+        if self.state.epoch:  # resumed: the patience may have been raised since it stopped
+            self.state.stopped_early = self.state.epochs_since_best >= patience
         while self.state.epoch < max_epochs and not self.state.stopped_early:
             start = time.perf_counter()
             first_step = self.state.epoch * len(self.train_batches)

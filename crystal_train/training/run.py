@@ -49,7 +49,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     resume = should_resume(cfg.trainer.get("resume", "auto"), last)
     saved = load_checkpoint(last) if resume else None
     with open_dict(cfg):
-        cfg.seed = _agreed_seed(cfg.get("seed") if saved is None else saved["config"]["seed"], context)
+        cfg.seed = _agreed_seed(_resumed_seed(cfg.get("seed"), saved), context)
     if resume:
         check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last)
     if context.is_main:
@@ -59,6 +59,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
 
     data = prepare_data(cfg.data, graph_settings(cfg.graph), progress=bool(cfg.trainer.get("progress_bar", True)))
+    _check_trainable_splits(data)
     ids_by_split = split_ids(data.store, data.splits)
     if context.is_main:
         artifacts.write_json(run_dir / "split.json", ids_by_split)
@@ -73,6 +74,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     )
     loggers = make_loggers(cfg.get("logger"), run_dir) if context.is_main else []
     model = hydra.utils.instantiate(cfg.model).to(device)
+    _check_batch_size(model, int(cfg.trainer.batch_size))
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
     _apply_lr_scaling(optimizer, cfg.trainer, context.world_size)
     scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler", {}).get("_target_") else None
@@ -89,7 +91,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         normalizer,
         BatchIterator(
             graphs, data.splits["train"], cfg.trainer.batch_size, shuffle=True, seed=int(cfg.seed),
-            rank=context.rank, world_size=context.world_size,
+            rank=context.rank, world_size=context.world_size, fold_lone_tail=True,
         ),
         BatchIterator(graphs, data.splits["val"], cfg.trainer.eval_batch_size, rank=context.rank, world_size=context.world_size, pad=False),
         cfg.trainer,
@@ -133,6 +135,36 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         )
     context.barrier()
     return float(state.best_val_mae)
+
+
+def _resumed_seed(configured, saved: dict | None):
+    """The seed to run with: the configured one, or on resume without one the seed last.pt used.
+
+    A configured seed is kept even on resume, so that check_same_training refuses a changed one.
+    """
+    if configured is None and saved is not None:
+        return saved["config"]["seed"]
+    return configured
+
+
+def _check_trainable_splits(data: PreparedData) -> None:
+    """Raise unless train and val both hold crystals (model selection needs val)."""
+    empty = [name for name in ("train", "val") if len(data.splits[name]) == 0]
+    if empty:
+        sizes = ", ".join(f"{name} {len(indices)}" for name, indices in data.splits.items())
+        raise ValueError(
+            f"the {' and '.join(empty)} split of {data.source} is empty ({sizes}): training needs crystals in both "
+            "train and val. Use more crystals (data.limit) or other data.split.fractions, or give the source a split column with val rows"
+        )
+
+
+def _check_batch_size(model: torch.nn.Module, batch_size: int) -> None:
+    """Raise if a model with BatchNorm would see one-crystal training batches."""
+    if batch_size < 2 and any(isinstance(module, torch.nn.BatchNorm1d) for module in model.modules()):
+        raise ValueError(
+            f"trainer.batch_size={batch_size} is too small for {type(model).__name__}: its BatchNorm layers need "
+            "at least 2 crystals per training batch (a one-atom crystal alone cannot be normalised)"
+        )
 
 
 def _graphs_on_device(setting) -> bool | None:

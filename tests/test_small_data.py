@@ -1,0 +1,65 @@
+"""Training on tiny or awkward data: one-atom crystals, empty splits, too small batches."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from conftest import cif_text, good_structures
+from crystal_train.training.run import train
+
+TINY = ["trainer.max_epochs=1", "model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "seed=0"]
+
+
+def _one_atom_structures() -> dict[str, Structure]:
+    """Primitive one-atom cells (elemental metals are common in Materials Project)."""
+    return {
+        "mp-li": Structure(Lattice.from_parameters(3.0, 3.0, 3.0, 109.47, 109.47, 109.47), ["Li"], [[0, 0, 0]]),
+        "mp-al": Structure(Lattice.from_parameters(2.86, 2.86, 2.86, 60, 60, 60), ["Al"], [[0, 0, 0]]),
+        "mp-na": Structure(Lattice.from_parameters(3.7, 3.7, 3.7, 109.47, 109.47, 109.47), ["Na"], [[0, 0, 0]]),
+    }
+
+
+def _rows(structures: dict[str, Structure], split: str) -> list[dict]:
+    return [
+        {"material_id": item_id, "formation_energy_per_atom": -0.1 * (n + 1), "cif": cif_text(s), "split": split}
+        for n, (item_id, s) in enumerate(structures.items())
+    ]
+
+
+def test_a_one_atom_crystal_left_alone_at_the_end_of_an_epoch_trains(compose_train_cfg, write_csv, tmp_path):
+    """Three one-atom training crystals in batches of 2: the last one is folded into the first batch.
+
+    Alone, it would be a (1, C) input to CGCNN's BatchNorm in training mode, which cannot be normalised.
+    """
+    others = list(good_structures().items())
+    rows = _rows(_one_atom_structures(), "train") + _rows(dict(others[:1]), "val") + _rows(dict(others[1:2]), "test")
+    cfg = compose_train_cfg([f"data.snapshot={write_csv(rows)}", "trainer.batch_size=2", *TINY], tmp_path)
+    train(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train"]["n"] == 3 and metrics["epochs"] == 1
+
+
+def test_an_empty_validation_split_stops_the_run_naming_it(compose_train_cfg, write_csv, tmp_path):
+    structures = list(good_structures().items())
+    rows = _rows(dict(structures[:4]), "train") + _rows(dict(structures[4:]), "test")
+    cfg = compose_train_cfg([f"data.snapshot={write_csv(rows)}", *TINY], tmp_path)
+    with pytest.raises(ValueError, match=r"the val split of .*data\.csv is empty \(train 4, val 0, test 1\)"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_cgcnn_refuses_one_crystal_batches_but_schnet_takes_them(compose_train_cfg, write_csv, good_rows, tmp_path):
+    snapshot = write_csv(good_rows)
+    cgcnn = compose_train_cfg([f"data.snapshot={snapshot}", "trainer.batch_size=1", "data.split.fractions=[0.6,0.2,0.2]", *TINY], tmp_path)
+    with pytest.raises(ValueError, match=r"trainer\.batch_size=1 is too small for CGCNN"):
+        train(cgcnn, tmp_path / "cgcnn")
+    schnet = compose_train_cfg(
+        [f"data.snapshot={snapshot}", "model=schnet", "model.hidden_channels=8", "model.num_filters=8", "model.num_interactions=1",
+         "trainer.batch_size=1", "data.split.fractions=[0.6,0.2,0.2]", "trainer.max_epochs=1", "seed=0"],
+        tmp_path,
+    )
+    train(schnet, tmp_path / "schnet")
+    assert (tmp_path / "schnet" / "metrics.json").is_file()
