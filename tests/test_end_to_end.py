@@ -11,7 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import cif_text, good_structures
 from crystal_train.cli.evaluate import evaluate
+from crystal_train.cli.predict import run_predict
 from crystal_train.training.run import train
 from config_utils import compose_config
 
@@ -81,6 +83,50 @@ def test_eval_reproduces_test_mae_with_no_other_argument(demo_run, tmp_path):
     assert report["test"]["n"] == trained["test"]["n"]
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["test"] == report["test"] and (tmp_path / "predictions_test.csv").is_file()
+
+
+@pytest.mark.slow
+def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, good_rows, tmp_path):
+    """A demo-trained checkpoint scored on a CSV: the CSV's crystals, all of them, not the demo data."""
+    run_dir, _, _ = demo_run
+    snapshot = write_csv(good_rows)
+    base = [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"data.snapshot={snapshot}", "device=cpu"]
+    report = evaluate(compose_config("eval", [*base, f"output={tmp_path / 'whole'}"]))
+    assert report["source"]["n"] == 5 and "test" not in report
+    with open(tmp_path / "whole" / "predictions_source.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert sorted(row["id"] for row in rows) == sorted(row["material_id"] for row in good_rows)
+    test_only = evaluate(compose_config("eval", [*base, "split=test", f"output={tmp_path / 'test'}"]))
+    assert test_only["test"]["n"] < 5 and "source" not in test_only
+
+
+@pytest.mark.slow
+def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(demo_run, tmp_path):
+    run_dir, _, _ = demo_run
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    structures = list(good_structures().values())
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "mp-1.v1.cif").write_text(cif_text(structures[0]))
+    (folder / "mp-1.v2.CIF").write_text(cif_text(structures[1]))
+    (folder / "broken.cif").write_text("data_broken\n_cell_length_a 3\n")
+    output = tmp_path / "preds.csv"
+    stale = tmp_path / "preds.skipped.csv"
+
+    run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={output}", "device=cpu"]))
+    with open(output, newline="") as handle:
+        assert sorted(row["id"] for row in csv.DictReader(handle)) == ["mp-1.v1", "mp-1.v2"]
+    assert "broken" in stale.read_text()
+
+    (folder / "broken.cif").unlink()
+    run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={output}", "device=cpu"]))
+    assert not stale.exists()  # the earlier list no longer applies
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "broken.cif").write_text("data_broken\n_cell_length_a 3\n")
+    with pytest.raises(ValueError, match=r"none of the 1 structure file\(s\) in .*bad could be used"):
+        run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={bad}", f"output={tmp_path / 'none.csv'}", "device=cpu"]))
 
 
 @pytest.mark.slow

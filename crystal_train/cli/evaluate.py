@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from crystal_train.data.dataset import graph_settings, prepare_data
@@ -18,6 +19,8 @@ from crystal_train.training.metrics import Normalizer
 from crystal_train.training.run import score_splits
 
 log = logging.getLogger(__name__)
+
+WHOLE_SOURCE = "source"  # the metrics.json entry for every crystal of another source
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -35,10 +38,11 @@ def evaluate(cfg: DictConfig) -> dict:
     data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph))
     if not other_source and checkpoint.get("split_ids"):
         data.splits = splits_from_ids(data.store, checkpoint["split_ids"], origin=f"the split saved in {checkpoint_path}")
-    names = SPLIT_ORDER if cfg.split == "all" else (str(cfg.split),)
-    unknown = [name for name in names if name not in SPLIT_ORDER]
-    if unknown:
-        raise ValueError(f"unknown split {unknown[0]!r}: use train, val, test or all")
+    if other_source and cfg.get("split") is None:
+        data.splits = {WHOLE_SOURCE: np.arange(len(data.store))}
+        names = (WHOLE_SOURCE,)
+    else:
+        names = _split_names(str(cfg.get("split") or "test"))
     out_dir = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     graphs = DeviceGraphs(data.store, device)
@@ -53,6 +57,14 @@ def evaluate(cfg: DictConfig) -> dict:
         log.info("%s: MAE %.6f  RMSE %.6f  R2 %s  n %d", name, report[name]["mae"] or float("nan"), report[name]["rmse"] or float("nan"), report[name]["r2"], report[name]["n"])
     log.info("Wrote %s", out_dir / "metrics.json")
     return report
+
+
+def _split_names(split: str) -> tuple[str, ...]:
+    if split == "all":
+        return SPLIT_ORDER
+    if split not in SPLIT_ORDER:
+        raise ValueError(f"unknown split {split!r}: use train, val, test or all")
+    return (split,)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://crystal_train.configs", config_name="eval")

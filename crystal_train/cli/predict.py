@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from fnmatch import fnmatch
 from pathlib import Path
 
 import hydra
@@ -11,7 +12,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from crystal_train.data.dataset import graph_settings, report_skipped
-from crystal_train.data.features import supported_elements
+from crystal_train.data.features import cgcnn_feature_table, supported_elements
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, to_crystal
 from crystal_train.data.store import build_store
@@ -22,13 +23,14 @@ from crystal_train.training.metrics import Normalizer
 
 log = logging.getLogger(__name__)
 
-STRUCTURE_PATTERNS = ("*.cif", "*.vasp", "POSCAR*", "CONTCAR*")
+STRUCTURE_PATTERNS = ("*.cif", "*.vasp", "POSCAR*", "CONTCAR*")  # matched case-insensitively
 
 
 def structure_files(path: Path) -> list[Path]:
     """The structure files at `path`: the file itself, or the matching files in a folder."""
     if path.is_dir():
-        files = sorted({f for pattern in STRUCTURE_PATTERNS for f in path.glob(pattern) if f.is_file()})
+        patterns = [pattern.lower() for pattern in STRUCTURE_PATTERNS]
+        files = sorted(f for f in path.iterdir() if f.is_file() and any(fnmatch(f.name.lower(), p) for p in patterns))
         if not files:
             raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_PATTERNS)}) in {path}")
         return files
@@ -39,7 +41,7 @@ def structure_files(path: Path) -> list[Path]:
 
 def file_id(path: Path) -> str:
     """The file name without its extension (POSCAR/CONTCAR names are kept whole)."""
-    return path.name if path.name.startswith(("POSCAR", "CONTCAR")) else path.name.split(".")[0]
+    return path.name if path.name.upper().startswith(("POSCAR", "CONTCAR")) else path.stem
 
 
 def run_predict(cfg: DictConfig) -> Path:
@@ -49,17 +51,20 @@ def run_predict(cfg: DictConfig) -> Path:
     model.to(device)
     files = structure_files(Path(cfg.input).expanduser())
     items = [RawItem(id=file_id(f), target=math.nan, split=None, path=str(f)) for f in files]
-    table = getattr(model, "atom_features", None)
-    supported = supported_elements(table.cpu()) if table is not None else None
+    table = getattr(model, "atom_features", None)  # models without one were trained on the built-in table's elements
+    supported = supported_elements(table.cpu() if table is not None else cgcnn_feature_table())
     store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), supported)
     output = Path(cfg.output).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
     report_skipped(store, listed_in=str(skipped_path))
+    skipped_path.unlink(missing_ok=True)  # a list from an earlier run would now be wrong
     if store.skipped:
         artifacts.write_skipped(skipped_path, store.skipped)
         for item_id, reason in store.skipped:
             log.warning("Not predicted: %s (%s)", item_id, reason)
+    if len(store) == 0:
+        raise ValueError(f"none of the {len(files)} structure file(s) in {cfg.input} could be used; see {skipped_path}")
     predictions = predict(
         model, DeviceGraphs(store, device), np.arange(len(store)), Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size),
         trained_precision(checkpoint),

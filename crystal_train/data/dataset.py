@@ -119,10 +119,14 @@ def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:
 
 
 def _plan_source(data_cfg, cache_dir: Path) -> _SourcePlan:
-    """Where the crystals come from: a cheap fingerprint now, the items only when read."""
+    """Where the crystals come from: a cheap fingerprint now, the items only when read.
+
+    A set data.snapshot wins over data.source, so `data=demo data.snapshot=PATH` reads PATH.
+    """
     kind = data_cfg.get("source", "materials_project")
     target = str(data_cfg.target)
-    if kind == "demo":
+    snapshot = data_cfg.get("snapshot")
+    if kind == "demo" and snapshot is None:
         from crystal_train.data.demo import build_demo_crystals, demo_fingerprint
 
         num, seed = int(data_cfg.num_crystals), int(data_cfg.get("seed", 0))
@@ -134,7 +138,6 @@ def _plan_source(data_cfg, cache_dir: Path) -> _SourcePlan:
         )
     from crystal_train.data.sources import content_fingerprint, load_source, to_crystal
 
-    snapshot = data_cfg.get("snapshot")
     if snapshot is None:
         if kind != "materials_project":
             raise ValueError(f"unknown data.source {kind!r}: use materials_project or demo, or set data.snapshot=PATH")
