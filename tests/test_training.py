@@ -336,10 +336,11 @@ def test_cli_exits_with_status_2_and_a_message_on_a_diverging_run(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_builds_the_graph_cache_once_and_writes_a_sorted_summary(tmp_path):
+    """Two jobs diverge (lr=1e30): the sweep still runs the others and lists those two as failed."""
     cache, sweep = tmp_path / "cache", tmp_path / "sweep"
     command = [
         CRYSTAL_TRAIN, "-m", "data=demo", "data.num_crystals=100", "model.n_conv=1", "trainer.max_epochs=1", *QUIET_CPU,
-        "optim.lr=1e-3,2e-3", "trainer.batch_size=16,32", f"data.cache_dir={cache}", f"hydra.sweep.dir={sweep}",
+        "optim.lr=1e-3,1e30", "trainer.batch_size=16,32", f"data.cache_dir={cache}", f"hydra.sweep.dir={sweep}",
     ]
     result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
@@ -350,24 +351,27 @@ def test_multirun_builds_the_graph_cache_once_and_writes_a_sorted_summary(tmp_pa
     text = "".join(log.read_text() for log in logs)
     assert text.count("Graph cache built") == 1
     assert text.count("Graph cache loaded") == 3
+    assert text.count("non-finite training loss in epoch 1") == 2
 
     with open(sweep / "sweep_summary.csv", newline="") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
     assert tuple(reader.fieldnames) == SUMMARY_COLUMNS
-    assert len(rows) == 4
-    val_maes = [float(row["val_mae"]) for row in rows]
-    assert val_maes == sorted(val_maes)
+    assert [row["status"] for row in rows] == ["ok", "ok", "failed", "failed"]
     swept = []
     for row in rows:
         overrides = dict(override.split("=", 1) for override in row["overrides"].split())
-        swept.append((float(overrides["optim.lr"]), int(overrides["trainer.batch_size"])))
-    assert sorted(swept) == [(1e-3, 16), (1e-3, 32), (2e-3, 16), (2e-3, 32)]
-    for row in rows:
+        swept.append((row["status"], float(overrides["optim.lr"]), int(overrides["trainer.batch_size"])))
+    assert sorted(swept) == [("failed", 1e30, 16), ("failed", 1e30, 32), ("ok", 1e-3, 16), ("ok", 1e-3, 32)]
+    ok, failed = rows[:2], rows[2:]
+    assert float(ok[0]["val_mae"]) <= float(ok[1]["val_mae"])
+    for row in ok:
         run_dir = Path(row["run_dir"])
         assert run_dir.parent == sweep
         assert float(row["val_mae"]) == pytest.approx(_metrics(run_dir)["val"]["mae"], rel=1e-12)
         assert int(row["epochs"]) == 1 and float(row["train_seconds"]) == pytest.approx(_metrics(run_dir)["train_seconds"])
+    for row in failed:
+        assert row["val_mae"] == "" and not (Path(row["run_dir"]) / "metrics.json").exists()
 
 
 # ----- 5. torchrun ----------------------------------------------------------------------------

@@ -13,30 +13,33 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = (
-    "overrides", "best_epoch", "epochs", "train_seconds", "val_mae", "val_rmse", "val_r2", "test_mae", "test_rmse", "test_r2", "run_dir",
+    "overrides", "status", "best_epoch", "epochs", "train_seconds", "val_mae", "val_rmse", "val_r2", "test_mae", "test_rmse", "test_r2", "run_dir",
 )
 
 
 def summarize_sweep(sweep_dir: Path) -> Path:
-    """Collect each job's overrides and metrics.json into sweep_dir/sweep_summary.csv."""
+    """Collect each job's overrides and metrics.json into sweep_dir/sweep_summary.csv.
+
+    A job without metrics.json (it diverged, was refused or crashed) gets status `failed` and
+    empty metrics, and sorts last.
+    """
     sweep_dir = Path(sweep_dir)
     rows = []
-    for metrics_path in sorted(sweep_dir.glob("*/metrics.json")):
-        run_dir = metrics_path.parent
-        metrics = json.loads(metrics_path.read_text())
-        overrides_path = run_dir / ".hydra" / "overrides.yaml"
-        overrides = OmegaConf.load(overrides_path) if overrides_path.exists() else []
-        rows.append(
-            {
-                "overrides": " ".join(str(o) for o in overrides),
-                "best_epoch": metrics.get("best_epoch"),
-                "epochs": metrics.get("epochs"),
-                "train_seconds": metrics.get("train_seconds"),
+    for overrides_path in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
+        run_dir = overrides_path.parent.parent
+        metrics_path = run_dir / "metrics.json"
+        row = {"overrides": " ".join(str(o) for o in OmegaConf.load(overrides_path)), "status": "failed", "run_dir": str(run_dir)}
+        if metrics_path.exists():
+            metrics = json.loads(metrics_path.read_text())
+            row.update(
+                status="ok",
+                best_epoch=metrics.get("best_epoch"),
+                epochs=metrics.get("epochs"),
+                train_seconds=metrics.get("train_seconds"),
                 **{f"{split}_{name}": metrics[split][name] for split in ("val", "test") for name in ("mae", "rmse", "r2")},
-                "run_dir": str(run_dir),
-            }
-        )
-    rows.sort(key=lambda row: float("inf") if row["val_mae"] is None else row["val_mae"])
+            )
+        rows.append(row)
+    rows.sort(key=lambda row: float("inf") if row.get("val_mae") is None else row["val_mae"])
     path = sweep_dir / "sweep_summary.csv"
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
