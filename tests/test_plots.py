@@ -123,6 +123,16 @@ def test_learning_curve_figure_marks_best_epoch_and_lr_axis():
     assert ax.get_yscale() == "log"  # MAE spans 1.0 .. 0.083 plus val, more than a decade
 
 
+def test_learning_curve_marks_the_selected_epoch_when_given():
+    """With trainer.min_delta the kept checkpoint need not be the lowest val MAE: the plot marks the kept one."""
+    history = _history(12)
+    lowest = min(history, key=lambda row: row["val_mae"])["epoch"]
+    selected = next(row for row in history if row["epoch"] != lowest)
+    labels = [t.get_text() for t in make_learning_curve_figure(history, "eV", best_epoch=selected["epoch"]).axes[0].get_legend().get_texts()]
+    assert f"best val {selected['val_mae']:#.3g} eV (epoch {selected['epoch']})" in labels
+    assert not any(label.endswith(f"(epoch {lowest})") for label in labels)
+
+
 def test_learning_curve_linear_scale_for_narrow_range():
     history = [dict(epoch=e, lr=1e-3, train_loss=1.0, train_mae=0.5 - 0.01 * e, val_mae=0.6 - 0.01 * e, seconds=1.0) for e in (1, 2, 3)]
     assert make_learning_curve_figure(history, "eV").axes[0].get_yscale() == "linear"

@@ -128,8 +128,12 @@ def _column(history: list[dict], key: str) -> np.ndarray:
     return np.array([math.nan if row.get(key) is None else float(row[key]) for row in history], dtype=np.float64)
 
 
-def make_learning_curve_figure(history: list[dict], units: str) -> Figure:
-    """Train/val MAE per epoch with the best val epoch marked and the learning rate on a twin axis."""
+def make_learning_curve_figure(history: list[dict], units: str, best_epoch: int | None = None) -> Figure:
+    """Train/val MAE per epoch with the selected epoch marked and the learning rate on a twin axis.
+
+    `best_epoch` is the epoch of the kept checkpoint (with trainer.min_delta it need not have the
+    lowest val MAE); without it the lowest val MAE is marked.
+    """
     figure = _new_figure()
     ax = figure.add_subplot()
     ax.set_xlabel("epoch")
@@ -146,8 +150,9 @@ def make_learning_curve_figure(history: list[dict], units: str) -> Figure:
     marker = "o" if len(history) <= 50 else None
     ax.plot(epochs, train_mae, color=_TRAIN_COLOR, marker=marker, markersize=3, label="train MAE")
     ax.plot(epochs, val_mae, color=_VAL_COLOR, marker=marker, markersize=3, label="val MAE")
-    if np.isfinite(val_mae).any():
-        best = int(np.nanargmin(val_mae))
+    selected = np.flatnonzero(epochs == best_epoch) if best_epoch is not None else []
+    if len(selected) or np.isfinite(val_mae).any():
+        best = int(selected[0]) if len(selected) else int(np.nanargmin(val_mae))
         ax.axvline(epochs[best], color=_VAL_COLOR, linestyle=":", linewidth=1)
         ax.plot(
             epochs[best], val_mae[best], linestyle="none", marker="*", markersize=14, color=_VAL_COLOR,
@@ -179,6 +184,6 @@ def make_learning_curve_figure(history: list[dict], units: str) -> Figure:
     return figure
 
 
-def learning_curve_plot(history: list[dict], path: Path, units: str) -> Path:
+def learning_curve_plot(history: list[dict], path: Path, units: str, best_epoch: int | None = None) -> Path:
     """Save :func:`make_learning_curve_figure` as a PNG at ``path``."""
-    return _save(make_learning_curve_figure(history, units), path)
+    return _save(make_learning_curve_figure(history, units, best_epoch), path)

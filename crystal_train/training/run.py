@@ -117,7 +117,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             logger.close()
     if context.is_main:
         artifacts.write_history(run_dir / "history.csv", state.history)
-        learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units)
+        learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units, state.best_epoch)
         best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
         model.load_state_dict(best["model_state"])
         report = score_splits(
