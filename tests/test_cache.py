@@ -74,6 +74,15 @@ def test_same_settings_do_not_call_build_store_again(compose_train_cfg, snapshot
     assert calls == [GraphSettings(8.0, 12), GraphSettings(8.0, None)]
 
 
+def test_data_seed_changes_the_key_only_when_it_picks_a_subset(compose_train_cfg, snapshot, tmp_path):
+    """data.seed re-draws the split of every crystal (graphs unchanged) but a data.limit subset too."""
+    whole = [_prepare(compose_train_cfg([f"data.snapshot={snapshot}", f"data.seed={seed}"], tmp_path)) for seed in (0, 1)]
+    assert len(_cache_files(compose_train_cfg([], tmp_path))) == 1 and len(whole[1].store) == 5
+    subsets = [_prepare(compose_train_cfg([f"data.snapshot={snapshot}", "data.limit=3", f"data.seed={seed}"], tmp_path)) for seed in range(4)]
+    assert len({tuple(subset.store.ids) for subset in subsets}) > 1  # the seed does pick other crystals
+    assert len(_cache_files(compose_train_cfg([], tmp_path))) == 5
+
+
 def test_changed_target_changes_key(compose_train_cfg, snapshot, tmp_path):
     cfg = compose_train_cfg([f"data.snapshot={snapshot}"], tmp_path)
     formation = _prepare(cfg)

@@ -59,7 +59,8 @@ def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = No
     source = _plan_source(data_cfg, cache_dir)
     limit, seed = data_cfg.get("limit"), int(data_cfg.get("seed", 0))
     key = cache_key(
-        source=source.fingerprint, target=source.target, limit=limit, seed=seed, graph=settings.key(), features=FEATURES_VERSION
+        source=source.fingerprint, target=source.target, limit=limit, seed=seed if limit is not None else None,  # seed picks the subset only
+        graph=settings.key(), features=FEATURES_VERSION,
     )
 
     def build() -> GraphStore:
