@@ -32,13 +32,19 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
     assert unfinished_writes(tmp_path) == [] and sorted(tmp_path.iterdir()) == [path]
 
 
-def test_data_reaches_the_disk_before_the_rename(tmp_path, monkeypatch):
+def test_data_reaches_the_disk_before_the_rename_and_the_rename_after_it(tmp_path, monkeypatch):
+    """fsync the file, rename, then fsync the folder so that the rename itself is durable."""
     calls = []
     real_fsync, real_replace = os.fsync, os.replace
-    monkeypatch.setattr(os, "fsync", lambda fd: (calls.append("fsync"), real_fsync(fd))[1])
+
+    def fsync(fd):
+        calls.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", lambda src, dst: (calls.append("replace"), real_replace(src, dst))[1])
     atomic_write(tmp_path / "data.bin", lambda handle: handle.write(b"payload"))
-    assert calls == ["fsync", "replace"]
+    assert calls == ["fsync file", "replace", "fsync folder"]
     assert (tmp_path / "data.bin").read_bytes() == b"payload"
 
 
