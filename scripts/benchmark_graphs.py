@@ -15,6 +15,7 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
 import shlex
 import shutil
@@ -103,7 +104,7 @@ def _measure(phase: str, args: argparse.Namespace, cache_dir: Path, results) -> 
             **{key: round(value, 3) for key, value in timings.items()},
             "peak_rss_self_mib": round(own),
             "peak_rss_largest_child_mib": round(children),
-            "peak_rss_self_plus_children_mib": round(own + children),
+            "peak_rss_self_plus_largest_child_mib": round(own + children),
             "crystals": len(store),
             "skipped": len(store.skipped),
             "atoms": int(store.node_ptr[-1]),
@@ -118,7 +119,13 @@ def _run_phase(phase: str, args: argparse.Namespace, cache_dir: Path) -> dict:
     results = context.Queue()
     process = context.Process(target=_measure, args=(phase, args, cache_dir, results))
     process.start()
-    result = results.get()
+    while True:  # poll, so that a child that dies before reporting is an error, not a hang
+        try:
+            result = results.get(timeout=1.0)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                raise RuntimeError(f"{phase} phase failed with exit code {process.exitcode} before reporting") from None
     process.join()
     if process.exitcode != 0:
         raise RuntimeError(f"{phase} phase failed with exit code {process.exitcode}")
@@ -161,6 +168,9 @@ def main(argv: list[str] | None = None) -> int:
         report["cold"] = _run_phase("cold", args, cache_dir)
         report["warm"] = _run_phase("warm", args, cache_dir)
         report["cache_file_mib"] = round(sum(p.stat().st_size for p in cache_dir.rglob("graphs-*.pt")) / 2**20, 1)
+    except RuntimeError as error:
+        print(f"error: {error} (its traceback is above)", file=sys.stderr)
+        return 1
     finally:
         shutil.rmtree(cache_dir, ignore_errors=True)
     report["load_average_after"] = os.getloadavg()

@@ -52,3 +52,18 @@ def test_help_documents_every_flag_and_shows_the_example_as_written():
         assert flag in completed.stdout
     # The example keeps its line continuation, so it can be pasted as shown.
     assert "mp2018_megnet_with_structures.csv.xz \\\n        --limit 2000 --device cpu" in completed.stdout
+
+
+def test_graph_benchmark_reports_a_failing_phase_instead_of_waiting_forever(tmp_path):
+    """The measuring child dies on a source without the target column; the parent must notice."""
+    snapshot = tmp_path / "no_target.csv"
+    snapshot.write_text("material_id,cif\nmp-1,data_x\n")
+    script = SCRIPT.with_name("benchmark_graphs.py")
+    completed = subprocess.run(
+        [sys.executable, str(script), "--snapshot", str(snapshot), "--workers", "1", "--cache-dir", str(tmp_path / "cache")],
+        capture_output=True, text=True, timeout=180, cwd=tmp_path,
+    )
+    assert completed.returncode == 1
+    assert "error: cold phase failed with exit code 1 before reporting" in completed.stderr
+    assert "target column 'formation_energy_per_atom' not found" in completed.stderr
+    assert list((tmp_path / "cache").iterdir()) == []  # the temporary cache directory is removed
