@@ -185,7 +185,7 @@ def _assert_stores_equal(a: GraphStore, b: GraphStore) -> None:
     assert a.ids == b.ids
     assert a.skipped == b.skipped
     assert a.isolated_atoms == b.isolated_atoms
-    for name in ("targets", "split_codes", "numbers", "node_ptr", "edge_index", "edge_ptr", "distances", "images"):
+    for name in ("targets", "split_codes", "numbers", "node_ptr", "edge_index", "edge_ptr", "distances"):
         left, right = getattr(a, name), getattr(b, name)
         assert left.dtype == right.dtype, name
         np.testing.assert_array_equal(left, right, err_msg=name)
@@ -223,7 +223,6 @@ def test_store_assembly_matches_each_graph_whatever_the_block_size(monkeypatch):
         edges = slice(store.edge_ptr[n], store.edge_ptr[n + 1])
         np.testing.assert_array_equal(store.numbers[nodes], graph.numbers)
         np.testing.assert_array_equal(store.edge_index[:, edges], graph.edge_index)
-        np.testing.assert_array_equal(store.images[edges], graph.images)
         np.testing.assert_allclose(store.distances[edges], graph.distances, rtol=1e-7)
 
 

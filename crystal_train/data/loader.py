@@ -35,7 +35,6 @@ class DeviceGraphs:
         self,
         store: GraphStore,
         device: torch.device | str = "cpu",
-        targets: np.ndarray | None = None,
         resident: bool | None = None,
     ):
         device = torch.device(device)
@@ -62,8 +61,7 @@ class DeviceGraphs:
         self.edge_count_t = put(self.edge_counts, torch.long)
         self.edge_index = put(store.edge_index, torch.int32)  # local indices; widened per batch
         self.distances = put(store.distances, torch.float32)
-        values = store.targets if targets is None else targets
-        self.targets = put(np.nan_to_num(values, nan=0.0), torch.float32)
+        self.targets = put(np.nan_to_num(store.targets, nan=0.0), torch.float32)
 
     @property
     def resident(self) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -30,7 +30,6 @@ class GraphStore:
     edge_index: np.ndarray  # (2, E) int32, local atom indices within each crystal
     edge_ptr: np.ndarray  # (G+1,) int64
     distances: np.ndarray  # (E,) float32
-    images: np.ndarray  # (E, 3) int8
     skipped: list[tuple[str, str]] = field(default_factory=list)
     isolated_atoms: int = 0
 
@@ -52,7 +51,6 @@ class GraphStore:
             "edge_index": torch.from_numpy(self.edge_index),
             "edge_ptr": torch.from_numpy(self.edge_ptr),
             "distances": torch.from_numpy(self.distances),
-            "images": torch.from_numpy(self.images),
             "skipped": [list(pair) for pair in self.skipped],
             "isolated_atoms": self.isolated_atoms,
         }
@@ -78,7 +76,7 @@ def _init_worker(to_crystal: Callable, settings: GraphSettings, supported: froze
     _worker_state.update(to_crystal=to_crystal, settings=settings, supported=supported)
 
 
-def _build_one(item) -> tuple[str, float, str | None, CrystalGraph | None, str | None]:
+def _build_one(item) -> tuple[str, float, str | None, _StoredGraph | None, str | None]:
     """(id, target, split, graph or None, skip reason or None) for one raw item."""
     try:
         crystal: Crystal = _worker_state["to_crystal"](item)
@@ -125,20 +123,29 @@ def build_store(
         torch.set_num_threads(threads)
 
 
-def _compact(graph: CrystalGraph) -> CrystalGraph:
+class _StoredGraph(NamedTuple):
+    """What the store keeps of a CrystalGraph, in its dtypes."""
+
+    numbers: np.ndarray
+    edge_index: np.ndarray
+    distances: np.ndarray
+    isolated_atoms: int
+
+
+def _compact(graph: CrystalGraph) -> _StoredGraph:
     """The graph in the store's dtypes, so workers pickle back and the parent holds half as many bytes."""
-    return CrystalGraph(
+    return _StoredGraph(
         numbers=graph.numbers.astype(np.int16),
         edge_index=graph.edge_index.astype(np.int32),
         distances=graph.distances.astype(np.float32),
-        images=graph.images.astype(np.int8),
+        isolated_atoms=graph.isolated_atoms,
     )
 
 
 def _assemble(results: Iterable) -> GraphStore:
     ids, targets, splits, skipped = [], [], [], []
     numbers, distances = _Column(np.int16, (0,)), _Column(np.float32, (0,))
-    edge_index, images = _Column(np.int32, (2, 0), axis=1), _Column(np.int8, (0, 3))
+    edge_index = _Column(np.int32, (2, 0), axis=1)
     node_counts, edge_counts = [], []
     isolated = 0
     for item_id, target, split, graph, reason in results:
@@ -154,7 +161,6 @@ def _assemble(results: Iterable) -> GraphStore:
         numbers.append(graph.numbers)
         edge_index.append(graph.edge_index)
         distances.append(graph.distances)
-        images.append(graph.images)
     return GraphStore(
         ids=ids,
         targets=np.array(targets, dtype=np.float64),
@@ -164,7 +170,6 @@ def _assemble(results: Iterable) -> GraphStore:
         edge_index=edge_index.join(),
         edge_ptr=np.r_[0, np.cumsum(edge_counts, dtype=np.int64)],
         distances=distances.join(),
-        images=images.join(),
         skipped=skipped,
         isolated_atoms=isolated,
     )
