@@ -193,7 +193,7 @@ def test_default_cache_dir(monkeypatch, tmp_path):
 
 
 @pytest.mark.slow
-def test_training_from_mp_download_keeps_the_key_out_of_every_file(tmp_path, monkeypatch, compose_train_cfg):
+def test_training_from_mp_download_keeps_the_key_out_of_every_file(tmp_path, monkeypatch, compose_train_cfg, caplog):
     """data.api_key on the command line: download with the fake client, train, then reload offline."""
     from crystal_train.training.run import train
 
@@ -204,8 +204,10 @@ def test_training_from_mp_download_keeps_the_key_out_of_every_file(tmp_path, mon
     (run_dir / ".hydra" / "overrides.yaml").write_text(f"- data.api_key={API_KEY}\n")  # as Hydra writes it
     (tmp_path / "multirun.yaml").write_text(f"task:\n- data.api_key={API_KEY}\n")  # a multirun's copy
     overrides = [f"data.api_key={API_KEY}", "trainer.max_epochs=1", "model.n_conv=1", "data.split.fractions=[0.34,0.33,0.33]"]
-    train(compose_train_cfg(overrides, tmp_path), run_dir)
+    with caplog.at_level(logging.INFO, logger="crystal_train.data.dataset"):
+        train(compose_train_cfg(overrides, tmp_path), run_dir)
     assert (run_dir / "metrics.json").is_file()
+    assert any("(snapshot layout, MP database 2025.09.25)" in record.getMessage() for record in caplog.records)
     for path in [*run_dir.rglob("*"), *(tmp_path / "cache").rglob("*"), tmp_path / "multirun.yaml"]:
         if path.is_file():
             content = path.read_bytes()

@@ -16,7 +16,7 @@ from pymatgen.core import Lattice, Structure
 
 from crystal_train.data.crystal import SkippedItem
 from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
-from crystal_train.data.sources import RawItem, load_source, to_crystal
+from crystal_train.data.sources import RawItem, content_fingerprint, load_source, to_crystal
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -263,34 +263,34 @@ def test_to_crystal_rejects_bad_structures():
         to_crystal(RawItem("x", 1.0, None, cif_text="data_x\n_not a cif\n"))
 
 
-def test_fingerprint_tracks_content_and_target_only(tmp_path):
-    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+def test_fingerprint_tracks_content_target_and_columns_not_folder_or_mtime(tmp_path):
+    """content_fingerprint is the graph cache's key for a file source."""
+    first, other_folder = tmp_path / "data.csv", tmp_path / "elsewhere" / "data.csv"
+    other_folder.parent.mkdir()
     _frame().to_csv(first, index=False)
-    _frame().to_csv(second, index=False)
-    base = load_source(first, "formation_energy_per_atom").fingerprint
+    _frame().to_csv(other_folder, index=False)
+    base = content_fingerprint(first, "formation_energy_per_atom")
     assert len(base) == 64
     os.utime(first, (1, 1))
-    assert load_source(first, "formation_energy_per_atom").fingerprint == base
-    assert load_source(second, "formation_energy_per_atom").fingerprint == base  # same bytes, other path
-    assert load_source(first, "formation_energy_per_atom", id_column="material_id").fingerprint == base
+    assert content_fingerprint(first, "formation_energy_per_atom") == base
+    assert content_fingerprint(other_folder, "formation_energy_per_atom") == base  # same name and bytes, other folder
+    assert content_fingerprint(first, "formation_energy_per_atom", id_column="material_id") != base
+    assert content_fingerprint(first, "band_gap") != base
     frame = _frame()
     frame.loc[0, "formation_energy_per_atom"] = -2.2
-    frame.to_csv(second, index=False)
-    assert load_source(second, "formation_energy_per_atom").fingerprint != base
-    frame.to_csv(first, index=False)
-    frame["band_gap"] = 1.0
-    frame.to_csv(first, index=False)
-    assert load_source(first, "band_gap").fingerprint != load_source(first, "formation_energy_per_atom").fingerprint
+    frame.to_csv(other_folder, index=False)
+    assert content_fingerprint(other_folder, "formation_energy_per_atom") != base
 
 
-def test_folder_fingerprint_tracks_structure_files(tmp_path):
+def test_folder_fingerprint_tracks_every_file_in_it(tmp_path):
     folder = _cgcnn_folder(tmp_path / "cgcnn")
-    base = load_source(folder, "y").fingerprint
-    (folder / "unrelated.txt").write_text("notes")
-    assert load_source(folder, "y").fingerprint == base
-    assert load_source(folder, "z").fingerprint != base
+    base = content_fingerprint(folder, "y")
+    assert content_fingerprint(folder, "z") != base
     (folder / "mp-2.cif").write_text(_structures()["mp-3"].to(fmt="cif"))
-    assert load_source(folder, "y").fingerprint != base
+    changed = content_fingerprint(folder, "y")
+    assert changed != base
+    (folder / "notes.txt").write_text("notes")  # conservative: any file may matter to the layout
+    assert content_fingerprint(folder, "y") != changed
 
 
 def test_unknown_paths_and_layouts(tmp_path):

@@ -153,7 +153,8 @@ def _plan_source(data_cfg, cache_dir: Path) -> _SourcePlan:
 
     def read():
         data = load_source(path, target, id_column=id_column, cif_column=cif_column)
-        log.info("Read %s (%s layout): %d items", path, data.layout, len(data.items))
+        version = data.metadata.get("database_version")
+        log.info("Read %s (%s layout%s): %d items", path, data.layout, f", MP database {version}" if version else "", len(data.items))
         return data.items, to_crystal, data.skipped
 
     return _SourcePlan(content_fingerprint(path, target, id_column, cif_column), target, str(path), read)

@@ -61,7 +61,6 @@ class SourceData:
 
     items: list[RawItem]
     skipped: list[tuple[str, str]]  # (id, reason)
-    fingerprint: str  # sha256 hex of the source content plus the target (and column) names
     layout: str  # "csv" | "split_folder" | "cgcnn_folder" | "json" | "snapshot"
     target: str
     metadata: dict = field(default_factory=dict)
@@ -163,8 +162,8 @@ def _from_arrays(structure: dict, item_id: str) -> Crystal:
 def _load_csv(path: Path, target: str, id_column: str | None, cif_column: str | None) -> SourceData:
     frame = _read_csv(path)
     builder = _ItemBuilder()
-    columns = builder.add_frame(frame, path, target, id_column, cif_column, split=None)
-    return builder.result(_fingerprint([(path, "")], target, columns), "csv", target)
+    builder.add_frame(frame, path, target, id_column, cif_column, split=None)
+    return builder.result("csv", target)
 
 
 def _load_split_folder(folder: Path, target: str, id_column: str | None, cif_column: str | None) -> SourceData:
@@ -173,12 +172,9 @@ def _load_split_folder(folder: Path, target: str, id_column: str | None, cif_col
     if missing:
         raise FileNotFoundError(f"split folder {folder} is missing {', '.join(missing)}")
     builder = _ItemBuilder()
-    columns = [
+    for file, split in zip(files, SPLITS):
         builder.add_frame(_read_csv(file), file, target, id_column, cif_column, split=split)
-        for file, split in zip(files, SPLITS)
-    ]
-    entries = [(file, file.name) for file in files]
-    return builder.result(_fingerprint(entries, target, columns), "split_folder", target)
+    return builder.result("split_folder", target)
 
 
 def _load_cgcnn_folder(folder: Path, target: str) -> SourceData:
@@ -188,7 +184,6 @@ def _load_cgcnn_folder(folder: Path, target: str) -> SourceData:
         raise ValueError(f"{labels_file} must have 2 columns (id, label) and no header; found {frame.shape[1]}")
     builder = _ItemBuilder()
     labels = _parse_labels(frame[1])
-    files = [(labels_file, labels_file.name)]
     for row, (item_id, raw, label) in enumerate(zip(frame[0].str.strip(), frame[1], labels), start=1):
         cif = folder / f"{item_id}.cif"
         if not builder.accept(item_id, raw, label, f"{CGCNN_LABELS} line {row}"):
@@ -198,9 +193,8 @@ def _load_cgcnn_folder(folder: Path, target: str) -> SourceData:
         elif cif.stat().st_size == 0:
             builder.skip(item_id, f"empty file {cif.name}")
         else:
-            files.append((cif, cif.name))
             builder.items.append(RawItem(id=item_id, target=label, split=None, path=str(cif)))
-    return builder.result(_fingerprint(files, target, None), "cgcnn_folder", target)
+    return builder.result("cgcnn_folder", target)
 
 
 def _load_json(path: Path, target: str, id_column: str | None, cif_column: str | None) -> SourceData:
@@ -224,8 +218,8 @@ def _load_json(path: Path, target: str, id_column: str | None, cif_column: str |
             f"or a {SNAPSHOT_FORMAT} file"
         )
     builder = _ItemBuilder()
-    columns = builder.add_frame(frame, path, target, id_column, cif_column, split=None)
-    return builder.result(_fingerprint([(path, "")], target, columns), "json", target)
+    builder.add_frame(frame, path, target, id_column, cif_column, split=None)
+    return builder.result("json", target)
 
 
 def _load_snapshot(path: Path, data: dict, target: str) -> SourceData:
@@ -247,7 +241,7 @@ def _load_snapshot(path: Path, data: dict, target: str) -> SourceData:
         else:
             builder.items.append(RawItem(id=item_id, target=label, split=None, structure=record["structure"]))
     metadata = {key: value for key, value in data.items() if key not in ("records", "format", "version")}
-    return builder.result(_fingerprint([(path, "")], target, None), "snapshot", target, metadata)
+    return builder.result("snapshot", target, metadata)
 
 
 # --- shared helpers ----------------------------------------------------------------------------
@@ -280,8 +274,8 @@ class _ItemBuilder:
 
     def add_frame(
         self, frame: pd.DataFrame, path: Path, target: str, id_column: str | None, cif_column: str | None, split: str | None
-    ) -> tuple[str, str]:
-        """Add the rows of one table; returns the (id, structure) columns used."""
+    ) -> None:
+        """Add the rows of one table."""
         id_col = _pick_column(frame, path, id_column, ID_COLUMNS, "id", "id_column")
         struct_col = _pick_column(frame, path, cif_column, STRUCTURE_COLUMNS, "structure/CIF", "cif_column")
         if target not in frame.columns:
@@ -302,10 +296,9 @@ class _ItemBuilder:
                 self.items.append(RawItem(id=item_id, target=label, split=row_split, structure=payload))
             else:
                 self.skip(item_id, "missing structure")
-        return id_col, struct_col
 
-    def result(self, fingerprint: str, layout: str, target: str, metadata: dict | None = None) -> SourceData:
-        return SourceData(self.items, self.skipped, fingerprint, layout, target, metadata or {})
+    def result(self, layout: str, target: str, metadata: dict | None = None) -> SourceData:
+        return SourceData(self.items, self.skipped, layout, target, metadata or {})
 
 
 def _read_csv(path: Path) -> pd.DataFrame:
