@@ -14,6 +14,7 @@ import pytest
 from conftest import cif_text, good_structures
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.cli.predict import run_predict
+from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
 from crystal_train.training.run import train
 from config_utils import compose_config
 
@@ -98,6 +99,30 @@ def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, 
     assert sorted(row["id"] for row in rows) == sorted(row["material_id"] for row in good_rows)
     test_only = evaluate(compose_config("eval", [*base, "split=test", f"output={tmp_path / 'test'}"]))
     assert test_only["test"]["n"] < 5 and "source" not in test_only
+
+
+@pytest.mark.slow
+def test_eval_and_predict_skip_elements_missing_from_the_checkpoints_own_table(demo_run, write_csv, good_rows, tmp_path):
+    """A model whose element table has no sodium (as an imported atom_init.json may) must not score NaCl with zero features."""
+    run_dir, _, _ = demo_run
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    table = checkpoint["model_state"]["atom_features"].clone()
+    table[11] = 0.0
+    no_sodium = tmp_path / "no_sodium.pt"
+    save_checkpoint(no_sodium, **{**checkpoint, "model_state": {**checkpoint["model_state"], "atom_features": table}})
+
+    report = evaluate(compose_config("eval", [f"ckpt={no_sodium}", f"data.snapshot={write_csv(good_rows)}", f"output={tmp_path}", "device=cpu"]))
+    assert report["source"]["n"] == 4
+    with open(tmp_path / "predictions_source.csv", newline="") as handle:
+        assert "mp-nacl" not in {row["id"] for row in csv.DictReader(handle)}
+
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for item_id, structure in good_structures().items():
+        (folder / f"{item_id}.cif").write_text(cif_text(structure))
+    output = run_predict(compose_config("predict", [f"ckpt={no_sodium}", f"input={folder}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
+    with open(output, newline="") as handle:
+        assert sorted(row["id"] for row in csv.DictReader(handle)) == ["mp-cscl", "mp-cu", "mp-mgo", "mp-si"]
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from crystal_train.data.dataset import graph_settings, prepare_data
+from crystal_train.data.features import model_elements
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.splits import SPLIT_ORDER, splits_from_ids
 from crystal_train.training import artifacts
@@ -35,7 +36,7 @@ def evaluate(cfg: DictConfig) -> dict:
         train_cfg.data.snapshot = str(cfg.data.snapshot)
         train_cfg.data.limit = None
         train_cfg.data.split.file = None
-    data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph))
+    data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=model_elements(model))
     if not other_source and checkpoint.get("split_ids"):
         data.splits = splits_from_ids(data.store, checkpoint["split_ids"], origin=f"the split saved in {checkpoint_path}")
     if other_source and cfg.get("split") is None:

@@ -12,7 +12,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from crystal_train.data.dataset import graph_settings, report_skipped
-from crystal_train.data.features import cgcnn_feature_table, supported_elements
+from crystal_train.data.features import model_elements
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, to_crystal
 from crystal_train.data.store import build_store
@@ -51,9 +51,7 @@ def run_predict(cfg: DictConfig) -> Path:
     model.to(device)
     files = structure_files(Path(cfg.input).expanduser())
     items = [RawItem(id=file_id(f), target=math.nan, split=None, path=str(f)) for f in files]
-    table = getattr(model, "atom_features", None)  # models without one were trained on the built-in table's elements
-    supported = supported_elements(table.cpu() if table is not None else cgcnn_feature_table())
-    store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), supported)
+    store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), model_elements(model))
     output = Path(cfg.output).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")

@@ -49,24 +49,29 @@ def default_cache_dir() -> Path:
     return mp_default()
 
 
-def prepare_data(data_cfg, settings: GraphSettings, num_workers: int | None = None, progress: bool = True) -> PreparedData:
+def prepare_data(
+    data_cfg, settings: GraphSettings, num_workers: int | None = None, progress: bool = True, elements: frozenset[int] | None = None
+) -> PreparedData:
     """Find the configured source's graph cache (or read the source and build it), then split it.
 
     The cache key needs only a hash of the source's bytes, so a cached dataset is never re-read.
-    `progress=False` hides the graph build's progress bar.
+    `progress=False` hides the graph build's progress bar. Crystals with an element outside
+    `elements` (default: the built-in CGCNN table's) are skipped.
     """
     cache_dir = Path(data_cfg.get("cache_dir") or default_cache_dir())
     source = _plan_source(data_cfg, cache_dir)
     limit, seed = data_cfg.get("limit"), int(data_cfg.get("seed", 0))
+    builtin = _supported_elements()
+    elements = builtin if elements is None else frozenset(elements)
     key = cache_key(
         source=source.fingerprint, target=source.target, limit=limit, seed=seed if limit is not None else None,  # seed picks the subset only
-        graph=settings.key(), features=FEATURES_VERSION,
+        graph=settings.key(), features=FEATURES_VERSION if elements == builtin else [FEATURES_VERSION, sorted(elements)],
     )
 
     def build() -> GraphStore:
         items, to_crystal, skipped = source.read()
         store = build_store(
-            _limit(items, limit, seed), to_crystal, settings, _supported_elements(), num_workers=num_workers, progress=progress
+            _limit(items, limit, seed), to_crystal, settings, elements, num_workers=num_workers, progress=progress
         )
         store.skipped = list(skipped) + list(store.skipped)
         return store

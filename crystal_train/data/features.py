@@ -66,6 +66,12 @@ def supported_elements(table: torch.Tensor) -> frozenset[int]:
     return frozenset(torch.nonzero(table.abs().sum(dim=1)).flatten().tolist())
 
 
+def model_elements(model: torch.nn.Module) -> frozenset[int]:
+    """The elements `model` can featurise: its own element table's, or the built-in table's (what training keeps)."""
+    table = getattr(model, "atom_features", None)
+    return supported_elements(table.detach().cpu() if table is not None else cgcnn_feature_table())
+
+
 def load_atom_init_json(path: str | Path) -> torch.Tensor:
     """Read a CGCNN ``atom_init.json`` ({"Z": [features]}) into a (max_Z + 1, F) float32 table."""
     path = Path(path)
