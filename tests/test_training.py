@@ -26,7 +26,7 @@ from crystal_train.train import torchrun_arguments
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, save_checkpoint
 from crystal_train.training.resume import ABSENT, ResumeConfigError, check_same_training, config_changes
 from crystal_train.training.run import train
-from crystal_train.training.sweep import SUMMARY_COLUMNS
+from crystal_train.training.sweep import SUMMARY_COLUMNS, summarize_sweep
 from config_utils import compose_config
 
 BIN = Path(sys.executable).parent
@@ -336,33 +336,36 @@ def test_cli_exits_with_status_2_and_a_message_on_a_diverging_run(tmp_path):
 
 @pytest.mark.slow
 def test_multirun_builds_the_graph_cache_once_and_writes_a_sorted_summary(tmp_path):
-    """Two jobs diverge (lr=1e30): the sweep still runs the others and lists those two as failed."""
+    """Jobs that diverge (lr=1e30) or are refused (batch_size=1) fail alone: the others run, the summary lists them last."""
     cache, sweep = tmp_path / "cache", tmp_path / "sweep"
     command = [
         CRYSTAL_TRAIN, "-m", "data=demo", "data.num_crystals=100", "model.n_conv=1", "trainer.max_epochs=1", *QUIET_CPU,
-        "optim.lr=1e-3,1e30", "trainer.batch_size=16,32", f"data.cache_dir={cache}", f"hydra.sweep.dir={sweep}",
+        "optim.lr=1e-3,1e30", "trainer.batch_size=1,16,32", f"data.cache_dir={cache}", f"hydra.sweep.dir={sweep}",
     ]
     result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
     assert len(list((cache / "graphs").glob("graphs-*.pt"))) == 1
     logs = sorted(sweep.glob("*/train.log"))
-    assert [log.parent.name for log in logs] == ["0", "1", "2", "3"]
+    assert [log.parent.name for log in logs] == ["0", "1", "2", "3", "4", "5"]
     text = "".join(log.read_text() for log in logs)
     assert text.count("Graph cache built") == 1
-    assert text.count("Graph cache loaded") == 3
+    assert text.count("Graph cache loaded") == 5
     assert text.count("non-finite training loss in epoch 1") == 2
+    assert "4 of 6 jobs failed" in result.stdout + result.stderr
 
     with open(sweep / "sweep_summary.csv", newline="") as handle:
         reader = csv.DictReader(handle)
         rows = list(reader)
     assert tuple(reader.fieldnames) == SUMMARY_COLUMNS
-    assert [row["status"] for row in rows] == ["ok", "ok", "failed", "failed"]
+    assert [row["status"] for row in rows] == ["ok", "ok", "failed", "failed", "failed", "failed"]
     swept = []
     for row in rows:
         overrides = dict(override.split("=", 1) for override in row["overrides"].split())
         swept.append((row["status"], float(overrides["optim.lr"]), int(overrides["trainer.batch_size"])))
-    assert sorted(swept) == [("failed", 1e30, 16), ("failed", 1e30, 32), ("ok", 1e-3, 16), ("ok", 1e-3, 32)]
+    assert sorted(swept) == [
+        ("failed", 1e-3, 1), ("failed", 1e30, 1), ("failed", 1e30, 16), ("failed", 1e30, 32), ("ok", 1e-3, 16), ("ok", 1e-3, 32),
+    ]
     ok, failed = rows[:2], rows[2:]
     assert float(ok[0]["val_mae"]) <= float(ok[1]["val_mae"])
     for row in ok:
@@ -372,6 +375,28 @@ def test_multirun_builds_the_graph_cache_once_and_writes_a_sorted_summary(tmp_pa
         assert int(row["epochs"]) == 1 and float(row["train_seconds"]) == pytest.approx(_metrics(run_dir)["train_seconds"])
     for row in failed:
         assert row["val_mae"] == "" and not (Path(row["run_dir"]) / "metrics.json").exists()
+    errors = sorted((Path(row["run_dir"]) / "error.txt").read_text().split(":")[0] for row in failed)
+    assert errors == ["NonFiniteLossError"] * 2 + ["ValueError"] * 2
+
+
+def test_sweep_summary_marks_jobs_with_an_error_failed_even_with_old_metrics(tmp_path):
+    """A job re-run into its directory that fails keeps the earlier metrics.json; error.txt decides."""
+    metrics = {split: {"mae": mae, "rmse": 1.0, "r2": 0.5} for split, mae in (("val", 0.2), ("test", 0.3))}
+    for name, files in {
+        "0": {".hydra/overrides.yaml": "- optim.lr=0.1\n", "metrics.json": json.dumps(metrics), "error.txt": "ValueError: no\n"},
+        "1": {"metrics.json": json.dumps(metrics)},  # hydra.output_subdir=null: no .hydra folder
+        "2": {".hydra/overrides.yaml": "- optim.lr=0.3\n"},  # never finished
+        "notes": {"readme.txt": "not a job"},
+    }.items():
+        for relative, text in files.items():
+            (tmp_path / name / relative).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / name / relative).write_text(text)
+    path, failed, jobs = summarize_sweep(tmp_path)
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert (failed, jobs) == (2, 3)
+    assert [(Path(row["run_dir"]).name, row["status"], row["val_mae"]) for row in rows] == [("1", "ok", "0.2"), ("0", "failed", ""), ("2", "failed", "")]
+    assert rows[1]["overrides"] == "optim.lr=0.1"
 
 
 # ----- 5. torchrun ----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 from crystal_train.training.loop import NonFiniteLossError
 from crystal_train.training.resume import ResumeConfigError
 from crystal_train.training.run import train
+from crystal_train.training.sweep import ERROR_FILE
 
 log = logging.getLogger(__name__)
 
@@ -23,17 +24,28 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> float:
     """Train and return the best validation MAE (the value a Hydra sweeper minimises).
 
-    A diverging run or a refused resume exits with status 2; in a multirun it is logged and
-    returns infinity instead, so the other jobs still run and the sweep summary lists it as failed.
+    A diverging run or a refused resume exits with status 2. In a multirun, a job that fails for
+    any reason writes its error to error.txt and train.log and returns infinity instead, so the
+    other jobs still run and the sweep summary lists it as failed.
     """
     hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    error_file = run_dir / ERROR_FILE
+    error_file.unlink(missing_ok=True)
     try:
-        return train(cfg, Path(hydra_cfg.runtime.output_dir))
+        return train(cfg, run_dir)
     except (NonFiniteLossError, ResumeConfigError) as error:
         log.error("%s", error)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            return math.inf
-        sys.exit(2)
+        failure = error
+    except Exception as error:
+        if hydra_cfg.mode != RunMode.MULTIRUN:
+            raise
+        log.exception("job failed")
+        failure = error
+    error_file.write_text(f"{type(failure).__name__}: {failure}\n")
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return math.inf
+    sys.exit(2)
 
 
 if __name__ == "__main__":

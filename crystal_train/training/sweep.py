@@ -12,24 +12,28 @@ from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
+ERROR_FILE = "error.txt"  # written into a job's directory by crystal-train when the job fails
+
 SUMMARY_COLUMNS = (
     "overrides", "status", "best_epoch", "epochs", "train_seconds", "val_mae", "val_rmse", "val_r2", "test_mae", "test_rmse", "test_r2", "run_dir",
 )
 
 
-def summarize_sweep(sweep_dir: Path) -> Path:
+def summarize_sweep(sweep_dir: Path) -> tuple[Path, int, int]:
     """Collect each job's overrides and metrics.json into sweep_dir/sweep_summary.csv.
 
-    A job without metrics.json (it diverged, was refused or crashed) gets status `failed` and
-    empty metrics, and sorts last.
+    A job that wrote error.txt (it diverged, was refused or raised) or has no metrics.json gets
+    status `failed` and empty metrics (a metrics.json left by an earlier run of it is ignored),
+    and sorts last. Returns (summary path, failed jobs, jobs).
     """
     sweep_dir = Path(sweep_dir)
     rows = []
-    for overrides_path in sorted(sweep_dir.glob("*/.hydra/overrides.yaml")):
-        run_dir = overrides_path.parent.parent
+    for run_dir in sorted(path for path in sweep_dir.iterdir() if _is_job_dir(path)):
         metrics_path = run_dir / "metrics.json"
-        row = {"overrides": " ".join(str(o) for o in OmegaConf.load(overrides_path)), "status": "failed", "run_dir": str(run_dir)}
-        if metrics_path.exists():
+        overrides_path = run_dir / ".hydra" / "overrides.yaml"
+        overrides = OmegaConf.load(overrides_path) if overrides_path.exists() else []
+        row = {"overrides": " ".join(str(o) for o in overrides), "status": "failed", "run_dir": str(run_dir)}
+        if metrics_path.exists() and not (run_dir / ERROR_FILE).exists():
             metrics = json.loads(metrics_path.read_text())
             row.update(
                 status="ok",
@@ -45,12 +49,19 @@ def summarize_sweep(sweep_dir: Path) -> Path:
         writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    return path
+    return path, sum(row["status"] == "failed" for row in rows), len(rows)
+
+
+def _is_job_dir(path: Path) -> bool:
+    """A job's directory: Hydra's .hydra/ (absent with hydra.output_subdir=null), results or an error."""
+    return path.is_dir() and any((path / name).exists() for name in (".hydra", "metrics.json", ERROR_FILE))
 
 
 class SweepSummaryCallback(Callback):
     """Writes sweep_summary.csv into the multirun directory when the sweep ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        path = summarize_sweep(Path(config.hydra.sweep.dir))
+        path, failed, jobs = summarize_sweep(Path(config.hydra.sweep.dir))
+        if failed:
+            log.warning("%d of %d jobs failed; their errors are in each job's %s and train.log", failed, jobs, ERROR_FILE)
         log.info("Sweep summary: %s", path)
