@@ -29,11 +29,12 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-        _fsync_directory(path.parent)  # makes the rename itself survive a power cut
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+    with contextlib.suppress(OSError):  # some filesystems cannot fsync a folder; the write itself succeeded
+        _fsync_directory(path.parent)  # makes the rename survive a power cut
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -171,7 +171,7 @@ def measure(cfg, model_name, data, args, device, precision: str, compiled: bool,
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
     train_idx = data.splits["train"]
     normalizer = Normalizer.fit(data.store.targets[train_idx])
-    ours = BatchIterator(graphs, train_idx, args.batch_size, shuffle=True)
+    ours = BatchIterator(graphs, train_idx, args.batch_size, shuffle=True, fold_lone_tail=True)  # as crystal-train trains
     ours_eval = BatchIterator(graphs, train_idx, args.eval_batch_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -119,12 +119,13 @@ def _run_phase(phase: str, args: argparse.Namespace, cache_dir: Path) -> dict:
     results = context.Queue()
     process = context.Process(target=_measure, args=(phase, args, cache_dir, results))
     process.start()
-    while True:  # poll, so that a child that dies before reporting is an error, not a hang
+    result = None
+    while result is None:  # poll, so that a child that dies before reporting is an error, not a hang
+        alive = process.is_alive()  # looked at before waiting, so a report put just before exiting is still read
         try:
             result = results.get(timeout=1.0)
-            break
         except queue.Empty:
-            if not process.is_alive():
+            if not alive:
                 raise RuntimeError(f"{phase} phase failed with exit code {process.exitcode} before reporting") from None
     process.join()
     if process.exitcode != 0:

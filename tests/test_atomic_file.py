@@ -48,6 +48,19 @@ def test_data_reaches_the_disk_before_the_rename_and_the_rename_after_it(tmp_pat
     assert (tmp_path / "data.bin").read_bytes() == b"payload"
 
 
+def test_a_folder_that_cannot_be_fsynced_does_not_fail_a_finished_write(tmp_path, monkeypatch):
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            raise OSError(22, "Invalid argument")  # as some network and FUSE filesystems answer
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    atomic_write(tmp_path / "data.bin", lambda handle: handle.write(b"payload"))
+    assert (tmp_path / "data.bin").read_bytes() == b"payload" and unfinished_writes(tmp_path) == []
+
+
 def test_unfinished_writes_lists_only_temporaries_beside_the_target(tmp_path):
     (tmp_path / "last.pt").write_bytes(b"")
     leftover = tmp_path / ".last.pt.k3j2h1.tmp"
