@@ -97,8 +97,12 @@ def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, 
     with open(tmp_path / "whole" / "predictions_source.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert sorted(row["id"] for row in rows) == sorted(row["material_id"] for row in good_rows)
-    test_only = evaluate(compose_config("eval", [*base, "split=test", f"output={tmp_path / 'test'}"]))
-    assert test_only["test"]["n"] < 5 and "source" not in test_only
+    # A source with its own split column: split=test scores just its test rows.
+    labelled = write_csv([{**row, "split": split} for row, split in zip(good_rows, ["train", "train", "val", "test", "test"])], "split.csv")
+    test_only = evaluate(compose_config("eval", [*base[:1], f"data.snapshot={labelled}", "device=cpu", "split=test", f"output={tmp_path / 'test'}"]))
+    assert test_only["test"]["n"] == 2 and "source" not in test_only
+    with open(tmp_path / "test" / "predictions_test.csv", newline="") as handle:
+        assert [row["id"] for row in csv.DictReader(handle)] == ["mp-mgo", "mp-cscl"]
 
 
 @pytest.mark.slow
@@ -115,6 +119,8 @@ def test_eval_and_predict_skip_elements_missing_from_the_checkpoints_own_table(d
     assert report["source"]["n"] == 4
     with open(tmp_path / "predictions_source.csv", newline="") as handle:
         assert "mp-nacl" not in {row["id"] for row in csv.DictReader(handle)}
+    with open(tmp_path / "skipped.csv", newline="") as handle:
+        assert [(row["id"], row["reason"]) for row in csv.DictReader(handle)] == [("mp-nacl", "element outside the feature table: Na")]
 
     folder = tmp_path / "cifs"
     folder.mkdir()
@@ -134,13 +140,17 @@ def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(d
     folder.mkdir()
     (folder / "mp-1.v1.cif").write_text(cif_text(structures[0]))
     (folder / "mp-1.v2.CIF").write_text(cif_text(structures[1]))
+    (folder / "si.cif").write_text(cif_text(structures[1]))
+    structures[1].to(filename=str(folder / "si.vasp"), fmt="poscar")
     (folder / "broken.cif").write_text("data_broken\n_cell_length_a 3\n")
     output = tmp_path / "preds.csv"
     stale = tmp_path / "preds.skipped.csv"
 
     run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={output}", "device=cpu"]))
     with open(output, newline="") as handle:
-        assert sorted(row["id"] for row in csv.DictReader(handle)) == ["mp-1.v1", "mp-1.v2"]
+        predicted = {row["id"]: float(row["prediction"]) for row in csv.DictReader(handle)}
+    assert sorted(predicted) == ["mp-1.v1", "mp-1.v2", "si.cif", "si.vasp"]  # si.cif and si.vasp would both be "si"
+    assert predicted["si.cif"] == pytest.approx(predicted["si.vasp"], abs=1e-5)
     assert "broken" in stale.read_text()
 
     (folder / "broken.cif").unlink()

@@ -32,20 +32,20 @@ def evaluate(cfg: DictConfig) -> dict:
     model.to(device)
     train_cfg = OmegaConf.create(checkpoint["config"])
     other_source = cfg.data.get("snapshot") is not None
+    whole_source = other_source and cfg.get("split") is None
+    names = (WHOLE_SOURCE,) if whole_source else _split_names(str(cfg.get("split") or "test"))
     if other_source:
         train_cfg.data.snapshot = str(cfg.data.snapshot)
         train_cfg.data.limit = None
         train_cfg.data.split.file = None
     data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=model_elements(model))
-    if not other_source and checkpoint.get("split_ids"):
-        data.splits = splits_from_ids(data.store, checkpoint["split_ids"], origin=f"the split saved in {checkpoint_path}")
-    if other_source and cfg.get("split") is None:
+    if whole_source:
         data.splits = {WHOLE_SOURCE: np.arange(len(data.store))}
-        names = (WHOLE_SOURCE,)
-    else:
-        names = _split_names(str(cfg.get("split") or "test"))
+    elif not other_source and checkpoint.get("split_ids"):
+        data.splits = splits_from_ids(data.store, checkpoint["split_ids"], origin=f"the split saved in {checkpoint_path}")
     out_dir = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_skipped(out_dir / "skipped.csv", data.store.skipped)
     graphs = DeviceGraphs(data.store, device)
     normalizer = Normalizer(**checkpoint["normalizer"])
     report = score_splits(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections import Counter
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -44,13 +45,20 @@ def file_id(path: Path) -> str:
     return path.name if path.name.upper().startswith(("POSCAR", "CONTCAR")) else path.stem
 
 
+def file_ids(files: list[Path]) -> list[str]:
+    """Each file's id; files that would share one (a.cif and a.vasp) keep their whole names."""
+    ids = [file_id(f) for f in files]
+    shared = {item_id for item_id, count in Counter(ids).items() if count > 1}
+    return [f.name if item_id in shared else item_id for f, item_id in zip(files, ids)]
+
+
 def run_predict(cfg: DictConfig) -> Path:
     """Predict every readable structure; unreadable ones are logged and listed beside the output."""
     checkpoint, model = load_model(Path(cfg.ckpt).expanduser(), atom_init=cfg.get("atom_init"))
     device = resolve_device(str(cfg.device))
     model.to(device)
     files = structure_files(Path(cfg.input).expanduser())
-    items = [RawItem(id=file_id(f), target=math.nan, split=None, path=str(f)) for f in files]
+    items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(files, file_ids(files))]
     store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), model_elements(model))
     output = Path(cfg.output).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
