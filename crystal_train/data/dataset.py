@@ -11,6 +11,7 @@ import numpy as np
 from omegaconf import OmegaConf
 
 from crystal_train.data.cache import cache_key, load_or_build
+from crystal_train.data.features import builtin_elements
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.data.splits import make_splits
 from crystal_train.data.store import GraphStore, build_store
@@ -61,7 +62,7 @@ def prepare_data(
     cache_dir = Path(data_cfg.get("cache_dir") or default_cache_dir())
     source = _plan_source(data_cfg, cache_dir)
     limit, seed = data_cfg.get("limit"), int(data_cfg.get("seed", 0))
-    builtin = _supported_elements()
+    builtin = builtin_elements()
     elements = builtin if elements is None else frozenset(elements)
     key = cache_key(
         source=source.fingerprint, target=source.target, limit=limit, seed=seed if limit is not None else None,  # seed picks the subset only
@@ -181,9 +182,3 @@ def _limit(items: Sequence, limit: int | None, seed: int) -> Sequence:
         take = round(limit * len(members) / len(items))
         chosen.extend(rng.choice(members, size=take, replace=False).tolist())
     return [items[i] for i in sorted(chosen)]
-
-
-def _supported_elements() -> frozenset[int]:
-    from crystal_train.data.features import cgcnn_feature_table, supported_elements
-
-    return supported_elements(cgcnn_feature_table())

@@ -66,10 +66,15 @@ def supported_elements(table: torch.Tensor) -> frozenset[int]:
     return frozenset(torch.nonzero(table.abs().sum(dim=1)).flatten().tolist())
 
 
+def builtin_elements() -> frozenset[int]:
+    """The elements of the built-in CGCNN table: what training keeps."""
+    return supported_elements(cgcnn_feature_table())
+
+
 def model_elements(model: torch.nn.Module) -> frozenset[int]:
-    """The elements `model` can featurise: its own element table's, or the built-in table's (what training keeps)."""
+    """The elements `model` can featurise: its own element table's, or the built-in table's."""
     table = getattr(model, "atom_features", None)
-    return supported_elements(table.detach().cpu() if table is not None else cgcnn_feature_table())
+    return supported_elements(table.detach().cpu()) if table is not None else builtin_elements()
 
 
 def load_atom_init_json(path: str | Path) -> torch.Tensor:
