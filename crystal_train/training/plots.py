@@ -150,9 +150,8 @@ def make_learning_curve_figure(history: list[dict], units: str, best_epoch: int 
     marker = "o" if len(history) <= 50 else None
     ax.plot(epochs, train_mae, color=_TRAIN_COLOR, marker=marker, markersize=3, label="train MAE")
     ax.plot(epochs, val_mae, color=_VAL_COLOR, marker=marker, markersize=3, label="val MAE")
-    selected = np.flatnonzero(epochs == best_epoch) if best_epoch is not None else []
-    if len(selected) or np.isfinite(val_mae).any():
-        best = int(selected[0]) if len(selected) else int(np.nanargmin(val_mae))
+    best = _marked_epoch_index(epochs, val_mae, best_epoch)
+    if best is not None:
         ax.axvline(epochs[best], color=_VAL_COLOR, linestyle=":", linewidth=1)
         ax.plot(
             epochs[best], val_mae[best], linestyle="none", marker="*", markersize=14, color=_VAL_COLOR,
@@ -182,6 +181,13 @@ def make_learning_curve_figure(history: list[dict], units: str, best_epoch: int 
     )
     figure.tight_layout()
     return figure
+
+
+def _marked_epoch_index(epochs: np.ndarray, val_mae: np.ndarray, best_epoch: int | None) -> int | None:
+    """Row of `best_epoch` if the history has it, else of the lowest val MAE (None when there is none)."""
+    if best_epoch is not None and best_epoch in epochs:
+        return int(np.flatnonzero(epochs == best_epoch)[0])
+    return int(np.nanargmin(val_mae)) if np.isfinite(val_mae).any() else None
 
 
 def learning_curve_plot(history: list[dict], path: Path, units: str, best_epoch: int | None = None) -> Path:
