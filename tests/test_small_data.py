@@ -63,3 +63,15 @@ def test_cgcnn_refuses_one_crystal_batches_but_schnet_takes_them(compose_train_c
     )
     train(schnet, tmp_path / "schnet")
     assert (tmp_path / "schnet" / "metrics.json").is_file()
+
+
+def test_cgcnn_refuses_a_one_crystal_training_split_naming_it(compose_train_cfg, write_csv, tmp_path):
+    """One training crystal is a one-crystal batch whatever the batch size: refused up front, not left to crash
+    BatchNorm ("Expected more than 1 value per channel") when that crystal has one atom."""
+    structures = list(good_structures().items())
+    one_atom = dict(list(_one_atom_structures().items())[:1])
+    rows = _rows(one_atom, "train") + _rows(dict(structures[1:3]), "val") + _rows(dict(structures[3:]), "test")
+    cfg = compose_train_cfg([f"data.snapshot={write_csv(rows)}", "trainer.batch_size=4", *TINY], tmp_path)
+    with pytest.raises(ValueError, match=r"the training split holds 1 crystal\(s\), 1 per training batch: CGCNN's BatchNorm"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists()

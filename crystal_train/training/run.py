@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import secrets
 from pathlib import Path
 
@@ -74,7 +75,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     )
     loggers = make_loggers(cfg.get("logger"), run_dir) if context.is_main else []
     model = hydra.utils.instantiate(cfg.model).to(device)
-    _check_batch_size(model, int(cfg.trainer.batch_size))
+    _check_batch_size(model, int(cfg.trainer.batch_size), len(data.splits["train"]), context.world_size)
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
     _apply_lr_scaling(optimizer, cfg.trainer, context.world_size)
     scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler", {}).get("_target_") else None
@@ -158,12 +159,27 @@ def _check_trainable_splits(data: PreparedData) -> None:
         )
 
 
-def _check_batch_size(model: torch.nn.Module, batch_size: int) -> None:
-    """Raise if a model with BatchNorm would see one-crystal training batches."""
-    if batch_size < 2 and any(isinstance(module, torch.nn.BatchNorm1d) for module in model.modules()):
+def _check_batch_size(model: torch.nn.Module, batch_size: int, train_crystals: int, world_size: int) -> None:
+    """Raise if a model with BatchNorm would see one-crystal training batches.
+
+    Each rank trains on ceil(train_crystals / world_size) crystals (the training shards are padded),
+    and a lone last crystal is folded into the batch before it, so only a batch size of 1 or a
+    shard of one crystal gives such batches.
+    """
+    if not any(isinstance(module, torch.nn.BatchNorm1d) for module in model.modules()):
+        return
+    name = type(model).__name__
+    if batch_size < 2:
         raise ValueError(
-            f"trainer.batch_size={batch_size} is too small for {type(model).__name__}: its BatchNorm layers need "
+            f"trainer.batch_size={batch_size} is too small for {name}: its BatchNorm layers need "
             "at least 2 crystals per training batch (a one-atom crystal alone cannot be normalised)"
+        )
+    shard = math.ceil(train_crystals / world_size)
+    if shard < 2:
+        ranks = f" over {world_size} ranks" if world_size > 1 else ""
+        raise ValueError(
+            f"the training split holds {train_crystals} crystal(s){ranks}, {shard} per training batch: {name}'s BatchNorm "
+            "layers need at least 2. Use more training crystals or fewer ranks"
         )
 
 
