@@ -1,13 +1,18 @@
 """scripts/benchmark.py runs end to end on the built-in demo data and reports what the issue asks for."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
+from conftest import cif_text, good_structures
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "benchmark.py"
+GPU_SCRIPT = SCRIPT.with_name("gpu_benchmarks.sh")
 
 
 @pytest.mark.slow
@@ -67,3 +72,38 @@ def test_graph_benchmark_reports_a_failing_phase_instead_of_waiting_forever(tmp_
     assert "error: cold phase failed with exit code 1 before reporting" in completed.stderr
     assert "target column 'formation_energy_per_atom' not found" in completed.stderr
     assert list((tmp_path / "cache").iterdir()) == []  # the temporary cache directory is removed
+
+
+@pytest.mark.slow
+def test_gpu_benchmark_script_measures_both_steps_and_keeps_a_training_run_stopped_at_its_budget(tmp_path):
+    """scripts/gpu_benchmarks.sh smoke-run on the CPU: the benchmark JSON, then training cut off by TRAIN_SECONDS."""
+    rows = [
+        {"material_id": f"{item_id}-{scale}", "formation_energy_per_atom": -0.1 * n - scale, "cif": cif_text(structure.copy().scale_lattice(structure.volume * (1 + scale))),
+         "split": ("train", "train", "val", "test")[k % 4]}
+        for k, (scale, (n, (item_id, structure))) in enumerate(
+            (scale, item) for scale in (0.0, 0.02, 0.04, 0.06) for item in enumerate(good_structures().items())
+        )
+    ]
+    snapshot = tmp_path / "snapshot.csv"
+    pd.DataFrame(rows).to_csv(snapshot, index=False)
+    env = {
+        **os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DEVICE": "cpu", "TRAIN_SECONDS": "20", "CACHE_DIR": str(tmp_path / "cache"),
+        "BENCHMARK_ARGS": "--models cgcnn --precisions 32 --compile off --warmup-batches 1 --batch-size 4 --eval-batch-size 4",
+        # Early stopping would end this tiny run well inside the budget; the budget must end it instead.
+        "TRAIN_OVERRIDES": "trainer.compile=false trainer.precision=32 trainer.batch_size=4 trainer.patience=100000 "
+                           "trainer.max_epochs=100000 model.atom_fea_len=8 model.n_conv=1 model.h_fea_len=8 model.n_h=1",
+    }
+    out = tmp_path / "out"
+    completed = subprocess.run(["bash", str(GPU_SCRIPT), str(snapshot), str(out)], env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+
+    report = json.loads((out / "benchmark.json").read_text())
+    assert report["graphs"]["cgcnn"]["crystals"] == 20
+    (run,) = report["runs"]
+    assert run["train_crystals_per_s"] > 0 and run["speedup_vs_baseline"] > 0
+    train_log = (out / "train.log").read_text()
+    assert "training exit status 124 (stopped at the time budget)" in train_log
+    epochs = pd.read_csv(out / "history.csv")
+    assert len(epochs) >= 2 and epochs["val_mae"].notna().all()
+    assert "trainer:" in (out / "config.yaml").read_text() and not (out / "metrics.json").exists()
+    assert sorted(path.name for path in out.iterdir()) == ["benchmark.json", "benchmark.log", "config.yaml", "history.csv", "train.log"]
