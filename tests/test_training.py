@@ -82,8 +82,11 @@ def _train_command(run_dir: Path, cache: Path, max_epochs: int) -> list[str]:
     ]
 
 
-def _kill_after_epochs(command: list[str], run_dir: Path, epochs: int, cwd: Path, timeout: float = 180) -> int:
-    """Start `command`, SIGKILL it as soon as history.csv has `epochs` rows; rows written by then."""
+def _kill_after_epochs(command: list[str], run_dir: Path, epochs: int, cwd: Path, timeout: float = 180, sig=signal.SIGKILL) -> int:
+    """Start `command`, send it `sig` as soon as history.csv has `epochs` rows; rows written by then.
+
+    SIGKILL must kill it; SIGINT (Ctrl-C) must end it with status 130.
+    """
     process = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
     try:
@@ -93,8 +96,8 @@ def _kill_after_epochs(command: list[str], run_dir: Path, epochs: int, cwd: Path
             if time.monotonic() > deadline:
                 pytest.fail(f"no {epochs} epochs in history.csv after {timeout} s")
             time.sleep(0.002)
-        os.kill(process.pid, signal.SIGKILL)
-        assert process.wait(timeout=60) == -signal.SIGKILL
+        os.kill(process.pid, sig)
+        assert process.wait(timeout=60) == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
     finally:
         if process.poll() is None:
             process.kill()
@@ -329,6 +332,18 @@ def test_cli_exits_with_status_2_and_a_message_on_a_diverging_run(tmp_path):
     assert "no checkpoint had been written yet" in output and not (tmp_path / "run" / "checkpoints" / "last.pt").exists()
     assert "Traceback" not in output
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+@pytest.mark.slow
+def test_ctrl_c_ends_a_run_with_status_130_and_says_how_to_resume_it(tmp_path):
+    run_dir = tmp_path / "run"
+    command = _train_command(run_dir, tmp_path / "cache", 50)
+    _kill_after_epochs(command, run_dir, 2, cwd=tmp_path, sig=signal.SIGINT)
+    log = (run_dir / "train.log").read_text()
+    assert f"Interrupted: {run_dir / 'checkpoints' / 'last.pt'} holds the last finished epoch" in log
+    assert f"run the same command with hydra.run.dir={run_dir} to continue" in log
+    assert "Traceback" not in log and not (run_dir / "error.txt").exists() and not (run_dir / "metrics.json").exists()
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["epoch"] >= 2
 
 
 # ----- 4. multirun ----------------------------------------------------------------------------

@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 def main(cfg: DictConfig) -> float:
     """Train and return the best validation MAE (the value a Hydra sweeper minimises).
 
-    A diverging run or a refused resume exits with status 2. In a multirun, a job that fails for
-    any reason writes its error to error.txt and train.log and returns infinity instead, so the
-    other jobs still run and the sweep summary lists it as failed.
+    A diverging run or a refused resume exits with status 2, an interrupted one (Ctrl-C) with 130
+    and a note on how to resume it. In a multirun, a job that fails for any reason writes its error
+    to error.txt and train.log and returns infinity instead, so the other jobs still run and the
+    sweep summary lists it as failed; Ctrl-C stops the whole sweep.
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -34,6 +35,11 @@ def main(cfg: DictConfig) -> float:
     error_file.unlink(missing_ok=True)
     try:
         return train(cfg, run_dir)
+    except KeyboardInterrupt:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            raise
+        _report_interrupt(run_dir)
+        sys.exit(130)
     except (NonFiniteLossError, ResumeConfigError) as error:
         log.error("%s", error)
         failure = error
@@ -46,6 +52,14 @@ def main(cfg: DictConfig) -> float:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return math.inf
     sys.exit(2)
+
+
+def _report_interrupt(run_dir: Path) -> None:
+    last = run_dir / "checkpoints" / "last.pt"
+    if last.exists():
+        log.warning("Interrupted: %s holds the last finished epoch; run the same command with hydra.run.dir=%s to continue", last, run_dir)
+    else:
+        log.warning("Interrupted before the first epoch finished: there is no checkpoint to resume from")
 
 
 if __name__ == "__main__":
