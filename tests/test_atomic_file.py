@@ -1,4 +1,4 @@
-"""Tests for crash-safe file writes shared by checkpoints, graph caches and MP snapshots."""
+"""Tests for crash-safe file writes shared by checkpoints, graph caches, MP snapshots and run-directory files."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from crystal_train.atomic_file import atomic_torch_save, atomic_write, unfinished_writes
+from crystal_train.training import artifacts
 
 
 def test_new_file_gets_the_umask_mode_not_mkstemps_0600(tmp_path, umask_022):
@@ -66,3 +67,16 @@ def test_unfinished_writes_lists_only_temporaries_beside_the_target(tmp_path):
     leftover = tmp_path / ".last.pt.k3j2h1.tmp"
     leftover.write_bytes(b"")
     assert unfinished_writes(tmp_path) == [leftover]
+
+
+def test_run_directory_files_are_replaced_whole_or_not_at_all(tmp_path):
+    """A history write that fails part-way (here a row missing a column) keeps the previous history.csv."""
+    path = tmp_path / "history.csv"
+    row = {"epoch": 1, "lr": 1e-3, "train_loss": 0.5, "train_mae": 0.4, "val_mae": float("nan"), "seconds": 2.0}
+    artifacts.write_history(path, [row])
+    written = path.read_bytes()
+    assert written == b"epoch,lr,train_loss,train_mae,val_mae,seconds\r\n1,0.001,0.5,0.4,nan,2.0\r\n"
+    with pytest.raises(KeyError, match="lr"):
+        artifacts.write_history(path, [row, {**row, "epoch": 2}, {"epoch": 3}])
+    assert path.read_bytes() == written
+    assert unfinished_writes(tmp_path) == []

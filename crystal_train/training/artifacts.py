@@ -1,8 +1,13 @@
-"""Files written into a run directory: metrics, predictions, splits, skipped items, history."""
+"""Files written into a run directory: metrics, predictions, splits, skipped items, history.
+
+Each is written whole or not at all (atomic_write), so a run killed mid-write leaves the previous
+version, never a truncated file that still parses.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -10,6 +15,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from crystal_train.atomic_file import atomic_write
 from crystal_train.training.metrics import regression_metrics
 
 HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_mae", "val_mae", "seconds")
@@ -28,7 +34,20 @@ def metrics_report(
 
 
 def write_json(path: Path, obj) -> None:
-    Path(path).write_text(json.dumps(obj, indent=2, default=_jsonable) + "\n")
+    _write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:
+    """A CSV file of `rows` under `header`."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(header)
+    writer.writerows(rows)
+    _write_text(path, buffer.getvalue())
+
+
+def _write_text(path: Path, text: str) -> None:
+    atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
 
 
 def _jsonable(value):
@@ -41,26 +60,19 @@ def _jsonable(value):
 
 def write_predictions(path: Path, ids: Sequence[str], predictions: np.ndarray, targets: np.ndarray | None = None) -> None:
     """CSV of id, target, prediction (or id, prediction when there are no targets)."""
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        if targets is None:
-            writer.writerow(["id", "prediction"])
-            writer.writerows((i, repr(float(p))) for i, p in zip(ids, predictions))
-        else:
-            writer.writerow(["id", "target", "prediction"])
-            writer.writerows((i, repr(float(t)), repr(float(p))) for i, t, p in zip(ids, targets, predictions))
+    if targets is None:
+        write_csv(path, ["id", "prediction"], ((i, repr(float(p))) for i, p in zip(ids, predictions)))
+    else:
+        write_csv(path, ["id", "target", "prediction"], ((i, repr(float(t)), repr(float(p))) for i, t, p in zip(ids, targets, predictions)))
 
 
 def write_skipped(path: Path, skipped: Iterable[tuple[str, str]]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["id", "reason"])
-        writer.writerows(skipped)
+    write_csv(path, ["id", "reason"], skipped)
 
 
 def write_history(path: Path, rows: Sequence[dict]) -> None:
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=HISTORY_COLUMNS)
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (row[k] if not isinstance(row[k], float) or math.isfinite(row[k]) else "nan") for k in HISTORY_COLUMNS})
+    write_csv(path, HISTORY_COLUMNS, ([_finite_or_nan(row[k]) for k in HISTORY_COLUMNS] for row in rows))
+
+
+def _finite_or_nan(value):
+    return "nan" if isinstance(value, float) and not math.isfinite(value) else value

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
+
+from crystal_train.training.artifacts import write_csv
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +46,7 @@ def summarize_sweep(sweep_dir: Path) -> tuple[Path, int, int]:
         rows.append(row)
     rows.sort(key=lambda row: float("inf") if row.get("val_mae") is None else row["val_mae"])
     path = sweep_dir / "sweep_summary.csv"
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=SUMMARY_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(path, SUMMARY_COLUMNS, ([row.get(column, "") for column in SUMMARY_COLUMNS] for row in rows))
     return path, sum(row["status"] == "failed" for row in rows), len(rows)
 
 
