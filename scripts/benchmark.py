@@ -140,7 +140,9 @@ def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
                 num_nodes=int(n1 - n0),
             )
         )
-    loader = DataLoader(data_list, batch_size=batch_size, shuffle=shuffle)
+    # A lone last crystal is dropped (crystal-train folds it into the batch before): CGCNN's BatchNorm
+    # cannot train on a batch of one one-atom crystal.
+    loader = DataLoader(data_list, batch_size=batch_size, shuffle=shuffle, drop_last=len(data_list) % batch_size == 1)
 
     def batches():
         for pyg in loader:

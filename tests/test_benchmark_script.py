@@ -1,13 +1,17 @@
 """scripts/benchmark.py runs end to end on the built-in demo data and reports what the issue asks for."""
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import cif_text, good_structures
 
@@ -107,3 +111,22 @@ def test_gpu_benchmark_script_measures_both_steps_and_keeps_a_training_run_stopp
     assert len(epochs) >= 2 and epochs["val_mae"].notna().all()
     assert "trainer:" in (out / "config.yaml").read_text() and not (out / "metrics.json").exists()
     assert sorted(path.name for path in out.iterdir()) == ["benchmark.json", "benchmark.log", "config.yaml", "history.csv", "train.log"]
+
+
+def _load_benchmark_module():
+    spec = importlib.util.spec_from_file_location("benchmark_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("crystals", "batch_size", "sizes"), [(5, 2, [2, 2]), (6, 4, [4, 2]), (4, 2, [2, 2])])
+def test_the_baseline_never_trains_on_a_lone_last_crystal(crystals, batch_size, sizes):
+    """One one-atom crystal alone would crash CGCNN's BatchNorm in the baseline; a lone last crystal is left out."""
+    store = SimpleNamespace(
+        node_ptr=np.arange(crystals + 1), edge_ptr=np.arange(crystals + 1), numbers=np.full(crystals, 3, dtype=np.int16),
+        edge_index=np.zeros((2, crystals), dtype=np.int32), distances=np.full(crystals, 3.0, dtype=np.float32),
+        targets=np.zeros(crystals),
+    )
+    batches = _load_benchmark_module().pyg_batches(store, np.arange(crystals), batch_size, torch.device("cpu"), shuffle=True)
+    assert [batch.num_graphs for batch in batches()] == sizes
