@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from pymatgen.core import Lattice, Structure
 
 from conftest import cif_text, good_structures
+from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.training.run import train
 
 TINY = ["trainer.max_epochs=1", "model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "seed=0"]
@@ -56,6 +58,7 @@ def test_cgcnn_refuses_one_crystal_batches_but_schnet_takes_them(compose_train_c
     cgcnn = compose_train_cfg([f"data.snapshot={snapshot}", "trainer.batch_size=1", "data.split.fractions=[0.6,0.2,0.2]", *TINY], tmp_path)
     with pytest.raises(ValueError, match=r"trainer\.batch_size=1 is too small for CGCNN"):
         train(cgcnn, tmp_path / "cgcnn")
+    assert not (tmp_path / "cache").exists()  # refused before the graphs were built (minutes on a large source)
     schnet = compose_train_cfg(
         [f"data.snapshot={snapshot}", "model=schnet", "model.hidden_channels=8", "model.num_filters=8", "model.num_interactions=1",
          "trainer.batch_size=1", "data.split.fractions=[0.6,0.2,0.2]", "trainer.max_epochs=1", "seed=0"],
@@ -75,3 +78,12 @@ def test_cgcnn_refuses_a_one_crystal_training_split_naming_it(compose_train_cfg,
     with pytest.raises(ValueError, match=r"the training split holds 1 crystal\(s\), 1 per training batch: CGCNN's BatchNorm"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_preparing_the_data_draws_on_no_torch_random_numbers(compose_train_cfg, write_csv, good_rows, tmp_path):
+    """train() builds the model before the data (so a bad batch size fails fast); the weights stay those of a given seed."""
+    cfg = compose_train_cfg([f"data.snapshot={write_csv(good_rows)}", "data.split.fractions=[0.6,0.2,0.2]"], tmp_path)
+    torch.manual_seed(0)
+    before = torch.random.get_rng_state()
+    prepare_data(cfg.data, graph_settings(cfg.graph), progress=False)
+    assert torch.equal(torch.random.get_rng_state(), before)

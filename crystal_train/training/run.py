@@ -58,6 +58,8 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             keep_old_config(run_dir)
         OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
+    model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
+    _check_batch_size(model, int(cfg.trainer.batch_size))
 
     data = prepare_data(cfg.data, graph_settings(cfg.graph), progress=bool(cfg.trainer.get("progress_bar", True)))
     _check_trainable_splits(data)
@@ -74,8 +76,8 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         f"on {device}" if graphs.resident else f"in pinned host memory, copied to {device} batch by batch",
     )
     loggers = make_loggers(cfg.get("logger"), run_dir) if context.is_main else []
-    model = hydra.utils.instantiate(cfg.model).to(device)
-    _check_batch_size(model, int(cfg.trainer.batch_size), len(data.splits["train"]), context.world_size)
+    model = model.to(device)
+    _check_training_shard(model, len(data.splits["train"]), context.world_size)
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
     _apply_lr_scaling(optimizer, cfg.trainer, context.world_size)
     scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler", {}).get("_target_") else None
@@ -159,28 +161,33 @@ def _check_trainable_splits(data: PreparedData) -> None:
         )
 
 
-def _check_batch_size(model: torch.nn.Module, batch_size: int, train_crystals: int, world_size: int) -> None:
-    """Raise if a model with BatchNorm would see one-crystal training batches.
-
-    Each rank trains on ceil(train_crystals / world_size) crystals (the training shards are padded),
-    and a lone last crystal is folded into the batch before it, so only a batch size of 1 or a
-    shard of one crystal gives such batches.
-    """
-    if not any(isinstance(module, torch.nn.BatchNorm1d) for module in model.modules()):
-        return
-    name = type(model).__name__
-    if batch_size < 2:
+def _check_batch_size(model: torch.nn.Module, batch_size: int) -> None:
+    """Raise if a model with BatchNorm would train on one-crystal batches."""
+    if batch_size < 2 and _has_batch_norm(model):
         raise ValueError(
-            f"trainer.batch_size={batch_size} is too small for {name}: its BatchNorm layers need "
+            f"trainer.batch_size={batch_size} is too small for {type(model).__name__}: its BatchNorm layers need "
             "at least 2 crystals per training batch (a one-atom crystal alone cannot be normalised)"
         )
+
+
+def _check_training_shard(model: torch.nn.Module, train_crystals: int, world_size: int) -> None:
+    """Raise if a model with BatchNorm would train on a one-crystal shard.
+
+    Each rank trains on ceil(train_crystals / world_size) crystals (the training shards are padded)
+    and a lone last crystal is folded into the batch before it, so with a batch size of at least 2
+    only a one-crystal shard gives one-crystal batches.
+    """
     shard = math.ceil(train_crystals / world_size)
-    if shard < 2:
+    if shard < 2 and _has_batch_norm(model):
         ranks = f" over {world_size} ranks" if world_size > 1 else ""
         raise ValueError(
-            f"the training split holds {train_crystals} crystal(s){ranks}, {shard} per training batch: {name}'s BatchNorm "
-            "layers need at least 2. Use more training crystals or fewer ranks"
+            f"the training split holds {train_crystals} crystal(s){ranks}, {shard} per training batch: {type(model).__name__}'s "
+            "BatchNorm layers need at least 2. Use more training crystals or fewer ranks"
         )
+
+
+def _has_batch_norm(model: torch.nn.Module) -> bool:
+    return any(isinstance(module, torch.nn.BatchNorm1d) for module in model.modules())
 
 
 def _graphs_on_device(setting) -> bool | None:
