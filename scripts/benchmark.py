@@ -140,9 +140,10 @@ def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
                 num_nodes=int(n1 - n0),
             )
         )
-    # A lone last crystal is dropped (crystal-train folds it into the batch before): CGCNN's BatchNorm
-    # cannot train on a batch of one one-atom crystal.
-    loader = DataLoader(data_list, batch_size=batch_size, shuffle=shuffle, drop_last=len(data_list) % batch_size == 1)
+    # A lone last crystal after other batches is dropped (crystal-train folds it into the batch before):
+    # CGCNN's BatchNorm cannot train on a batch of one one-atom crystal.
+    lone_tail = len(data_list) > batch_size and len(data_list) % batch_size == 1
+    loader = DataLoader(data_list, batch_size=batch_size, shuffle=shuffle, drop_last=lone_tail)
 
     def batches():
         for pyg in loader:

@@ -11,43 +11,47 @@
 #    before early stopping -> OUTPUT_DIR/train.log, history.csv, config.yaml (metrics.json if it finishes)
 #
 # Environment: DEVICE (cuda), LIMIT (a seeded subset, for a smoke run), TRAIN_SECONDS (360),
-# CACHE_DIR (a fresh temporary folder; the graph cache is built once and shared by both steps),
-# BENCHMARK_ARGS (more benchmark.py flags; a repeated flag overrides the one above, e.g.
-# "--compile off") and TRAIN_OVERRIDES (more Hydra overrides for the training run).
-# The output holds at most eight small files. A failing step is reported and the next one still runs;
+# CACHE_DIR (default: a temporary folder, removed at the end; the graph cache is built once and
+# shared by both steps), BENCHMARK_ARGS (more benchmark.py flags; a repeated flag overrides the one
+# above, e.g. "--compile off") and TRAIN_OVERRIDES (more Hydra overrides for the training run); the
+# last two are split at spaces, so no single flag or override may contain one.
+# The output holds at most six small files. A failing step is reported and the next one still runs;
 # the exit status is that of the first failure (124 for a training run stopped at TRAIN_SECONDS is not one).
-set -uo pipefail
+set -uo pipefail -o noglob
 
 if [[ $# -ne 2 ]]; then
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 snapshot=$(realpath "$1")
 out=$(mkdir -p "$2" && realpath "$2")
 device=${DEVICE:-cuda}
 train_seconds=${TRAIN_SECONDS:-360}
-cache=${CACHE_DIR:-$(mktemp -d)}
+scratch=$(mktemp -d)
+trap 'rm -rf "$scratch"' EXIT
+cache=$(realpath -m "${CACHE_DIR:-$scratch/cache}")
+run_dir=$scratch/cgcnn_formation
 limit_args=()
 limit_overrides=()
 if [[ -n ${LIMIT:-} ]]; then
     limit_args=(--limit "$LIMIT")
     limit_overrides=("data.limit=$LIMIT")
 fi
+rm -f "$out"/{benchmark.json,benchmark.log,train.log,history.csv,config.yaml,metrics.json}
 cd "$(dirname "$0")/.."
 status=0
 
 echo "== $(date -u +%FT%TZ) benchmark.py on $device" | tee "$out/benchmark.log"
-python scripts/benchmark.py --snapshot "$snapshot" "${limit_args[@]}" --device "$device" --models cgcnn,schnet \
+python scripts/benchmark.py --snapshot "$snapshot" ${limit_args[@]+"${limit_args[@]}"} --device "$device" --models cgcnn,schnet \
     --precisions 32,bf16 --compile both --batch-size 256 --eval-batch-size 1024 --warmup-batches 50 \
     --cache-dir "$cache" ${BENCHMARK_ARGS:-} >"$out/benchmark.json" 2>>"$out/benchmark.log"
 rc=$?
 echo "== $(date -u +%FT%TZ) benchmark.py exit status $rc" | tee -a "$out/benchmark.log"
 ((rc != 0 && status == 0)) && status=$rc
 
-run_dir=$(mktemp -d)/cgcnn_formation
 echo "== $(date -u +%FT%TZ) training for at most $train_seconds s" | tee "$out/train.log"
-timeout --signal=INT --kill-after=30 "$train_seconds" python -m crystal_train.cli.train experiment=mp2018_cgcnn_formation \
-    "data.snapshot=$snapshot" "${limit_overrides[@]}" "data.cache_dir=$cache" "trainer.device=$device" seed=0 \
+timeout --foreground --signal=INT --kill-after=30 "$train_seconds" python -m crystal_train.cli.train experiment=mp2018_cgcnn_formation \
+    "data.snapshot=$snapshot" ${limit_overrides[@]+"${limit_overrides[@]}"} "data.cache_dir=$cache" "trainer.device=$device" seed=0 \
     trainer.compile=true trainer.precision=bf16 trainer.progress_bar=false "hydra.run.dir=$run_dir" ${TRAIN_OVERRIDES:-} >>"$out/train.log" 2>&1
 rc=$?
 echo "== $(date -u +%FT%TZ) training exit status $rc$( ((rc == 124)) && echo " (stopped at the time budget)")" | tee -a "$out/train.log"

@@ -80,7 +80,10 @@ def test_graph_benchmark_reports_a_failing_phase_instead_of_waiting_forever(tmp_
 
 @pytest.mark.slow
 def test_gpu_benchmark_script_measures_both_steps_and_keeps_a_training_run_stopped_at_its_budget(tmp_path):
-    """scripts/gpu_benchmarks.sh smoke-run on the CPU: the benchmark JSON, then training cut off by TRAIN_SECONDS."""
+    """scripts/gpu_benchmarks.sh smoke-run on the CPU: the benchmark JSON, then training cut off by TRAIN_SECONDS.
+
+    An earlier run's metrics.json in the output folder must not survive beside the new, unfinished history.
+    """
     rows = [
         {"material_id": f"{item_id}-{scale}", "formation_energy_per_atom": -0.1 * n - scale, "cif": cif_text(structure.copy().scale_lattice(structure.volume * (1 + scale))),
          "split": ("train", "train", "val", "test")[k % 4]}
@@ -90,14 +93,19 @@ def test_gpu_benchmark_script_measures_both_steps_and_keeps_a_training_run_stopp
     ]
     snapshot = tmp_path / "snapshot.csv"
     pd.DataFrame(rows).to_csv(snapshot, index=False)
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     env = {
-        **os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "DEVICE": "cpu", "TRAIN_SECONDS": "20", "CACHE_DIR": str(tmp_path / "cache"),
+        **os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(scratch),
+        "DEVICE": "cpu", "TRAIN_SECONDS": "40", "CACHE_DIR": str(tmp_path / "cache"),
         "BENCHMARK_ARGS": "--models cgcnn --precisions 32 --compile off --warmup-batches 1 --batch-size 4 --eval-batch-size 4",
         # Early stopping would end this tiny run well inside the budget; the budget must end it instead.
         "TRAIN_OVERRIDES": "trainer.compile=false trainer.precision=32 trainer.batch_size=4 trainer.patience=100000 "
                            "trainer.max_epochs=100000 model.atom_fea_len=8 model.n_conv=1 model.h_fea_len=8 model.n_h=1",
     }
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.json").write_text("{}")
     completed = subprocess.run(["bash", str(GPU_SCRIPT), str(snapshot), str(out)], env=env, capture_output=True, text=True, cwd=tmp_path)
     assert completed.returncode == 0, completed.stdout + completed.stderr
 
@@ -108,9 +116,11 @@ def test_gpu_benchmark_script_measures_both_steps_and_keeps_a_training_run_stopp
     train_log = (out / "train.log").read_text()
     assert "training exit status 124 (stopped at the time budget)" in train_log
     epochs = pd.read_csv(out / "history.csv")
-    assert len(epochs) >= 2 and epochs["val_mae"].notna().all()
+    assert len(epochs) >= 1 and epochs["val_mae"].notna().all()
     assert "trainer:" in (out / "config.yaml").read_text() and not (out / "metrics.json").exists()
     assert sorted(path.name for path in out.iterdir()) == ["benchmark.json", "benchmark.log", "config.yaml", "history.csv", "train.log"]
+    # The script's mktemp folder (run directory, checkpoints) is gone; torch may leave its compiler cache.
+    assert [path.name for path in scratch.iterdir() if path.name.startswith("tmp.")] == []
 
 
 def _load_benchmark_module():
@@ -120,9 +130,10 @@ def _load_benchmark_module():
     return module
 
 
-@pytest.mark.parametrize(("crystals", "batch_size", "sizes"), [(5, 2, [2, 2]), (6, 4, [4, 2]), (4, 2, [2, 2])])
+@pytest.mark.parametrize(("crystals", "batch_size", "sizes"), [(5, 2, [2, 2]), (6, 4, [4, 2]), (4, 2, [2, 2]), (1, 2, [1]), (2, 1, [1, 1])])
 def test_the_baseline_never_trains_on_a_lone_last_crystal(crystals, batch_size, sizes):
-    """One one-atom crystal alone would crash CGCNN's BatchNorm in the baseline; a lone last crystal is left out."""
+    """One one-atom crystal alone would crash CGCNN's BatchNorm in the baseline: a lone last crystal after other
+    batches is left out (a one-crystal split is kept: there is nothing else to time)."""
     store = SimpleNamespace(
         node_ptr=np.arange(crystals + 1), edge_ptr=np.arange(crystals + 1), numbers=np.full(crystals, 3, dtype=np.int16),
         edge_index=np.zeros((2, crystals), dtype=np.int32), distances=np.full(crystals, 3.0, dtype=np.float32),
