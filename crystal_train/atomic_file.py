@@ -53,3 +53,11 @@ def atomic_torch_save(obj, path: Path) -> None:
 def unfinished_writes(directory: Path) -> list[Path]:
     """Temporary files that atomic_write left in `directory` when killed mid-write."""
     return sorted(Path(directory).glob(".*.*.tmp"))
+
+
+def remove_unfinished_writes(directory: Path) -> list[Path]:
+    """Delete the temporaries that atomic_write left in `directory` when killed mid-write; returns them."""
+    leftovers = unfinished_writes(directory)
+    for leftover in leftovers:
+        leftover.unlink()
+    return leftovers

@@ -69,14 +69,23 @@ def test_unfinished_writes_lists_only_temporaries_beside_the_target(tmp_path):
     assert unfinished_writes(tmp_path) == [leftover]
 
 
-def test_run_directory_files_are_replaced_whole_or_not_at_all(tmp_path):
-    """A history write that fails part-way (here a row missing a column) keeps the previous history.csv."""
-    path = tmp_path / "history.csv"
+def test_run_directory_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypatch):
+    """A history.csv or metrics.json write that fails part-way (here at the flush to disk) keeps the previous file."""
     row = {"epoch": 1, "lr": 1e-3, "train_loss": 0.5, "train_mae": 0.4, "val_mae": float("nan"), "seconds": 2.0}
-    artifacts.write_history(path, [row])
-    written = path.read_bytes()
-    assert written == b"epoch,lr,train_loss,train_mae,val_mae,seconds\r\n1,0.001,0.5,0.4,nan,2.0\r\n"
-    with pytest.raises(KeyError, match="lr"):
-        artifacts.write_history(path, [row, {**row, "epoch": 2}, {"epoch": 3}])
-    assert path.read_bytes() == written
+    history, metrics = tmp_path / "history.csv", tmp_path / "metrics.json"
+    artifacts.write_history(history, [row])
+    artifacts.write_json(metrics, {"best_epoch": 1})
+    assert history.read_bytes() == b"epoch,lr,train_loss,train_mae,val_mae,seconds\r\n1,0.001,0.5,0.4,nan,2.0\r\n"
+    assert metrics.read_bytes() == b'{\n  "best_epoch": 1\n}\n'
+    kept = {path: path.read_bytes() for path in (history, metrics)}
+
+    def failing_fsync(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "fsync", failing_fsync)
+    with pytest.raises(OSError, match="disk full"):
+        artifacts.write_history(history, [row, {**row, "epoch": 2}])
+    with pytest.raises(OSError, match="disk full"):
+        artifacts.write_json(metrics, {"best_epoch": 2})
+    assert {path: path.read_bytes() for path in kept} == kept
     assert unfinished_writes(tmp_path) == []

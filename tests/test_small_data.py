@@ -77,7 +77,7 @@ def test_cgcnn_refuses_a_one_crystal_training_split_naming_it(compose_train_cfg,
     cfg = compose_train_cfg([f"data.snapshot={write_csv(rows)}", "trainer.batch_size=4", *TINY], tmp_path)
     with pytest.raises(ValueError, match=r"the training split holds 1 crystal\(s\), 1 per training batch: CGCNN's BatchNorm"):
         train(cfg, tmp_path / "run")
-    assert not (tmp_path / "run" / "checkpoints").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "split.json").exists()
 
 
 def test_preparing_the_data_draws_on_no_torch_random_numbers(compose_train_cfg, write_csv, good_rows, tmp_path):

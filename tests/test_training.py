@@ -181,8 +181,9 @@ def test_kill_between_last_and_best_writes_is_repaired_on_resume(small_cfg, tmp_
     assert load_checkpoint(checkpoints / "last.pt")["train_state"]["best_epoch"] == 3
     assert load_checkpoint(checkpoints / "best.pt")["train_state"]["epoch"] == 2  # stale
     (checkpoints / ".last.pt.x1y2z3.tmp").write_bytes(b"")  # what a kill mid-write leaves
+    (run_dir / ".history.csv.a1b2c3.tmp").write_bytes(b"epoch,lr")  # and in the run directory
 
-    with caplog.at_level(logging.INFO, logger="crystal_train.training.checkpoint"):
+    with caplog.at_level(logging.INFO, logger="crystal_train.training"):
         train(cfg, run_dir)  # resumes after epoch 3: nothing left to train, only scoring
 
     last, best = load_checkpoint(checkpoints / "last.pt"), load_checkpoint(checkpoints / "best.pt")
@@ -191,6 +192,7 @@ def test_kill_between_last_and_best_writes_is_repaired_on_resume(small_cfg, tmp_
     assert all(torch.equal(best["model_state"][k], last["model_state"][k]) for k in last["model_state"])
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt"]
     assert "Rewrote" in caplog.text and "cut short" in caplog.text
+    assert not list(run_dir.glob(".*.tmp")) and ".history.csv.a1b2c3.tmp, left by a write that was cut short" in caplog.text
 
 
 def test_resume_keeps_and_warns_about_a_best_checkpoint_it_cannot_restore(tmp_path, caplog):

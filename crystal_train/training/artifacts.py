@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+from omegaconf import DictConfig, OmegaConf
 
 from crystal_train.atomic_file import atomic_write
 from crystal_train.training.metrics import regression_metrics
@@ -35,6 +36,11 @@ def metrics_report(
 
 def write_json(path: Path, obj) -> None:
     _write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+
+
+def write_config(path: Path, cfg: DictConfig) -> None:
+    """The run's config with every interpolation resolved (what OmegaConf.save(resolve=True) writes)."""
+    _write_text(path, OmegaConf.to_yaml(cfg, resolve=True))
 
 
 def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> None:

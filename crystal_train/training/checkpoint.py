@@ -9,7 +9,7 @@ import hydra
 import torch
 from omegaconf import OmegaConf
 
-from crystal_train.atomic_file import atomic_torch_save, unfinished_writes
+from crystal_train.atomic_file import atomic_torch_save, remove_unfinished_writes
 
 CHECKPOINT_FORMAT = "crystal-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -30,8 +30,7 @@ def recover_interrupted_saves(checkpoint_dir: Path, last: dict) -> None:
     Temporary files of a write cut short are removed.
     """
     checkpoint_dir = Path(checkpoint_dir)
-    for leftover in unfinished_writes(checkpoint_dir):
-        leftover.unlink()
+    for leftover in remove_unfinished_writes(checkpoint_dir):
         log.info("Removed %s, left by a checkpoint write that was cut short", leftover)
     state = last["train_state"]
     best_path = checkpoint_dir / "best.pt"

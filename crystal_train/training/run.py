@@ -11,6 +11,7 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from crystal_train.atomic_file import remove_unfinished_writes
 from crystal_train.data.dataset import PreparedData, graph_settings, prepare_data
 from crystal_train.data.loader import BatchIterator, DeviceGraphs, graph_tensor_bytes
 from crystal_train.data.splits import split_ids
@@ -56,13 +57,14 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     if context.is_main:
         if resume:
             keep_old_config(run_dir)
-        OmegaConf.save(cfg, run_dir / "config.yaml", resolve=True)
+        artifacts.write_config(run_dir / "config.yaml", cfg)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
     model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
 
     data = prepare_data(cfg.data, graph_settings(cfg.graph), progress=bool(cfg.trainer.get("progress_bar", True)))
     _check_trainable_splits(data)
+    _check_training_shard(model, len(data.splits["train"]), context.world_size)
     ids_by_split = split_ids(data.store, data.splits)
     if context.is_main:
         artifacts.write_json(run_dir / "split.json", ids_by_split)
@@ -77,7 +79,6 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     )
     loggers = make_loggers(cfg.get("logger"), run_dir) if context.is_main else []
     model = model.to(device)
-    _check_training_shard(model, len(data.splits["train"]), context.world_size)
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
     _apply_lr_scaling(optimizer, cfg.trainer, context.world_size)
     scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler", {}).get("_target_") else None
@@ -111,6 +112,8 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     if resume:
         if context.is_main:
             recover_interrupted_saves(checkpoint_dir, saved)
+            for leftover in remove_unfinished_writes(run_dir):
+                log.info("Removed %s, left by a write that was cut short", leftover)
         trainer.restore(saved)
         log.info("Resumed from %s after epoch %d", last, trainer.state.epoch)
     try:
