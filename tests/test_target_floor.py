@@ -62,7 +62,9 @@ def test_validation_scores_the_floored_predictions(tmp_path):
     trainer.normalizer = Normalizer(5.0, 3.0, minimum=floor)
     floored = predict(trainer.model, graphs, indices, trainer.normalizer, batch_size=4)
     np.testing.assert_array_equal(floored, np.maximum(raw, floor))
-    assert trainer._validate() == pytest.approx(np.mean(np.abs(floored - store.targets)), abs=1e-9)
+    # float32 outputs of other batch shapes can differ in the last bits; the floor moves the MAE far more than 1e-6.
+    assert trainer._validate() == pytest.approx(np.mean(np.abs(floored - store.targets)), rel=1e-6)
+    assert abs(np.mean(np.abs(floored - store.targets)) - np.mean(np.abs(raw - store.targets))) > 1e-3
 
 
 def test_eval_and_predict_apply_the_floor_saved_in_the_checkpoint(compose_train_cfg, write_csv, good_rows, tmp_path):
