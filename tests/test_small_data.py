@@ -75,7 +75,7 @@ def test_cgcnn_refuses_a_one_crystal_training_split_naming_it(compose_train_cfg,
     one_atom = dict(list(_one_atom_structures().items())[:1])
     rows = _rows(one_atom, "train") + _rows(dict(structures[1:3]), "val") + _rows(dict(structures[3:]), "test")
     cfg = compose_train_cfg([f"data.snapshot={write_csv(rows)}", "trainer.batch_size=4", *TINY], tmp_path)
-    with pytest.raises(ValueError, match=r"the training split holds 1 crystal\(s\), 1 per training batch: CGCNN's BatchNorm"):
+    with pytest.raises(ValueError, match=r"the training split holds 1 crystal\(s\), 1 per training batch, and mp-li has a single atom: CGCNN's BatchNorm"):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "split.json").exists()
 

@@ -8,6 +8,7 @@ import secrets
 from pathlib import Path
 
 import hydra
+import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -15,6 +16,7 @@ from crystal_train.atomic_file import remove_unfinished_writes
 from crystal_train.data.dataset import PreparedData, graph_settings, prepare_data
 from crystal_train.data.loader import BatchIterator, DeviceGraphs, graph_tensor_bytes
 from crystal_train.data.splits import split_ids
+from crystal_train.data.store import GraphStore
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves
@@ -64,7 +66,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
 
     data = prepare_data(cfg.data, graph_settings(cfg.graph), progress=bool(cfg.trainer.get("progress_bar", True)))
     _check_trainable_splits(data)
-    _check_training_shard(model, len(data.splits["train"]), context.world_size)
+    _check_training_shard(model, data.store, data.splits["train"], context.world_size)
     ids_by_split = split_ids(data.store, data.splits)
     if context.is_main:
         artifacts.write_json(run_dir / "split.json", ids_by_split)
@@ -173,19 +175,23 @@ def _check_batch_size(model: torch.nn.Module, batch_size: int) -> None:
         )
 
 
-def _check_training_shard(model: torch.nn.Module, train_crystals: int, world_size: int) -> None:
-    """Raise if a model with BatchNorm would train on a one-crystal shard.
+def _check_training_shard(model: torch.nn.Module, store: GraphStore, train: np.ndarray, world_size: int) -> None:
+    """Raise if a model with BatchNorm could train on one atom alone: a one-crystal shard holding a one-atom crystal.
 
-    Each rank trains on ceil(train_crystals / world_size) crystals (the training shards are padded)
+    Each rank trains on ceil(len(train) / world_size) crystals (the training shards are padded)
     and a lone last crystal is folded into the batch before it, so with a batch size of at least 2
     only a one-crystal shard gives one-crystal batches.
     """
-    shard = math.ceil(train_crystals / world_size)
-    if shard < 2 and _has_batch_norm(model):
+    shard = math.ceil(len(train) / world_size)
+    if shard >= 2 or not _has_batch_norm(model):
+        return
+    one_atom = [store.ids[i] for i in train if store.node_ptr[i + 1] - store.node_ptr[i] == 1]
+    if one_atom:
         ranks = f" over {world_size} ranks" if world_size > 1 else ""
         raise ValueError(
-            f"the training split holds {train_crystals} crystal(s){ranks}, {shard} per training batch: {type(model).__name__}'s "
-            "BatchNorm layers need at least 2. Use more training crystals or fewer ranks"
+            f"the training split holds {len(train)} crystal(s){ranks}, {shard} per training batch, and {', '.join(one_atom[:5])} "
+            f"has a single atom: {type(model).__name__}'s BatchNorm layers cannot normalise one atom. Use more training "
+            "crystals or fewer ranks"
         )
 
 
