@@ -186,3 +186,23 @@ def test_installed_cli_prints_composed_config_from_any_directory(tmp_path):
     assert result.returncode == 0, result.stderr
     assert "crystal_train.models.schnet.SchNet" in result.stdout
     assert "target: band_gap" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command,shown,hidden",
+    [
+        ("crystal-train", ["crystal-train data=demo", "model: cgcnn, schnet", "crystal-eval ckpt="], []),
+        ("crystal-eval", ["crystal-eval ckpt=", "split: null"], ["model: cgcnn", "experiment:"]),
+        ("crystal-predict", ["crystal-predict ckpt=", "input: ???"], ["model: cgcnn", "experiment:"]),
+    ],
+)
+def test_each_cli_help_shows_its_own_usage(tmp_path, command, shown, hidden):
+    """--help names the command, gives examples and lists only the settings that command reads."""
+    script = Path(sys.executable).with_name(command)
+    result = subprocess.run([str(script), "--help"], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{command}: ")
+    for text in shown:
+        assert text in result.stdout
+    for text in hidden:
+        assert text not in result.stdout
