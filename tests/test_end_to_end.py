@@ -206,3 +206,20 @@ def test_each_cli_help_shows_its_own_usage(tmp_path, command, shown, hidden):
         assert text in result.stdout
     for text in hidden:
         assert text not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command,args,message",
+    [
+        ("crystal-eval", [], "crystal-eval: give ckpt=..."),
+        ("crystal-predict", ["output=preds.csv"], "crystal-predict: give ckpt=... input=..."),
+        ("crystal-predict", ["input=my_cifs"], "crystal-predict: give ckpt=... (see"),
+    ],
+)
+def test_missing_mandatory_setting_is_a_usage_line_not_a_traceback(tmp_path, command, args, message):
+    script = Path(sys.executable).with_name(command)
+    result = subprocess.run([str(script), *args], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written

@@ -12,6 +12,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
+from crystal_train.cli import require_settings
 from crystal_train.data.dataset import graph_settings, report_skipped
 from crystal_train.data.features import model_elements
 from crystal_train.data.loader import DeviceGraphs
@@ -83,6 +84,7 @@ def run_predict(cfg: DictConfig) -> Path:
 
 @hydra.main(version_base="1.3", config_path="pkg://crystal_train.configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
+    require_settings(cfg, "crystal-predict")
     run_predict(cfg)
 
 
