@@ -1,4 +1,4 @@
-"""End to end: bad rows in a CSV are skipped with their reasons, and training uses only the good ones."""
+"""Bad input: bad CSV rows are skipped with their reasons, and a target the data lacks is a clear error."""
 
 from __future__ import annotations
 
@@ -81,3 +81,12 @@ def test_only_bad_rows_stop_with_clear_error(compose_train_cfg, write_csv, tmp_p
     run_dir.mkdir()
     with pytest.raises(ValueError, match="no valid crystals"):
         train(cfg, run_dir)
+
+
+def test_a_target_the_data_lacks_is_a_clear_error(compose_train_cfg, write_csv, good_rows, tmp_path):
+    demo = compose_train_cfg(["data=demo", "data.num_crystals=4", "data.target=band_gap"], tmp_path)
+    with pytest.raises(ValueError, match="data.target=band_gap, but the built-in demo dataset has only formation_energy_per_atom"):
+        prepare_data(demo.data, graph_settings(demo.graph))
+    csv_source = compose_train_cfg([f"data.snapshot={write_csv(good_rows)}", "data.target=bulk_modulus"], tmp_path)
+    with pytest.raises(ValueError, match="bulk_modulus"):
+        prepare_data(csv_source.data, graph_settings(csv_source.graph))

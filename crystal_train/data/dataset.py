@@ -134,8 +134,10 @@ def _plan_source(data_cfg, cache_dir: Path) -> _SourcePlan:
     target = str(data_cfg.target)
     snapshot = data_cfg.get("snapshot")
     if kind == "demo" and snapshot is None:
-        from crystal_train.data.demo import build_demo_crystals, demo_fingerprint
+        from crystal_train.data.demo import DEMO_TARGET, build_demo_crystals, demo_fingerprint
 
+        if target != DEMO_TARGET:
+            raise ValueError(f"data.target={target}, but the built-in demo dataset has only {DEMO_TARGET}")
         num, seed = int(data_cfg.num_crystals), int(data_cfg.get("seed", 0))
         return _SourcePlan(
             fingerprint=demo_fingerprint(num, seed),

@@ -35,6 +35,7 @@ from crystal_train.data.crystal import Crystal
 
 DEMO_VERSION = 1
 DEMO_ELEMENTS = ("Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt")
+DEMO_TARGET = "formation_energy_per_atom"  # the one label the demo crystals carry (eV/atom)
 
 _ANISO_STRAIN = 0.015  # std of the traceless strain components
 _ISO_STRAIN = 0.01  # half-width of the uniform linear isotropic strain after relaxation
