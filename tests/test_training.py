@@ -1,4 +1,4 @@
-"""Training behaviour: resume after a kill, early stopping, non-finite losses, sweeps, torchrun, LR."""
+"""Training behaviour: resume after a kill, early stopping, non-finite losses, sweeps, torchrun, LR, refused settings."""
 
 from __future__ import annotations
 
@@ -552,3 +552,18 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
     err = capsys.readouterr().err
     assert ("graphs:" in err) is progress
     assert ("epoch 1:" in err) is progress
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("trainer.loss=mae", "trainer.loss must be one of mse, l1, huber, not 'mae'"),
+        ("trainer.lr_scaling=sqrt-root", "trainer.lr_scaling must be one of none, linear, sqrt, not 'sqrt-root'"),
+        ("trainer.precision=16", "trainer.precision must be one of 32, bf16, not '16'"),
+    ],
+)
+def test_unknown_trainer_option_is_refused_before_any_data_are_read(setting, message, tmp_path):
+    cfg = compose_config("train", [*SMALL, *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", setting])
+    with pytest.raises(ValueError, match=message):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "cache").exists()

@@ -28,6 +28,9 @@ def predict(
     return normalizer.denormalize(torch.cat(outputs).double().cpu().numpy())
 
 
+PRECISIONS = ("32", "bf16")  # trainer.precision
+
+
 def precision_context(device_type: str, precision: str):
     """bf16 autocast for `precision="bf16"`, a no-op context for "32" (trainer.precision)."""
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=str(precision) == "bf16")

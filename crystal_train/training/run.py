@@ -21,10 +21,10 @@ from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
-from crystal_train.training.inference import predict, resolve_device
-from crystal_train.training.loop import Trainer, seed_everything
+from crystal_train.training.inference import PRECISIONS, predict, resolve_device
+from crystal_train.training.loop import LOSSES, Trainer, seed_everything
 from crystal_train.training.loggers import make_loggers
-from crystal_train.training.lr_scaling import lr_scale, scale_learning_rate
+from crystal_train.training.lr_scaling import RULES, lr_scale, scale_learning_rate
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.plots import learning_curve_plot, parity_plot
 from crystal_train.training.resume import check_same_training, keep_old_config, should_resume
@@ -63,6 +63,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
     model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
+    _check_trainer_choices(cfg.trainer)
 
     data = prepare_data(cfg.data, graph_settings(cfg.graph), progress=bool(cfg.trainer.get("progress_bar", True)))
     _check_trainable_splits(data)
@@ -173,6 +174,14 @@ def _check_batch_size(model: torch.nn.Module, batch_size: int) -> None:
             f"trainer.batch_size={batch_size} is too small for {type(model).__name__}: its BatchNorm layers need "
             "at least 2 crystals per training batch (a one-atom crystal alone cannot be normalised)"
         )
+
+
+def _check_trainer_choices(trainer_cfg: DictConfig) -> None:
+    """Raise, before any data are read, if trainer.loss, lr_scaling or precision names an option that does not exist."""
+    for key, default, options in (("loss", "mse", tuple(LOSSES)), ("lr_scaling", "none", RULES), ("precision", "32", PRECISIONS)):
+        value = str(trainer_cfg.get(key, default))
+        if value not in options:
+            raise ValueError(f"trainer.{key} must be one of {', '.join(options)}, not {value!r}")
 
 
 def _check_training_shard(model: torch.nn.Module, store: GraphStore, train: np.ndarray, world_size: int) -> None:
