@@ -15,6 +15,7 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from crystal_train.data.crystal import SkippedItem
+from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
 from crystal_train.data.sources import RawItem, content_fingerprint, load_source, to_crystal
 
@@ -316,3 +317,21 @@ def test_shared_cgcnn_sample_regression():
     assert data.items[0].id == "1000041" and data.items[0].target == 1.0
     crystal = to_crystal(data.items[0])
     assert crystal.num_atoms > 0 and math.isfinite(crystal.target)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "units"),
+    [
+        (["data=mp_formation"], "eV/atom"),
+        (["data=mp_gap"], "eV"),
+        (["data=mp_formation", "data.target=band_gap"], "eV"),  # the target's units, not the data config's
+        (["data=mp_gap", "data.target=formation_energy_per_atom", "data.target_min=null"], "eV/atom"),
+        (["data=mp_formation", "data.target=gap_scan"], ""),  # an unknown column names no units ...
+        (["data=mp_formation", "data.target=gap_scan", "data.units=eV"], "eV"),  # ... unless data.units does
+    ],
+)
+def test_units_follow_the_target(overrides, units, compose_train_cfg, write_csv, good_rows, tmp_path):
+    for row in good_rows:
+        row["gap_scan"] = row["band_gap"] * 1.3
+    cfg = compose_train_cfg([*overrides, f"data.snapshot={write_csv(good_rows)}"], tmp_path)
+    assert prepare_data(cfg.data, graph_settings(cfg.graph), progress=False).units == units

@@ -20,6 +20,16 @@ log = logging.getLogger(__name__)
 
 FEATURES_VERSION = "cgcnn-elements-v1"
 
+# Units of the Materials Project (and matbench) targets, used when data.units is null.
+KNOWN_UNITS = {
+    "formation_energy_per_atom": "eV/atom",
+    "energy_per_atom": "eV/atom",
+    "energy_above_hull": "eV/atom",
+    "band_gap": "eV",
+    "e_form": "eV/atom",
+    "gap pbe": "eV",
+}
+
 
 @dataclass
 class PreparedData:
@@ -96,7 +106,12 @@ def prepare_data(
         source.target,
         ", ".join(f"{name} {len(idx)}" for name, idx in splits.items()),
     )
-    return PreparedData(store, splits, source.target, str(data_cfg.get("units") or ""), source.description)
+    return PreparedData(store, splits, source.target, target_units(source.target, data_cfg.get("units")), source.description)
+
+
+def target_units(target: str, units: str | None) -> str:
+    """data.units if set, else the known units of the target's column ("" when unknown)."""
+    return str(units) if units is not None else KNOWN_UNITS.get(target, "")
 
 
 def check_target_floor(store: GraphStore, target: str, minimum: float | None) -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 # Settings a resumed run may change: how long it trains, where and how fast it runs, where its
-# files go. Anything else would be ignored by the restored optimizer or scheduler state, or would
-# mix two trainings in one history (a cosine T_max, a learning rate, the model or the data).
+# files go, the units its reports name. Anything else would be ignored by the restored optimizer or
+# scheduler state, or would mix two trainings in one history (a cosine T_max, a learning rate, the
+# model or the data).
 RESUMABLE_CHANGES = frozenset({
     "trainer.max_epochs", "trainer.patience", "trainer.min_delta", "trainer.resume",
     "trainer.device", "trainer.graphs_on_device", "trainer.compile", "trainer.progress_bar", "trainer.eval_batch_size",
-    "data.cache_dir", "data.api_key", "logger",
+    "data.cache_dir", "data.api_key", "data.units", "logger",
 })
 
 
