@@ -223,3 +223,18 @@ def test_missing_mandatory_setting_is_a_usage_line_not_a_traceback(tmp_path, com
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.slow
+def test_checkpoint_records_training_elements_and_predict_warns_outside_them(demo_run, tmp_path, caplog):
+    run_dir, _, _ = demo_run
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    assert load_checkpoint(ckpt)["training_elements"] == [13, 28, 29, 46, 47, 78, 79]  # the demo's Al Ni Cu Pd Ag Pt Au
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for item_id, structure in good_structures().items():
+        (folder / f"{item_id}.cif").write_text(cif_text(structure))
+    with caplog.at_level("WARNING"):
+        run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
+    assert "4 of 5 crystals hold elements absent from the model's training split" in caplog.text
+    assert "mp-nacl (Na Cl)" in caplog.text and "mp-cu" not in caplog.text

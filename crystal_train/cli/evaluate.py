@@ -15,6 +15,7 @@ from crystal_train.data.features import model_elements
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.splits import SPLIT_ORDER, splits_from_ids
 from crystal_train.training import artifacts
+from crystal_train.training.applicability import warn_unseen_elements
 from crystal_train.training.checkpoint import load_model, trained_precision
 from crystal_train.training.inference import resolve_device
 from crystal_train.training.metrics import Normalizer
@@ -47,6 +48,7 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_skipped(out_dir / "skipped.csv", data.store.skipped)
+    warn_unseen_elements(data.store, np.concatenate([data.splits[name] for name in names]), checkpoint)
     graphs = DeviceGraphs(data.store, device)
     normalizer = Normalizer(**checkpoint["normalizer"])
     report = score_splits(

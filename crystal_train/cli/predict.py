@@ -19,6 +19,7 @@ from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, to_crystal
 from crystal_train.data.store import build_store
 from crystal_train.training import artifacts
+from crystal_train.training.applicability import warn_unseen_elements
 from crystal_train.training.checkpoint import load_model, trained_precision
 from crystal_train.training.inference import predict, resolve_device
 from crystal_train.training.metrics import Normalizer
@@ -72,6 +73,7 @@ def run_predict(cfg: DictConfig) -> Path:
             log.warning("Not predicted: %s (%s)", item_id, reason)
     if len(store) == 0:
         raise ValueError(f"none of the {len(files)} structure file(s) in {cfg.input} could be used; see {skipped_path}")
+    warn_unseen_elements(store, np.arange(len(store)), checkpoint)
     predictions = predict(
         model, DeviceGraphs(store, device), np.arange(len(store)), Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size),
         trained_precision(checkpoint),

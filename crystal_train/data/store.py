@@ -40,6 +40,15 @@ class GraphStore:
     def splits(self) -> list[str | None]:
         return [SPLIT_NAMES[int(code)] for code in self.split_codes]
 
+    def crystal_elements(self, index: int) -> np.ndarray:
+        """The sorted distinct atomic numbers of crystal `index`."""
+        return np.unique(self.numbers[self.node_ptr[index] : self.node_ptr[index + 1]])
+
+    def elements(self, indices: np.ndarray) -> list[int]:
+        """The sorted distinct atomic numbers over the crystals at `indices`."""
+        owner = np.repeat(np.arange(len(self)), np.diff(self.node_ptr))
+        return sorted(int(z) for z in np.unique(self.numbers[np.isin(owner, indices)]))
+
     def state(self) -> dict:
         """Plain tensors and lists, loadable with torch.load(weights_only=True)."""
         return {

@@ -108,6 +108,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             "target": data.target,
             "units": data.units,
             "split_ids": ids_by_split,
+            "training_elements": data.store.elements(data.splits["train"]),
         },
         on_epoch_end=lambda state: _log_epoch(run_dir, state, loggers),
         context=context,
