@@ -1,4 +1,4 @@
-"""Bad input: bad CSV rows are skipped with their reasons, and a target the data lacks is a clear error."""
+"""Bad input: bad CSV rows are skipped with their reasons; a missing target or an empty data.limit is a clear error."""
 
 from __future__ import annotations
 
@@ -90,3 +90,9 @@ def test_a_target_the_data_lacks_is_a_clear_error(compose_train_cfg, write_csv, 
     csv_source = compose_train_cfg([f"data.snapshot={write_csv(good_rows)}", "data.target=bulk_modulus"], tmp_path)
     with pytest.raises(ValueError, match="bulk_modulus"):
         prepare_data(csv_source.data, graph_settings(csv_source.graph))
+
+
+def test_a_limit_below_one_crystal_is_a_clear_error(compose_train_cfg, tmp_path):
+    cfg = compose_train_cfg(["data=demo", "data.num_crystals=4", "data.limit=0"], tmp_path)
+    with pytest.raises(ValueError, match="data.limit=0: give a positive number of crystals"):
+        prepare_data(cfg.data, graph_settings(cfg.graph))

@@ -69,9 +69,11 @@ def prepare_data(
     `progress=False` hides the graph build's progress bar. Crystals with an element outside
     `elements` (default: the built-in CGCNN table's) are skipped.
     """
+    limit, seed = data_cfg.get("limit"), int(data_cfg.get("seed", 0))
+    if limit is not None and int(limit) < 1:
+        raise ValueError(f"data.limit={limit}: give a positive number of crystals, or null for all of them")
     cache_dir = Path(data_cfg.get("cache_dir") or default_cache_dir())
     source = _plan_source(data_cfg, cache_dir)
-    limit, seed = data_cfg.get("limit"), int(data_cfg.get("seed", 0))
     builtin = builtin_elements()
     elements = builtin if elements is None else frozenset(elements)
     key = cache_key(
