@@ -53,6 +53,17 @@ def test_an_empty_validation_split_stops_the_run_naming_it(compose_train_cfg, wr
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def test_an_empty_test_split_trains_and_says_there_is_nothing_to_score(compose_train_cfg, write_csv, tmp_path, caplog):
+    structures = list(good_structures().items())
+    rows = _rows(dict(structures[:4]), "train") + _rows(dict(structures[4:]), "val")
+    cfg = compose_train_cfg([f"data.snapshot={write_csv(rows)}", "trainer.batch_size=2", *TINY], tmp_path)
+    with caplog.at_level("INFO"):
+        train(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["test"] == {"mae": None, "rmse": None, "r2": None, "n": 0} and "baseline_test_mae" not in metrics
+    assert "(no test split to score)" in caplog.text and "nan" not in caplog.text
+
+
 def test_cgcnn_refuses_one_crystal_batches_but_schnet_takes_them(compose_train_cfg, write_csv, good_rows, tmp_path):
     snapshot = write_csv(good_rows)
     cgcnn = compose_train_cfg([f"data.snapshot={snapshot}", "trainer.batch_size=1", "data.split.fractions=[0.6,0.2,0.2]", *TINY], tmp_path)

@@ -139,10 +139,13 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             train_seconds=sum(row["seconds"] for row in state.history),  # training and validation, over every resume
         )
         artifacts.write_json(run_dir / "metrics.json", report)
-        log.info(
-            "Best epoch %d: val MAE %.4f, test MAE %.4f %s (mean-predictor baseline %.4f)",
-            state.best_epoch, report["val"]["mae"], report["test"]["mae"] or float("nan"), data.units, report.get("baseline_test_mae", float("nan")),
-        )
+        if report["test"]["n"]:
+            log.info(
+                "Best epoch %d: val MAE %.4f, test MAE %.4f %s (mean-predictor baseline %.4f)",
+                state.best_epoch, report["val"]["mae"], report["test"]["mae"], data.units, report["baseline_test_mae"],
+            )
+        else:
+            log.info("Best epoch %d: val MAE %.4f %s (no test split to score)", state.best_epoch, report["val"]["mae"], data.units)
     context.barrier()
     return float(state.best_val_mae)
 
