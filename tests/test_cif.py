@@ -145,6 +145,19 @@ def test_unusable_cifs_raise_skipped_item(text, reason):
     assert caught.value.reason.startswith(reason)
 
 
+def test_a_cif_of_several_structures_is_skipped_not_cut_to_its_first(fallback_calls):
+    zno = _p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n")
+    two = zno + zno.replace("data_test", "data_second").replace("Zn", "Mg")
+    with pytest.raises(SkippedItem) as caught:
+        parse_cif(two, "pair")
+    assert (caught.value.item_id, caught.value.reason) == ("pair", "2 structures in one CIF: give one structure per file or row")
+
+    publication_block = "data_global\n_journal_name_full 'Some Journal'\n_journal_year 2018\n"
+    crystal = parse_cif(publication_block + zno, "with-global")  # a block without atoms is no second structure
+    _assert_same_as_pymatgen(crystal, publication_block + zno)
+    assert fallback_calls == ["pair", "with-global"]
+
+
 POSCAR = """Zn O test cell
 1.0
    3.2   0.0   0.0

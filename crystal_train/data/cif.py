@@ -80,9 +80,16 @@ def _read_with_pymatgen(path: Path, item_id: str) -> Crystal:
 
 
 def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
-    from pymatgen.core import Structure
+    """What ``Structure.from_str(text, fmt="cif")`` reads, but a CIF of several structures is skipped, not cut to its first."""
+    from pymatgen.io.cif import CifParser
 
-    return crystal_via_pymatgen(lambda: Structure.from_str(text, fmt="cif"), item_id, "malformed CIF")
+    def only_structure():
+        structures = CifParser.from_str(text).parse_structures(primitive=False)
+        if len(structures) > 1:
+            raise SkippedItem(item_id, f"{len(structures)} structures in one CIF: give one structure per file or row")
+        return structures[0]
+
+    return crystal_via_pymatgen(only_structure, item_id, "malformed CIF")
 
 
 def crystal_via_pymatgen(make_structure: Callable, item_id: str, failure: str) -> Crystal:
@@ -92,6 +99,8 @@ def crystal_via_pymatgen(make_structure: Callable, item_id: str, failure: str) -
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structure = make_structure()
+    except SkippedItem:
+        raise
     except Exception as error:  # pymatgen raises many types for bad input
         raise SkippedItem(item_id, f"{failure}: {_first_line(error)}") from None
     if not structure.is_ordered:
