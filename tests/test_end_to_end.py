@@ -238,3 +238,28 @@ def test_checkpoint_records_training_elements_and_predict_warns_outside_them(dem
         run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
     assert "4 of 5 crystals hold elements absent from the model's training split" in caplog.text
     assert "mp-nacl (Na Cl)" in caplog.text and "mp-cu" not in caplog.text
+
+
+def test_eval_finds_a_relative_snapshot_from_another_directory(write_csv, good_rows, tmp_path, monkeypatch):
+    """Trained with data.snapshot=data.csv in one directory, scored with crystal-eval ckpt=... from another."""
+    write_csv(good_rows)
+    monkeypatch.chdir(tmp_path)
+    tiny = ["model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "trainer.batch_size=2", "trainer.max_epochs=1", "seed=0"]
+    cfg = compose_config(
+        "train",
+        ["data.snapshot=data.csv", "data.split.fractions=[0.6,0.2,0.2]", f"data.cache_dir={tmp_path / 'cache'}",
+         "trainer.device=cpu", "trainer.progress_bar=false", *tiny],
+    )
+    train(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    report = evaluate(compose_config("eval", [f"ckpt={ckpt}", f"output={elsewhere}", "device=cpu"]))
+    assert report["test"]["mae"] == pytest.approx(json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["mae"], abs=1e-6)
+
+    without_launch_dir = elsewhere / "old.pt"
+    save_checkpoint(without_launch_dir, **{k: v for k, v in load_checkpoint(ckpt).items() if k not in ("format", "version", "launch_dir")})
+    with pytest.raises(FileNotFoundError, match=r"old\.pt was trained on data\.csv, relative to the directory training ran in"):
+        evaluate(compose_config("eval", [f"ckpt={without_launch_dir}", f"output={elsewhere}", "device=cpu"]))

@@ -40,6 +40,8 @@ def evaluate(cfg: DictConfig) -> dict:
         train_cfg.data.snapshot = str(cfg.data.snapshot)
         train_cfg.data.limit = None
         train_cfg.data.split.file = None
+    else:
+        _find_training_snapshot(train_cfg.data, checkpoint.get("launch_dir"), checkpoint_path)
     data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=model_elements(model))
     if whole_source:
         data.splits = {WHOLE_SOURCE: np.arange(len(data.store))}
@@ -61,6 +63,20 @@ def evaluate(cfg: DictConfig) -> dict:
         log.info("%s: MAE %.6f  RMSE %.6f  R2 %s  n %d", name, report[name]["mae"] or float("nan"), report[name]["rmse"] or float("nan"), report[name]["r2"], report[name]["n"])
     log.info("Wrote %s", out_dir / "metrics.json")
     return report
+
+
+def _find_training_snapshot(data_cfg: DictConfig, launch_dir: str | None, checkpoint_path: Path) -> None:
+    """Point a relative data.snapshot at the directory training ran in when it is not found from here."""
+    snapshot = data_cfg.get("snapshot")
+    if snapshot is None or Path(snapshot).expanduser().is_absolute() or Path(snapshot).exists():
+        return
+    if launch_dir is not None and (Path(launch_dir) / snapshot).exists():
+        data_cfg.snapshot = str(Path(launch_dir) / snapshot)
+        return
+    raise FileNotFoundError(
+        f"{checkpoint_path} was trained on {snapshot}, relative to {launch_dir or 'the directory training ran in'}, "
+        "and it is not found from here: run crystal-eval there, or give data.snapshot=PATH (with split=test for its test split)"
+    )
 
 
 def _split_names(split: str) -> tuple[str, ...]:

@@ -109,6 +109,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             "units": data.units,
             "split_ids": ids_by_split,
             "training_elements": data.store.elements(data.splits["train"]),
+            "launch_dir": str(Path.cwd()),  # where a relative data.snapshot is found
         },
         on_epoch_end=lambda state: _log_epoch(run_dir, state, loggers),
         context=context,
