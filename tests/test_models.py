@@ -314,3 +314,18 @@ def test_distance_basis_tails_are_zeros_not_denormals(name):
     reference = np.where(exponent < 60.0, np.exp(-exponent), 0.0)
     np.testing.assert_allclose(values.double().numpy(), reference, rtol=2e-4, atol=1e-25)
     assert (values[torch.from_numpy(exponent > 61.0)] == 0).all()
+
+
+@pytest.mark.parametrize("name", ["cgcnn", "schnet"])
+def test_pooling_and_head_stay_float32_under_bf16_autocast(name):
+    """A bf16 per-crystal mean would round its sum and atom count (on CUDA the count stops at 256)."""
+    model = warmed_up(name).float()
+    crystals = [random_crystal(np.random.default_rng(5), i) for i in range(3)]
+    batch = make_batch(crystals, SETTINGS[name])
+    batch = replace(batch, distances=batch.distances.float())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        output = model(batch)
+    assert output.dtype == torch.float32
+    with torch.no_grad():
+        reference = model(batch)
+    torch.testing.assert_close(output, reference, rtol=0, atol=0.05)

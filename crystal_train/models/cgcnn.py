@@ -124,9 +124,11 @@ class CGCNN(nn.Module):
         edge_attr = self.gaussian(batch.distances.to(self.embedding.weight.dtype))
         for conv in self.convs:
             x = conv(x, batch.edge_index, edge_attr)
-        crys = scatter(x, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
-        crys = self.conv_to_fc_softplus(self.conv_to_fc(self.conv_to_fc_softplus(crys)))
-        if self.n_h > 1:
-            for fc, softplus in zip(self.fcs, self.softpluses):
-                crys = softplus(fc(crys))
-        return self.fc_out(crys).squeeze(-1)
+        # Pooling and head in the weights' dtype under bf16 autocast: a bf16 mean rounds its sum and atom count.
+        with torch.autocast(x.device.type, enabled=False):
+            crys = scatter(x.to(self.fc_out.weight.dtype), batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
+            crys = self.conv_to_fc_softplus(self.conv_to_fc(self.conv_to_fc_softplus(crys)))
+            if self.n_h > 1:
+                for fc, softplus in zip(self.fcs, self.softpluses):
+                    crys = softplus(fc(crys))
+            return self.fc_out(crys).squeeze(-1)

@@ -29,6 +29,7 @@ Defaults and why:
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch_geometric.nn.models.schnet import GaussianSmearing, InteractionBlock, ShiftedSoftplus
 from torch_geometric.utils import scatter
@@ -87,5 +88,7 @@ class SchNet(nn.Module):
         rbf = self.distance_expansion(distances)
         for interaction in self.interactions:
             h = h + interaction(h, batch.edge_index, distances, rbf)
-        h = self.lin2(self.act(self.lin1(h)))
-        return scatter(h, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean").squeeze(-1)
+        # Output head and pooling in the weights' dtype under bf16 autocast: a bf16 mean rounds its sum and atom count.
+        with torch.autocast(h.device.type, enabled=False):
+            h = self.lin2(self.act(self.lin1(h.to(self.lin1.weight.dtype))))
+            return scatter(h, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean").squeeze(-1)
