@@ -84,9 +84,8 @@ class Trainer:
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "train_state": asdict(self.state),
             "normalizer": self.normalizer.state(),
-            "rng_state": {
+            "rng_state": {  # no CUDA generator state: nothing draws from it, and its per-GPU list breaks resuming on fewer GPUs
                 "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
                 "python": random.getstate(),
                 "batches": self.train_batches.rng.bit_generator.state,
             },
@@ -101,8 +100,6 @@ class Trainer:
         self.state = TrainState(**checkpoint["train_state"])
         rng = checkpoint["rng_state"]
         torch.set_rng_state(rng["torch"])
-        if rng["cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
         random.setstate(_as_tuple(rng["python"]))
         self.train_batches.rng.bit_generator.state = rng["batches"]
 
