@@ -26,9 +26,10 @@ class DeviceGraphs:
     """A GraphStore's arrays as tensors, sliced into batches on `device` without Python loops.
 
     The arrays live on the training device when they fit (`resident=None` decides by free
-    device memory); otherwise they stay in pinned host memory and each batch is gathered there
-    and copied over. Per-crystal counts are kept on the host too, so the batch sizes are known
-    without a device synchronisation.
+    device memory); otherwise they stay in host memory and each batch is gathered there, pinned
+    and copied over asynchronously (pinning the whole dataset would lock up to twice its size in
+    the pinned-memory cache). Per-crystal counts are kept on the host too, so the batch sizes are
+    known without a device synchronisation.
     """
 
     def __init__(
@@ -41,13 +42,9 @@ class DeviceGraphs:
         if resident is None:
             resident = fits_on_device(graph_tensor_bytes(store), device)
         storage = device if resident else torch.device("cpu")
-        pin = device.type == "cuda"
 
         def put(array, dtype):
-            tensor = torch.as_tensor(np.ascontiguousarray(array)).to(dtype)
-            if pin:
-                tensor = tensor.pin_memory()
-            return tensor.to(storage, non_blocking=True)
+            return torch.as_tensor(np.ascontiguousarray(array)).to(dtype).to(storage)
 
         self.device = device
         self.storage_device = storage
@@ -89,7 +86,8 @@ class DeviceGraphs:
         edge_index = self.edge_index[:, edge_ids].long() + first_node[edge_owner]
         tensors = (self.numbers[node_ids], edge_index, self.distances[edge_ids], node_owner, self.targets[index])
         if not self.resident:
-            tensors = tuple(tensor.to(self.device, non_blocking=True) for tensor in tensors)
+            pin = self.device.type == "cuda"  # an asynchronous copy needs page-locked memory
+            tensors = tuple((tensor.pin_memory() if pin else tensor).to(self.device, non_blocking=True) for tensor in tensors)
         numbers, edge_index, distances, owner, targets = tensors
         return GraphBatch(
             atomic_numbers=numbers, edge_index=edge_index, distances=distances, batch=owner, num_graphs=len(indices), targets=targets

@@ -78,7 +78,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     graphs = DeviceGraphs(data.store, device, resident=_graphs_on_device(cfg.trainer.get("graphs_on_device", "auto")))
     log.info(
         "Graph tensors (%.0f MiB) %s", graph_tensor_bytes(data.store) / 2**20,
-        f"on {device}" if graphs.resident else f"in pinned host memory, copied to {device} batch by batch",
+        f"on {device}" if graphs.resident else f"in host memory, each batch pinned and copied to {device}",
     )
     loggers = make_loggers(cfg.get("logger"), run_dir) if context.is_main else []
     model = model.to(device)
