@@ -6,6 +6,8 @@ and device memory, for each model × precision × compile setting, plus the same
 from a plain torch_geometric DataLoader over a list of Data objects, and the speed-up ratio.
 It also times batch formation alone (one pass over the training split with no model, batches
 moved to the device): the ceiling that the data path puts on training speed, for both paths.
+A setting that fails (a compile error, out of memory) is listed with its error, the others still
+run, and the exit status is 1.
 
 Example (CPU, 2,000 crystals of the shared MP-2018 CSV):
     python scripts/benchmark.py --snapshot ../shared/datasets/mp2018_megnet/mp2018_megnet_with_structures.csv.xz \
@@ -19,8 +21,10 @@ import itertools
 import json
 import platform
 import resource
+import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import hydra
@@ -32,11 +36,12 @@ from torch_geometric.loader import DataLoader
 from crystal_train.data.batch import GraphBatch
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
+from crystal_train.training.artifacts import write_json
 from crystal_train.training.inference import precision_context, resolve_device
 from crystal_train.training.metrics import Normalizer
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--snapshot", help="data.snapshot to read (default: the built-in demo dataset)")
     parser.add_argument("--limit", type=int, default=None, help="use a seeded subset of N crystals (data.limit)")
@@ -57,7 +62,10 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--cache-dir", default=None, help="graph cache directory (default: a fresh temporary one, so the build is cold)")
     parser.add_argument("--workers", type=int, default=None, help="processes for the graph build (default: all cores)")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for the train config")
-    return parser.parse_args()
+    parser.add_argument(
+        "--output", default=None, help="also write the JSON to this file, rewritten after every measurement so a crash keeps the rest"
+    )
+    return parser.parse_args(argv)
 
 
 def compose_cfg(args, model: str, cache_dir: Path):
@@ -201,8 +209,8 @@ def measure(cfg, model_name, data, args, device, precision: str, compiled: bool,
     return result
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     device = resolve_device(args.device)
     report = {
         "snapshot": args.snapshot or "demo",
@@ -240,9 +248,25 @@ def main() -> None:
             report["graphs"][model_name]["batching"] = measure_batching(graphs, train_idx, baseline, args, device)
             for precision in args.precisions.split(","):
                 for compiled in compile_settings:
-                    report["runs"].append(measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline))
-    report["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                    report["runs"].append(guarded_measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline))
+                    report["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+                    if args.output:
+                        write_json(Path(args.output), report)
     print(json.dumps(report, indent=2))
+    failed = [run for run in report["runs"] if "error" in run]
+    if failed:
+        sys.exit(f"{len(failed)} of {len(report['runs'])} measurements failed; their errors are in the JSON")
+
+
+def guarded_measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline) -> dict:
+    """measure(), or the setting and its error when it fails (a compile error, out of memory), so the others still run."""
+    try:
+        return measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline)
+    except Exception as error:
+        traceback.print_exc()
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        return {"model": model_name, "precision": precision, "compile": compiled, "error": f"{type(error).__name__}: {error}"}
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ status=0
 echo "== $(date -u +%FT%TZ) benchmark.py on $device" | tee "$out/benchmark.log"
 python scripts/benchmark.py --snapshot "$snapshot" ${limit_args[@]+"${limit_args[@]}"} --device "$device" --models cgcnn,schnet \
     --precisions 32,bf16 --compile both --batch-size 256 --eval-batch-size 1024 --warmup-batches 50 \
-    --cache-dir "$cache" ${BENCHMARK_ARGS:-} >"$out/benchmark.json" 2>>"$out/benchmark.log"
+    --cache-dir "$cache" --output "$out/benchmark.json" ${BENCHMARK_ARGS:-} >/dev/null 2>>"$out/benchmark.log"
 rc=$?
 echo "== $(date -u +%FT%TZ) benchmark.py exit status $rc" | tee -a "$out/benchmark.log"
 ((rc != 0 && status == 0)) && status=$rc

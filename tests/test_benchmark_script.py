@@ -141,3 +141,26 @@ def test_the_baseline_never_trains_on_a_lone_last_crystal(crystals, batch_size, 
     )
     batches = _load_benchmark_module().pyg_batches(store, np.arange(crystals), batch_size, torch.device("cpu"), shuffle=True)
     assert [batch.num_graphs for batch in batches()] == sizes
+
+
+@pytest.mark.slow
+def test_a_failing_setting_is_reported_and_the_others_are_kept(tmp_path, monkeypatch, capsys):
+    """One setting that raises (as an out-of-memory or a compile error would) costs only its own measurement."""
+    module = _load_benchmark_module()
+    real_measure = module.measure
+
+    def measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline):
+        if precision == "bf16":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real_measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline)
+
+    monkeypatch.setattr(module, "measure", measure)
+    output = tmp_path / "benchmark.json"
+    argv = ["--limit", "60", "--models", "cgcnn", "--device", "cpu", "--precisions", "bf16,32", "--warmup-batches", "1",
+            "--batch-size", "16", "--no-baseline", "--cache-dir", str(tmp_path / "cache"), "--output", str(output)]
+    with pytest.raises(SystemExit, match="1 of 2 measurements failed"):
+        module.main(argv)
+    failed, measured = json.loads(output.read_text())["runs"]
+    assert failed == {"model": "cgcnn", "precision": "bf16", "compile": False, "error": "RuntimeError: CUDA out of memory (simulated)"}
+    assert measured["precision"] == "32" and measured["train_crystals_per_s"] > 0
+    assert json.loads(capsys.readouterr().out)["runs"] == [failed, measured]
