@@ -19,6 +19,7 @@ def fits_on_device(num_bytes: int, device: torch.device, fraction: float = DEVIC
     if device.type != "cuda":
         return True
     free, _total = torch.cuda.mem_get_info(device)
+    free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)  # blocks PyTorch caches are free to it
     return num_bytes <= fraction * free
 
 
