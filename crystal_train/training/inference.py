@@ -8,6 +8,7 @@ import torch
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
 from crystal_train.training.metrics import Normalizer
 
+PRECISIONS = ("32", "bf16")  # trainer.precision
 
 @torch.no_grad()
 def predict(
@@ -26,9 +27,6 @@ def predict(
     if not outputs:
         return np.zeros(0)
     return normalizer.denormalize(torch.cat(outputs).double().cpu().numpy())
-
-
-PRECISIONS = ("32", "bf16")  # trainer.precision
 
 
 def precision_context(device_type: str, precision: str):
