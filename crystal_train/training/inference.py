@@ -10,6 +10,7 @@ from crystal_train.training.metrics import Normalizer
 
 PRECISIONS = ("32", "bf16")  # trainer.precision
 
+
 @torch.no_grad()
 def predict(
     model: torch.nn.Module, graphs: DeviceGraphs, indices: np.ndarray, normalizer: Normalizer, batch_size: int, precision: str = "32"
