@@ -126,3 +126,25 @@ def test_split_file_missing_a_split_is_a_clear_error(tmp_path):
     split_file.write_text(json.dumps({"train": store.ids[:3], "val": store.ids[3:]}))
     with pytest.raises(ValueError, match="no 'test' list"):
         make_splits(store, file=split_file)
+
+
+def test_split_file_listing_an_id_twice_is_a_clear_error(tmp_path):
+    store = _simple_store(5)
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": store.ids[:3], "val": [store.ids[2]], "test": [store.ids[3], store.ids[3]]}))
+    with pytest.raises(ValueError, match=r"2 ids are listed more than once .*\['id-2', 'id-3'\]"):
+        make_splits(store, file=split_file)
+
+
+def test_unknown_split_kind_is_refused_even_when_the_source_has_a_split(compose_train_cfg, write_csv, good_rows, tmp_path, caplog):
+    for row, name in zip(good_rows, ["train", "train", "val", "test", "train"]):
+        row["split"] = name
+    snapshot = write_csv(good_rows)
+    typo = compose_train_cfg([f"data.snapshot={snapshot}", "data.split.kind=compositon"], tmp_path)
+    with pytest.raises(ValueError, match="unknown data.split.kind 'compositon'"):
+        prepare_data(typo.data, graph_settings(typo.graph))
+    cfg = compose_train_cfg([f"data.snapshot={snapshot}", "data.split.fractions=[0.1,0.1,0.8]"], tmp_path)
+    with caplog.at_level("INFO"):
+        data = prepare_data(cfg.data, graph_settings(cfg.graph))
+    assert {name: len(indices) for name, indices in data.splits.items()} == {"train": 3, "val": 1, "test": 1}
+    assert "Using the source's own split column; data.split.kind, fractions and seed do not apply" in caplog.text

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+from collections import Counter
 from functools import reduce
 from pathlib import Path
 
@@ -12,6 +14,8 @@ import numpy as np
 from crystal_train.data.store import SPLIT_CODES, GraphStore
 
 SPLIT_ORDER = ("train", "val", "test")
+
+log = logging.getLogger(__name__)
 
 
 def make_splits(
@@ -27,10 +31,13 @@ def make_splits(
     either over crystals (`kind="random"`) or over reduced compositions (`kind="composition"`,
     all polymorphs of a composition land in one split).
     """
+    if kind not in ("random", "composition"):
+        raise ValueError(f"unknown data.split.kind {kind!r}: use random or composition")
     if file is not None:
         return _from_file(store, Path(file))
     codes = store.split_codes
     if (codes >= 0).all() and len(codes):
+        log.info("Using the source's own split column; data.split.kind, fractions and seed do not apply")
         return {name: np.flatnonzero(codes == SPLIT_CODES[name]) for name in SPLIT_ORDER}
     if (codes >= 0).any():
         missing = [store.ids[i] for i in np.flatnonzero(codes < 0)[:5]]
@@ -40,10 +47,8 @@ def make_splits(
     rng = np.random.default_rng(seed)
     if kind == "random":
         return _assign(rng.permutation(len(store)), [[i] for i in range(len(store))], fractions, by_group=False)
-    if kind == "composition":
-        groups = _composition_groups(store)
-        return _assign(rng.permutation(len(groups)), groups, fractions, by_group=True)
-    raise ValueError(f"unknown data.split.kind {kind!r}: use random or composition")
+    groups = _composition_groups(store)
+    return _assign(rng.permutation(len(groups)), groups, fractions, by_group=True)
 
 
 def _assign(order, groups, fractions, by_group: bool) -> dict[str, np.ndarray]:
@@ -81,12 +86,17 @@ def _from_file(store: GraphStore, path: Path) -> dict[str, np.ndarray]:
 
 
 def splits_from_ids(store: GraphStore, saved: dict[str, list[str]], origin: str = "saved split") -> dict[str, np.ndarray]:
-    """Indices of exactly the saved ids in each split; an error names ids missing from the data."""
+    """Indices of exactly the saved ids in each split; an error names ids missing from the data or listed twice."""
     position = {item_id: i for i, item_id in enumerate(store.ids)}
     splits = {}
     for name in SPLIT_ORDER:
         if name not in saved:
             raise ValueError(f"{origin} has no {name!r} list")
+    listed = [item_id for name in SPLIT_ORDER for item_id in saved[name]]
+    repeated = sorted({item_id for item_id, count in Counter(listed).items() if count > 1})
+    if repeated:
+        raise ValueError(f"{origin}: {len(repeated)} ids are listed more than once (within or across splits), e.g. {repeated[:5]}")
+    for name in SPLIT_ORDER:
         missing = [item_id for item_id in saved[name] if item_id not in position]
         if missing:
             raise ValueError(f"{origin}: {len(missing)} {name} ids are not in the data, e.g. {missing[:5]}")
