@@ -263,3 +263,27 @@ def test_eval_finds_a_relative_snapshot_from_another_directory(write_csv, good_r
     save_checkpoint(without_launch_dir, **{k: v for k, v in load_checkpoint(ckpt).items() if k not in ("format", "version", "launch_dir")})
     with pytest.raises(FileNotFoundError, match=r"old\.pt was trained on data\.csv, relative to the directory training ran in"):
         evaluate(compose_config("eval", [f"ckpt={without_launch_dir}", f"output={elsewhere}", "device=cpu"]))
+
+
+def test_eval_of_a_copy_of_the_training_data_scores_the_saved_split(write_csv, good_rows, tmp_path, caplog):
+    """data.snapshot=<the training file> split=test must score the run's own test crystals, not a redrawn split."""
+    snapshot = write_csv(good_rows)
+    tiny = ["model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "trainer.batch_size=2", "trainer.max_epochs=1", "seed=0"]
+    cfg = compose_config(
+        "train",
+        [f"data.snapshot={snapshot}", "data.split.fractions=[0.6,0.2,0.2]", f"data.cache_dir={tmp_path / 'cache'}",
+         "trainer.device=cpu", "trainer.progress_bar=false", *tiny],
+    )
+    train(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    saved = load_checkpoint(ckpt)["split_ids"]
+
+    evaluate(compose_config("eval", [f"ckpt={ckpt}", f"data.snapshot={snapshot}", "split=all", f"output={tmp_path / 'copy'}", "device=cpu"]))
+    for name in ("train", "val", "test"):
+        with open(tmp_path / "copy" / f"predictions_{name}.csv", newline="") as handle:
+            assert [row["id"] for row in csv.DictReader(handle)] == saved[name]
+
+    fewer = write_csv([row for row in good_rows if row["material_id"] != saved["train"][0]], name="fewer.csv")
+    with caplog.at_level("WARNING"):
+        evaluate(compose_config("eval", [f"ckpt={ckpt}", f"data.snapshot={fewer}", "split=test", f"output={tmp_path / 'fewer'}", "device=cpu"]))
+    assert "split=test is a fresh random split: it may hold training crystals" in caplog.text

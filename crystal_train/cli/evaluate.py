@@ -43,10 +43,17 @@ def evaluate(cfg: DictConfig) -> dict:
     else:
         _find_training_snapshot(train_cfg.data, checkpoint.get("launch_dir"), checkpoint_path)
     data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=model_elements(model))
+    saved = checkpoint.get("split_ids")
     if whole_source:
         data.splits = {WHOLE_SOURCE: np.arange(len(data.store))}
-    elif not other_source and checkpoint.get("split_ids"):
-        data.splits = splits_from_ids(data.store, checkpoint["split_ids"], origin=f"the split saved in {checkpoint_path}")
+    elif saved and (not other_source or _holds_every_id(data.store, saved)):
+        data.splits = splits_from_ids(data.store, saved, origin=f"the split saved in {checkpoint_path}")
+    elif saved and not (data.store.split_codes >= 0).any():
+        log.warning(
+            "%s has no split of its own and lacks some of the crystals %s was trained on, so split=%s is a fresh "
+            "random split: it may hold training crystals",
+            cfg.data.snapshot, checkpoint_path, cfg.split,
+        )
     out_dir = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_skipped(out_dir / "skipped.csv", data.store.skipped)
@@ -77,6 +84,11 @@ def _find_training_snapshot(data_cfg: DictConfig, launch_dir: str | None, checkp
         f"{checkpoint_path} was trained on {snapshot}, relative to {launch_dir or 'the directory training ran in'}, "
         "and it is not found from here: run crystal-eval there, or give data.snapshot=PATH (with split=test for its test split)"
     )
+
+
+def _holds_every_id(store, saved: dict[str, list[str]]) -> bool:
+    """Whether every id of the checkpoint's saved split is in `store` (the training data, or a copy of it)."""
+    return set(store.ids).issuperset(item_id for ids in saved.values() for item_id in ids)
 
 
 def _split_names(split: str) -> tuple[str, ...]:
