@@ -78,6 +78,7 @@ def test_csv_bad_labels_duplicates_and_empty_cif_are_skipped(tmp_path):
         ("d", "abc", cif),
         ("e", "inf", cif),
         ("a", "2.5", cif),
+        ("b", "2.0", cif),
         ("f", "3.0", ""),
         ("", "4.0", cif),
     ]
@@ -90,9 +91,10 @@ def test_csv_bad_labels_duplicates_and_empty_cif_are_skipped(tmp_path):
         ("c", "missing label"),
         ("d", "invalid label 'abc' (not a finite number)"),
         ("e", "invalid label 'inf' (not a finite number)"),
-        ("a", "duplicate id (first kept)"),
+        ("a", "duplicate id (only its first row is read, even if that row was skipped)"),
+        ("b", "duplicate id (only its first row is read, even if that row was skipped)"),
         ("f", "empty CIF"),
-        ("data.csv row 8", "missing id"),
+        ("data.csv row 9", "missing id"),
     ]
 
 
@@ -134,7 +136,7 @@ def test_split_folder(tmp_path):
     data = load_source(tmp_path, "formation_energy_per_atom")
     assert data.layout == "split_folder"
     assert [(i.id, i.split) for i in data.items] == [("mp-1", "train"), ("mp-2", "train"), ("mp-3", "val")]
-    assert data.skipped == [("mp-1", "duplicate id (first kept)")]
+    assert data.skipped == [("mp-1", "duplicate id (only its first row is read, even if that row was skipped)")]
     _assert_matches(to_crystal(data.items[1]), _structures()["mp-2"])
     os.remove(tmp_path / "val.csv")
     with pytest.raises(FileNotFoundError, match="is missing val.csv"):

@@ -248,7 +248,7 @@ def _load_snapshot(path: Path, data: dict, target: str) -> SourceData:
 
 
 class _ItemBuilder:
-    """Collects items and skip reasons, keeping the first of duplicate ids."""
+    """Collects items and skip reasons; of rows sharing an id only the first is read."""
 
     def __init__(self):
         self.items: list[RawItem] = []
@@ -264,7 +264,7 @@ class _ItemBuilder:
             self.skip(where, "missing id")
             return False
         if item_id in self._seen:
-            self.skip(item_id, "duplicate id (first kept)")
+            self.skip(item_id, "duplicate id (only its first row is read, even if that row was skipped)")
             return False
         self._seen.add(item_id)
         if not math.isfinite(label):
