@@ -234,3 +234,14 @@ def test_building_in_process_keeps_torch_thread_count():
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_new_reader_version_builds_a_new_cache(compose_train_cfg, snapshot, tmp_path, monkeypatch):
+    """Caches built by an older reader (which read some sources differently) are not loaded."""
+    from crystal_train.data import dataset
+
+    cfg = compose_train_cfg([f"data.snapshot={snapshot}"], tmp_path)
+    _prepare(cfg)
+    monkeypatch.setattr(dataset, "READER_VERSION", dataset.READER_VERSION + 1)
+    _prepare(cfg)
+    assert len(_cache_files(cfg)) == 2

@@ -337,3 +337,13 @@ def test_units_follow_the_target(overrides, units, compose_train_cfg, write_csv,
         row["gap_scan"] = row["band_gap"] * 1.3
     cfg = compose_train_cfg([*overrides, f"data.snapshot={write_csv(good_rows)}"], tmp_path)
     assert prepare_data(cfg.data, graph_settings(cfg.graph), progress=False).units == units
+
+
+def test_a_split_column_is_read_whatever_its_case(tmp_path):
+    cif = _structures()["mp-1"].to(fmt="cif")
+    path = tmp_path / "data.csv"
+    pd.DataFrame({"id": ["a", "b"], "y": [1.0, 2.0], "cif": [cif, cif], "Split": ["test", "train"]}).to_csv(path, index=False)
+    assert [item.split for item in load_source(path, "y").items] == ["test", "train"]
+    pd.DataFrame({"id": ["a"], "y": [1.0], "cif": [cif], "Split": ["test"], "SPLIT": ["train"]}).to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"several split columns \('Split', 'SPLIT'\)"):
+        load_source(path, "y")

@@ -19,6 +19,10 @@ from crystal_train.data.store import GraphStore, build_store
 log = logging.getLogger(__name__)
 
 FEATURES_VERSION = "cgcnn-elements-v1"
+# How sources are read (sources.py, cif.py), part of every graph cache's key: bump it when reading
+# yields other items, so caches built by the older reader are rebuilt (2: a CIF of several
+# structures is skipped, and a split column named in any case, such as "Split", is read).
+READER_VERSION = 2
 
 # Units of the Materials Project (and matbench) targets, used when data.units is null.
 KNOWN_UNITS = {
@@ -79,6 +83,7 @@ def prepare_data(
     key = cache_key(
         source=source.fingerprint, target=source.target, limit=limit, seed=seed if limit is not None else None,  # seed picks the subset only
         graph=settings.key(), features=FEATURES_VERSION if elements == builtin else [FEATURES_VERSION, sorted(elements)],
+        reader=READER_VERSION,
     )
 
     def build() -> GraphStore:

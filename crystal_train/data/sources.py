@@ -323,12 +323,17 @@ def _pick_column(frame, path, explicit, candidates, what, option) -> str:
 
 
 def _row_splits(frame: pd.DataFrame, path: Path) -> list[str | None]:
-    if "split" not in frame.columns:
+    """Each row's split from the column named split in any case ("split", "Split"), or None without one."""
+    columns = ["split"] if "split" in frame.columns else [c for c in frame.columns if str(c).strip().lower() == "split"]
+    if not columns:
         return [None] * len(frame)
-    values = [value.strip() if isinstance(value, str) else value for value in frame["split"]]
+    if len(columns) > 1:
+        raise ValueError(f"{path}: several split columns ({', '.join(map(repr, columns))}); keep one")
+    column = columns[0]
+    values = [value.strip() if isinstance(value, str) else value for value in frame[column]]
     bad = sorted({repr(value) for value in values if value not in SPLITS})
     if bad:
-        raise ValueError(f"{path}: column 'split' has values {', '.join(bad[:10])}; expected only {', '.join(SPLITS)}")
+        raise ValueError(f"{path}: column {column!r} has values {', '.join(bad[:10])}; expected only {', '.join(SPLITS)}")
     return values
 
 
