@@ -95,17 +95,26 @@ def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
 def crystal_via_pymatgen(make_structure: Callable, item_id: str, failure: str) -> Crystal:
     """Crystal from a pymatgen Structure built by `make_structure`; SkippedItem("<failure>: ...")
     when pymatgen cannot build it, or for partial occupancy."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
             structure = make_structure()
-    except SkippedItem:
-        raise
-    except Exception as error:  # pymatgen raises many types for bad input
-        raise SkippedItem(item_id, f"{failure}: {_first_line(error)}") from None
+        except SkippedItem:
+            raise
+        except Exception as error:  # pymatgen raises many types for bad input
+            raise SkippedItem(item_id, f"{failure}: {_first_line(error)}{_parse_failure_detail(caught)}") from None
     if not structure.is_ordered:
         raise SkippedItem(item_id, "partial occupancy or disorder")
     return Crystal.from_pymatgen(structure, item_id)
+
+
+def _parse_failure_detail(caught: list[warnings.WarningMessage]) -> str:
+    """Why pymatgen's CifParser dropped a block ("Occupancy 1.05 exceeded tolerance."), which it only warns about."""
+    for warning in caught:
+        lines = str(warning.message).strip().splitlines()
+        if lines and lines[0].startswith("No structure parsed") and len(lines) > 1:
+            return f" ({' '.join(lines[1:])[:200]})"
+    return ""
 
 
 def _first_line(error: Exception) -> str:
