@@ -287,3 +287,8 @@ def test_eval_of_a_copy_of_the_training_data_scores_the_saved_split(write_csv, g
     with caplog.at_level("WARNING"):
         evaluate(compose_config("eval", [f"ckpt={ckpt}", f"data.snapshot={fewer}", "split=test", f"output={tmp_path / 'fewer'}", "device=cpu"]))
     assert "split=test is a fresh random split: it may hold training crystals" in caplog.text
+
+
+def test_predict_into_a_folder_is_refused_before_any_work(tmp_path):
+    with pytest.raises(IsADirectoryError, match=r"output=.* is a folder: give the CSV file to write, e.g. output=.*predictions\.csv"):
+        run_predict(compose_config("predict", [f"ckpt={tmp_path / 'missing.pt'}", f"input={tmp_path}", f"output={tmp_path}", "device=cpu"]))

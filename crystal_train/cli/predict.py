@@ -56,13 +56,15 @@ def file_ids(files: list[Path]) -> list[str]:
 
 def run_predict(cfg: DictConfig) -> Path:
     """Predict every readable structure; unreadable ones are logged and listed beside the output."""
+    output = Path(cfg.output).expanduser()
+    if output.is_dir():
+        raise IsADirectoryError(f"output={cfg.output} is a folder: give the CSV file to write, e.g. output={output / 'predictions.csv'}")
     checkpoint, model = load_model(Path(cfg.ckpt).expanduser(), atom_init=cfg.get("atom_init"))
     device = resolve_device(str(cfg.device))
     model.to(device)
     files = structure_files(Path(cfg.input).expanduser())
     items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(files, file_ids(files))]
     store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), model_elements(model))
-    output = Path(cfg.output).expanduser()
     output.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
     report_skipped(store, listed_in=str(skipped_path))
