@@ -143,6 +143,19 @@ def test_split_folder(tmp_path):
         load_source(tmp_path, "formation_energy_per_atom")
 
 
+def test_split_folder_file_whose_split_column_disagrees_with_its_name_is_an_error(tmp_path):
+    for split, ids in {"train": ["mp-1"], "val": ["mp-2"], "test": ["mp-3"]}.items():
+        frame = _frame(ids)
+        frame["split"] = split
+        frame.to_csv(tmp_path / f"{split}.csv", index=False)
+    assert [i.split for i in load_source(tmp_path, "formation_energy_per_atom").items] == ["train", "val", "test"]
+    frame = _frame(["mp-3"])
+    frame["split"] = "train"
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(ValueError, match=r"test\.csv: its name makes every row 'test', but its split column says train"):
+        load_source(tmp_path, "formation_energy_per_atom")
+
+
 def _cgcnn_folder(folder: Path) -> Path:
     folder.mkdir()
     for item_id, structure in _structures().items():

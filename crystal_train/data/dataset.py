@@ -21,8 +21,8 @@ log = logging.getLogger(__name__)
 FEATURES_VERSION = "cgcnn-elements-v1"
 # How sources are read (sources.py, cif.py), part of every graph cache's key: bump it when reading
 # yields other items or reasons, so caches built by the older reader are rebuilt (2: a CIF of
-# several structures is skipped, a split column named in any case, such as "Split", is read, and
-# skip reasons say why pymatgen dropped a CIF block).
+# several structures is skipped, a split column named in any case, such as "Split", is read and
+# must agree with a split folder's file names, and skip reasons say why pymatgen dropped a CIF block).
 READER_VERSION = 2
 
 # Units of the Materials Project (and matbench) targets, used when data.units is null.

@@ -280,7 +280,12 @@ class _ItemBuilder:
         struct_col = _pick_column(frame, path, cif_column, STRUCTURE_COLUMNS, "structure/CIF", "cif_column")
         if target not in frame.columns:
             raise ValueError(f"{path}: target column {target!r} not found; available columns: {_columns(frame)}")
-        splits = _row_splits(frame, path) if split is None else [split] * len(frame)
+        splits = _row_splits(frame, path)
+        if split is not None:  # the file's name says the split; a split column may only agree with it
+            disagree = sorted({str(value) for value in splits if value is not None and value != split})
+            if disagree:
+                raise ValueError(f"{path}: its name makes every row {split!r}, but its split column says {', '.join(disagree)}")
+            splits = [split] * len(frame)
         labels = _parse_labels(frame[target])
         rows = zip(frame[id_col], frame[target], labels, frame[struct_col], splits)
         for index, (item_id, raw, label, payload, row_split) in enumerate(rows):
