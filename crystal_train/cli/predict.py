@@ -75,9 +75,10 @@ def run_predict(cfg: DictConfig) -> Path:
             log.warning("Not predicted: %s (%s)", item_id, reason)
     if len(store) == 0:
         raise ValueError(f"none of the {len(files)} structure file(s) in {cfg.input} could be used; see {skipped_path}")
-    warn_unseen_elements(store, np.arange(len(store)), checkpoint)
+    every_crystal = np.arange(len(store))
+    warn_unseen_elements(store, every_crystal, checkpoint)
     predictions = predict(
-        model, DeviceGraphs(store, device), np.arange(len(store)), Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size),
+        model, DeviceGraphs(store, device), every_crystal, Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size),
         trained_precision(checkpoint),
     )
     artifacts.write_predictions(output, store.ids, predictions)
