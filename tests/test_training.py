@@ -545,6 +545,31 @@ def test_bf16_run_is_scored_in_the_precision_it_was_selected_in(small_cfg, tmp_p
 
 
 @pytest.mark.slow
+def test_weight_average_is_validated_saved_scored_and_resumed(small_cfg, tmp_path):
+    """With trainer.ema_decay the averaged weights are what validation sees, best.pt holds and the scores use;
+    a run stopped and resumed continues the average to the uninterrupted result."""
+    # A decay of 0.9 keeps the early-update ramp ((1 + t) / (10 + t)) in play over 4 epochs of 6 steps.
+    ema = ("trainer.ema_decay=0.9", "trainer.deterministic=true", "trainer.patience=100")
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    best_val = train(small_cfg(*ema, "trainer.max_epochs=4"), straight)
+    train(small_cfg(*ema, "trainer.max_epochs=2"), stopped)
+    train(small_cfg(*ema, "trainer.max_epochs=4"), stopped)
+    _assert_same_history(_history(stopped), _history(straight))
+
+    best = load_checkpoint(straight / "checkpoints" / "best.pt")
+    resumed_best = load_checkpoint(stopped / "checkpoints" / "best.pt")
+    for key, weights in best["model_state"].items():
+        assert torch.equal(weights, resumed_best["model_state"][key]), key
+    trained, averaged = best["training_model_state"]["convs.0.fc_full.weight"], best["model_state"]["convs.0.fc_full.weight"]
+    assert not torch.allclose(trained, averaged)
+
+    metrics = _metrics(straight)
+    assert metrics["val"]["mae"] == pytest.approx(best_val, abs=1e-6)
+    eval_cfg = compose_config("eval", [f"ckpt={straight / 'checkpoints' / 'best.pt'}", f"output={tmp_path / 'eval'}", "device=cpu", "split=all"])
+    assert evaluate(eval_cfg)["val"]["mae"] == pytest.approx(best_val, abs=1e-6)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("progress", [True, False])
 def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, tmp_path, capsys, progress):
     cfg = small_cfg("trainer.max_epochs=1", f"trainer.progress_bar={progress}", f"data.cache_dir={tmp_path / 'cold_cache'}")
@@ -560,6 +585,7 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("trainer.loss=mae", "trainer.loss must be one of mse, l1, huber, not 'mae'"),
         ("trainer.lr_scaling=sqrt-root", "trainer.lr_scaling must be one of none, linear, sqrt, not 'sqrt-root'"),
         ("trainer.precision=16", "trainer.precision must be one of 32, bf16, not '16'"),
+        ("trainer.ema_decay=1", "trainer.ema_decay must be null \\(off\\) or lie strictly between 0 and 1, such as 0.999; not 1"),
     ],
 )
 def test_unknown_trainer_option_is_refused_before_any_data_are_read(setting, message, tmp_path):

@@ -16,6 +16,7 @@ from tqdm import tqdm
 from crystal_train.data.loader import BatchIterator
 from crystal_train.training.checkpoint import save_checkpoint
 from crystal_train.training.distributed import DistributedContext
+from crystal_train.training.ema import WeightAverage
 from crystal_train.training.inference import precision_context
 from crystal_train.training.metrics import Normalizer
 
@@ -71,15 +72,21 @@ class Trainer:
         self.loss_fn = LOSSES[trainer_cfg.get("loss", "mse")]
         self.precision = str(trainer_cfg.get("precision", "32"))
         self.context = context or DistributedContext(device=next(model.parameters()).device)
-        self.train_forward, self.eval_forward = _forwards(model, self.context, bool(trainer_cfg.get("compile", False)))
+        ema_decay = trainer_cfg.get("ema_decay")
+        self.average = WeightAverage(model, float(ema_decay)) if ema_decay is not None else None
+        self.evaluated = self.average.module if self.average is not None else model  # the weights validated and saved
+        self.train_forward, self.eval_forward = _forwards(model, self.evaluated, self.context, bool(trainer_cfg.get("compile", False)))
         self.base_lrs = [group["lr"] for group in optimizer.param_groups]
         self.warmup_steps = int(trainer_cfg.get("warmup_epochs", 0)) * len(train_batches)
 
     # ----- checkpoints ------------------------------------------------------------------
     def checkpoint(self) -> dict:
+        """model_state holds the validated weights (the moving average when trainer.ema_decay is set)."""
+        averaged = {"training_model_state": self.model.state_dict()} if self.average is not None else {}
         return {
             **self.checkpoint_meta,
-            "model_state": self.model.state_dict(),
+            "model_state": self.evaluated.state_dict(),
+            **averaged,
             "optimizer_state": self.optimizer.state_dict(),
             "scheduler_state": self.scheduler.state_dict() if self.scheduler is not None else None,
             "train_state": asdict(self.state),
@@ -93,11 +100,13 @@ class Trainer:
 
     def restore(self, checkpoint: dict) -> None:
         """Continue from a last.pt: model, optimizer, scheduler, early stopping, epoch and RNGs."""
-        self.model.load_state_dict(checkpoint["model_state"])
+        self.model.load_state_dict(checkpoint.get("training_model_state", checkpoint["model_state"]))
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         if self.scheduler is not None and checkpoint.get("scheduler_state") is not None:
             self.scheduler.load_state_dict(checkpoint["scheduler_state"])
         self.state = TrainState(**checkpoint["train_state"])
+        if self.average is not None:
+            self.average.load(checkpoint["model_state"], updates=self.state.epoch * len(self.train_batches))
         rng = checkpoint["rng_state"]
         torch.set_rng_state(rng["torch"])
         random.setstate(_as_tuple(rng["python"]))
@@ -170,6 +179,8 @@ class Trainer:
             if clip:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
             self.optimizer.step()
+            if self.average is not None:
+                self.average.update(self.model)
             loss_sum += loss.detach() * batch.num_graphs
             abs_error_sum += (output.detach() - target).abs().sum() * self.normalizer.std
             count += batch.num_graphs
@@ -192,8 +203,8 @@ class Trainer:
 
     @torch.no_grad()
     def _validate(self) -> float:
-        self.model.eval()
-        self.context.broadcast_buffers(self.model)
+        self.evaluated.eval()
+        self.context.broadcast_buffers(self.evaluated)
         device = next(self.model.parameters()).device
         abs_error_sum = torch.zeros((), device=device, dtype=torch.float64)
         count = 0
@@ -207,14 +218,17 @@ class Trainer:
         return float(totals[0]) / max(float(totals[1]), 1.0)
 
 
-def _forwards(model: torch.nn.Module, context: DistributedContext, compile_model: bool):
-    """(training forward, evaluation forward): DDP-wrapped for training under torchrun, compiled if asked."""
-    eval_forward = torch.compile(model, dynamic=True) if compile_model else model
-    if not context.enabled:
-        return eval_forward, eval_forward
-    device_ids = [context.device.index] if context.device.type == "cuda" else None
-    train_forward = torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
-    return (torch.compile(train_forward, dynamic=True) if compile_model else train_forward), eval_forward
+def _forwards(model: torch.nn.Module, evaluated: torch.nn.Module, context: DistributedContext, compile_model: bool):
+    """(training forward of `model`, evaluation forward of `evaluated`): DDP-wrapped for training under torchrun, compiled if asked."""
+
+    def compiled(module: torch.nn.Module):
+        return torch.compile(module, dynamic=True) if compile_model else module
+
+    eval_forward = compiled(evaluated)
+    if context.enabled:
+        device_ids = [context.device.index] if context.device.type == "cuda" else None
+        return compiled(torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)), eval_forward
+    return (eval_forward if evaluated is model else compiled(model)), eval_forward
 
 
 def _as_tuple(value):

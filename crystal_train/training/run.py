@@ -21,9 +21,10 @@ from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
+from crystal_train.training.ema import checked_decay
 from crystal_train.training.inference import PRECISIONS, predict, resolve_device
-from crystal_train.training.loop import LOSSES, Trainer, seed_everything
 from crystal_train.training.loggers import make_loggers
+from crystal_train.training.loop import LOSSES, Trainer, seed_everything
 from crystal_train.training.lr_scaling import RULES, lr_scale, scale_learning_rate
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.plots import learning_curve_plot, parity_plot
@@ -182,11 +183,13 @@ def _check_batch_size(model: torch.nn.Module, batch_size: int) -> None:
 
 
 def _check_trainer_choices(trainer_cfg: DictConfig) -> None:
-    """Raise, before any data are read, if trainer.loss, lr_scaling or precision names an option that does not exist."""
+    """Raise, before any data are read, if trainer.loss, lr_scaling or precision names an option that does not exist, or ema_decay is out of range."""
     for key, default, options in (("loss", "mse", tuple(LOSSES)), ("lr_scaling", "none", RULES), ("precision", "32", PRECISIONS)):
         value = str(trainer_cfg.get(key, default))
         if value not in options:
             raise ValueError(f"trainer.{key} must be one of {', '.join(options)}, not {value!r}")
+    if trainer_cfg.get("ema_decay") is not None:
+        checked_decay(trainer_cfg.ema_decay)
 
 
 def _check_training_shard(model: torch.nn.Module, store: GraphStore, train: np.ndarray, world_size: int) -> None:
