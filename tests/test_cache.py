@@ -245,3 +245,16 @@ def test_a_new_reader_version_builds_a_new_cache(compose_train_cfg, snapshot, tm
     monkeypatch.setattr(dataset, "READER_VERSION", dataset.READER_VERSION + 1)
     _prepare(cfg)
     assert len(_cache_files(cfg)) == 2
+
+
+def test_a_new_subset_draw_rebuilds_limited_caches_only(compose_train_cfg, snapshot, tmp_path, monkeypatch):
+    """A data.limit subset drawn the older way is not loaded; the full data's cache is kept."""
+    from crystal_train.data import dataset
+
+    full, limited = (compose_train_cfg([f"data.snapshot={snapshot}", *extra], tmp_path) for extra in ([], ["data.limit=3"]))
+    _prepare(full), _prepare(limited)
+    monkeypatch.setattr(dataset, "SUBSET_DRAW_VERSION", dataset.SUBSET_DRAW_VERSION + 1)
+    _prepare(full)
+    assert len(_cache_files(full)) == 2
+    _prepare(limited)
+    assert len(_cache_files(full)) == 3

@@ -95,6 +95,23 @@ def test_source_split_column_is_used(compose_train_cfg, write_csv, good_rows, tm
     assert got == {name: [i for i in wanted if wanted[i] == name] for name in SPLIT_ORDER}
 
 
+@pytest.mark.parametrize("limit", [11, 5, 3])
+def test_limit_gives_exactly_that_many_crystals_in_proportion_to_the_source_splits(limit, compose_train_cfg, write_csv, good_rows, tmp_path):
+    # 8 train, 7 val, 7 test: 11 crystals are 4, 3.5 and 3.5 by proportion, which plain rounding turns into 12.
+    rows = [
+        {**row, "material_id": f"{row['material_id']}-{copy}", "split": split}
+        for copy, split in enumerate(["train"] * 8 + ["val"] * 7 + ["test"] * 7)
+        for row in good_rows[copy % 5: copy % 5 + 1]
+    ]
+    cfg = compose_train_cfg([f"data.snapshot={write_csv(rows)}", f"data.limit={limit}"], tmp_path)
+    data = prepare_data(cfg.data, graph_settings(cfg.graph))
+    sizes = {name: len(data.splits[name]) for name in SPLIT_ORDER}
+    assert sum(sizes.values()) == len(data.store) == limit
+    for name, size in sizes.items():
+        share = limit * {"train": 8, "val": 7, "test": 7}[name] / 22
+        assert abs(size - share) < 1, (name, sizes)
+
+
 def test_split_file_from_previous_run_is_reused_exactly(compose_train_cfg, write_csv, good_rows, tmp_path):
     snapshot = write_csv(good_rows)
     first_cfg = compose_train_cfg([f"data.snapshot={snapshot}", "data.split.fractions=[0.6,0.2,0.2]"], tmp_path)

@@ -24,6 +24,9 @@ FEATURES_VERSION = "cgcnn-elements-v1"
 # several structures is skipped, a split column named in any case, such as "Split", is read and
 # must agree with a split folder's file names, and skip reasons say why pymatgen dropped a CIF block).
 READER_VERSION = 2
+# How a data.limit subset is drawn, part of the key of limited caches only (2: exactly `limit`
+# crystals; plain rounding within each split could give one more or fewer).
+SUBSET_DRAW_VERSION = 2
 
 # Units of the Materials Project (and matbench) targets, used when data.units is null.
 KNOWN_UNITS = {
@@ -84,7 +87,7 @@ def prepare_data(
     key = cache_key(
         source=source.fingerprint, target=source.target, limit=limit, seed=seed if limit is not None else None,  # seed picks the subset only
         graph=settings.key(), features=FEATURES_VERSION if elements == builtin else [FEATURES_VERSION, sorted(elements)],
-        reader=READER_VERSION,
+        reader=READER_VERSION, **({"subset_draw": SUBSET_DRAW_VERSION} if limit is not None else {}),  # full caches keep their keys
     )
 
     def build() -> GraphStore:
@@ -196,14 +199,21 @@ def _identity(item):
 
 
 def _limit(items: Sequence, limit: int | None, seed: int) -> Sequence:
-    """A seeded subset of `limit` items drawn within each source split, so the split is kept."""
+    """A seeded subset of exactly `limit` items, drawn within each source split in proportion to its size."""
     if limit is None or limit >= len(items):
         return items
     rng = np.random.default_rng(seed)
     splits = np.array([str(item.split) for item in items])
+    members_by_split = [np.flatnonzero(splits == name) for name in sorted(set(splits))]
     chosen = []
-    for name in sorted(set(splits)):
-        members = np.flatnonzero(splits == name)
-        take = round(limit * len(members) / len(items))
+    for members, take in zip(members_by_split, _apportion(limit, [len(members) for members in members_by_split])):
         chosen.extend(rng.choice(members, size=take, replace=False).tolist())
     return [items[i] for i in sorted(chosen)]
+
+
+def _apportion(total: int, sizes: list[int]) -> list[int]:
+    """Shares of `total` proportional to `sizes` that add up to it exactly (largest remainders round up)."""
+    quotas = np.array(sizes, dtype=float) * total / sum(sizes)
+    shares = np.floor(quotas).astype(int)
+    shares[np.argsort(shares - quotas, kind="stable")[: total - shares.sum()]] += 1
+    return shares.tolist()
