@@ -221,6 +221,14 @@ def test_resume_allows_a_longer_run_but_not_a_changed_cosine_schedule_or_learnin
     assert str(last) in str(refused.value)
 
 
+def test_resume_allows_a_setting_added_since_only_at_its_null_default(tmp_path):
+    saved = _resolved()
+    del saved["trainer"]["ema_decay"]  # last.pt written before trainer.ema_decay existed
+    check_same_training(saved, _resolved(), tmp_path / "last.pt")
+    with pytest.raises(ResumeConfigError, match=r"trainer\.ema_decay: \(absent\) -> 0\.999"):
+        check_same_training(saved, _resolved("trainer.ema_decay=0.999"), tmp_path / "last.pt")
+
+
 def test_config_changes_names_changed_added_and_removed_keys():
     saved = {"model": {"n_conv": 3, "h": [1, 2]}, "optim": {"lr": 0.1}, "old": 1}
     current = {"model": {"n_conv": 4, "h": [1, 2]}, "optim": {"lr": 0.1, "betas": [0.9, 0.99]}}

@@ -33,8 +33,14 @@ def should_resume(setting, last: Path) -> bool:
 
 
 def check_same_training(saved: dict, current: dict, last: Path) -> None:
-    """Raise ResumeConfigError naming every setting (outside RESUMABLE_CHANGES) that differs from last.pt's."""
-    changes = {key: values for key, values in config_changes(saved, current).items() if not _resumable(key)}
+    """Raise ResumeConfigError naming every setting (outside RESUMABLE_CHANGES) that differs from last.pt's.
+
+    A setting last.pt lacks that is null here was added to crystal-train since, and null keeps it off.
+    """
+    changes = {
+        key: (old, new) for key, (old, new) in config_changes(saved, current).items()
+        if not _resumable(key) and not (old is ABSENT and new is None)
+    }
     if changes:
         listed = "; ".join(f"{key}: {_show(old)} -> {_show(new)}" for key, (old, new) in changes.items())
         raise ResumeConfigError(
