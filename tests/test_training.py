@@ -253,6 +253,34 @@ def test_resume_with_a_changed_model_stops_before_touching_the_run(small_cfg, tm
 
 
 @pytest.mark.slow
+def test_resume_on_data_that_changed_under_the_same_settings_stops_before_touching_the_run(compose_train_cfg, write_csv, good_rows, tmp_path):
+    for row, split in zip(good_rows, ["train", "train", "train", "val", "test"]):
+        row["split"] = split
+    settings = ["model.n_conv=1", "trainer.batch_size=2", "seed=0", f"data.snapshot={write_csv(good_rows)}"]
+    run_dir = tmp_path / "run"
+    train(compose_train_cfg([*settings, "trainer.max_epochs=1"], tmp_path), run_dir)
+    before = {name: (run_dir / name).read_bytes() for name in ("checkpoints/last.pt", "config.yaml", "split.json")}
+    longer = compose_train_cfg([*settings, "trainer.max_epochs=2"], tmp_path)
+
+    good_rows[2]["split"], good_rows[3]["split"] = "val", "train"  # the snapshot edited in place
+    write_csv(good_rows)
+    with pytest.raises(ResumeConfigError, match=r"the train split gained 1 and lost 1 crystal\(s\) \(\+mp-mgo, -mp-cu\); the val split"):
+        train(longer, run_dir)
+    good_rows[2]["split"], good_rows[3]["split"] = "train", "val"
+    good_rows[0]["formation_energy_per_atom"] += 1.0
+    write_csv(good_rows)
+    with pytest.raises(ResumeConfigError, match=r"the training targets changed \(mean -1 -> -0\.666667"):
+        train(longer, run_dir)
+    assert {name: (run_dir / name).read_bytes() for name in before} == before
+    assert not (run_dir / "config.previous-1.yaml").exists()
+
+    good_rows[0]["formation_energy_per_atom"] -= 1.0
+    write_csv(good_rows)
+    train(longer, run_dir)  # the original data again: it continues
+    assert _metrics(run_dir)["epochs"] == 2
+
+
+@pytest.mark.slow
 def test_resume_refuses_a_changed_seed_and_may_raise_the_patience_of_a_stopped_run(small_cfg, tmp_path):
     # min_delta larger than any val MAE: only epoch 1 improves, so patience=1 stops after epoch 2.
     stopping = ("trainer.max_epochs=10", "trainer.min_delta=1000")

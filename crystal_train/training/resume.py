@@ -50,6 +50,33 @@ def check_same_training(saved: dict, current: dict, last: Path) -> None:
         )
 
 
+def check_same_data(saved: dict, split_ids: dict[str, list[str]], normalizer: dict, last: Path) -> None:
+    """Raise ResumeConfigError unless the data read now split into the crystals, and hold the training targets, of last.pt.
+
+    The same settings can read other data: a snapshot edited in place, a new data.cache_dir that
+    downloads a newer Materials Project, a reader that skips other crystals. A random split then
+    reshuffles, and crystals the restored weights trained on would be scored as test.
+    """
+    problems = []
+    for name in sorted(saved["split_ids"].keys() | split_ids.keys()):
+        before, now = set(saved["split_ids"].get(name, [])), set(split_ids.get(name, []))
+        if before != now:
+            added, missing = sorted(now - before), sorted(before - now)
+            examples = ", ".join([*(f"+{i}" for i in added[:2]), *(f"-{i}" for i in missing[:2])])
+            problems.append(f"the {name} split gained {len(added)} and lost {len(missing)} crystal(s) ({examples})")
+    if not problems and saved["normalizer"] != normalizer:
+        problems.append(
+            f"the training targets changed (mean {saved['normalizer']['mean']:.6g} -> {normalizer['mean']:.6g}, "
+            f"std {saved['normalizer']['std']:.6g} -> {normalizer['std']:.6g})"
+        )
+    if problems:
+        raise ResumeConfigError(
+            f"cannot resume {last}: the data read now are not the data it trained on: {'; '.join(problems)}. Training on "
+            "would mix them, and could score crystals it trained on as test. Start a new run: another hydra.run.dir, "
+            "or trainer.resume=false to start over in this directory."
+        )
+
+
 def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
     """{dotted key: (saved value, current value)} for each setting that differs, in key order; a key only one has is ABSENT in the other."""
     flat_saved, flat_current = _flatten(saved), _flatten(current)

@@ -28,7 +28,7 @@ from crystal_train.training.loop import LOSSES, Trainer, seed_everything
 from crystal_train.training.lr_scaling import RULES, lr_scale, scale_learning_rate
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.plots import learning_curve_plot, parity_plot
-from crystal_train.training.resume import check_same_training, keep_old_config, should_resume
+from crystal_train.training.resume import check_same_data, check_same_training, keep_old_config, should_resume
 
 log = logging.getLogger(__name__)
 
@@ -57,10 +57,6 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         cfg.seed = _agreed_seed(_resumed_seed(cfg.get("seed"), saved), context)
     if resume:
         check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last)
-    if context.is_main:
-        if resume:
-            keep_old_config(run_dir)
-        artifacts.write_config(run_dir / "config.yaml", cfg)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
     model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
@@ -70,10 +66,15 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     _check_trainable_splits(data)
     _check_training_shard(model, data.store, data.splits["train"], context.world_size)
     ids_by_split = split_ids(data.store, data.splits)
+    normalizer = Normalizer.fit(data.store.targets[data.splits["train"]], minimum=cfg.data.get("target_min"))
+    if resume:
+        check_same_data(saved, ids_by_split, normalizer.state(), last)
     if context.is_main:
+        if resume:
+            keep_old_config(run_dir)
+        artifacts.write_config(run_dir / "config.yaml", cfg)
         artifacts.write_json(run_dir / "split.json", ids_by_split)
         artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)
-    normalizer = Normalizer.fit(data.store.targets[data.splits["train"]], minimum=cfg.data.get("target_min"))
 
     device = context.device
     graphs = DeviceGraphs(data.store, device, resident=_graphs_on_device(cfg.trainer.get("graphs_on_device", "auto")))
