@@ -357,6 +357,18 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(small_cfg, t
 
 
 @pytest.mark.slow
+def test_nan_validation_stops_training_and_keeps_the_last_good_checkpoint(small_cfg, tmp_path, monkeypatch):
+    validate = loop.Trainer._validate
+    monkeypatch.setattr(loop.Trainer, "_validate", lambda self: math.nan if self.state.epoch >= 1 else validate(self))
+    run_dir = tmp_path / "run"
+    with pytest.raises(loop.NonFiniteLossError, match="non-finite validation MAE in epoch 2") as error:
+        train(small_cfg("trainer.max_epochs=4", "trainer.patience=100"), run_dir)
+    assert str(run_dir / "checkpoints" / "last.pt") in str(error.value)
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["epoch"] == 1
+    assert [int(r["epoch"]) for r in _history(run_dir)] == [1]
+
+
+@pytest.mark.slow
 def test_cli_exits_with_status_2_and_a_message_on_a_diverging_run(tmp_path):
     # With Adam every weight moves by about lr in the first step: lr=1e30 overflows float32.
     command = [

@@ -128,6 +128,11 @@ class Trainer:
             train_loss, train_mae = self._train_epoch()
             val_mae = self._validate()
             epoch = self.state.epoch + 1
+            if not math.isfinite(val_mae):  # no epoch could improve on it, and best.pt would never be written
+                raise NonFiniteLossError(
+                    f"non-finite validation MAE in epoch {epoch} (finite training loss {train_loss:.4g}); stopped, and "
+                    f"{self._kept_checkpoint()}. In trainer.precision=bf16 try 32; otherwise lower optim.lr or set trainer.grad_clip."
+                )
             if self.scheduler is not None and epoch * len(self.train_batches) >= self.warmup_steps:
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                     self.scheduler.step(val_mae)
@@ -188,13 +193,15 @@ class Trainer:
         loss_sum, abs_error_sum, count = totals[0], totals[1], int(totals[2])
         train_loss = float(loss_sum) / max(count, 1)
         if not math.isfinite(train_loss):
-            last = self.checkpoint_dir / "last.pt"
-            kept = f"the last good checkpoint ({last}) is kept" if last.exists() else "no checkpoint had been written yet"
             raise NonFiniteLossError(
-                f"non-finite training loss in epoch {self.state.epoch + 1}; stopped, and {kept}. "
+                f"non-finite training loss in epoch {self.state.epoch + 1}; stopped, and {self._kept_checkpoint()}. "
                 "Lower optim.lr or set trainer.grad_clip."
             )
         return train_loss, float(abs_error_sum) / max(count, 1)
+
+    def _kept_checkpoint(self) -> str:
+        last = self.checkpoint_dir / "last.pt"
+        return f"the last good checkpoint ({last}) is kept" if last.exists() else "no checkpoint had been written yet"
 
     def _set_warmup_lr(self, step: int) -> None:
         """Linear warm-up from base_lr / warmup_steps to base_lr."""
