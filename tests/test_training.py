@@ -24,7 +24,7 @@ from crystal_train.cli.evaluate import evaluate
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.train import torchrun_arguments
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, save_checkpoint
-from crystal_train.training.resume import ABSENT, ResumeConfigError, check_same_training, config_changes
+from crystal_train.training.resume import ABSENT, ResumeConfigError, check_same_lr_scale, check_same_training, config_changes
 from crystal_train.training.run import train
 from crystal_train.training.sweep import SUMMARY_COLUMNS, summarize_sweep
 from config_utils import compose_config
@@ -227,6 +227,16 @@ def test_resume_allows_a_setting_added_since_only_at_its_null_default(tmp_path):
     check_same_training(saved, _resolved(), tmp_path / "last.pt")
     with pytest.raises(ResumeConfigError, match=r"trainer\.ema_decay: \(absent\) -> 0\.999"):
         check_same_training(saved, _resolved("trainer.ema_decay=0.999"), tmp_path / "last.pt")
+
+
+def test_resume_on_another_number_of_ranks_is_refused_only_when_the_lr_was_scaled_to_them(tmp_path):
+    last = tmp_path / "last.pt"
+    linear = OmegaConf.create({"batch_size": 64, "lr_scaling": "linear"})
+    with pytest.raises(ResumeConfigError, match=r"on 1 rank\(s\): it trained on 4, and trainer.lr_scaling=linear .*\(64 × 4 then, 64 × 1 now\)"):
+        check_same_lr_scale(4, 1, linear, last)
+    check_same_lr_scale(4, 4, linear, last)
+    check_same_lr_scale(4, 1, OmegaConf.create({"batch_size": 64, "lr_scaling": "none"}), last)
+    check_same_lr_scale(None, 1, linear, last)  # a checkpoint from before world_size was recorded
 
 
 def test_config_changes_names_changed_added_and_removed_keys():
@@ -472,11 +482,11 @@ def test_sweep_summary_marks_jobs_with_an_error_failed_even_with_old_metrics(tmp
 @pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()), reason="torch.distributed with gloo is unavailable")
 def test_torchrun_two_cpu_ranks_write_one_consistent_run(tmp_path):
     run_dir = tmp_path / "run"
-    command = [
-        TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "crystal_train.train",
-        "data=demo", "data.num_crystals=100", "model.n_conv=1", "trainer.max_epochs=2", *QUIET_CPU, "seed=1",
-        f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}",
+    settings = [
+        "data=demo", "data.num_crystals=100", "model.n_conv=1", *QUIET_CPU, "seed=1", "trainer.lr_scaling=linear",
+        f"data.cache_dir={tmp_path / 'cache'}",
     ]
+    command = [TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "crystal_train.train", *settings, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}"]
     result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400)
     assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
 
@@ -494,6 +504,9 @@ def test_torchrun_two_cpu_ranks_write_one_consistent_run(tmp_path):
     best = history[metrics["best_epoch"] - 1]
     assert float(best["val_mae"]) == pytest.approx(metrics["val"]["mae"], rel=0, abs=1e-7)
     assert metrics["val"]["n"] == len(json.loads((run_dir / "split.json").read_text())["val"])
+    # Its learning rate was scaled to the global batch of two ranks: one process may not continue it.
+    with pytest.raises(ResumeConfigError, match=r"on 1 rank\(s\): it trained on 2"):
+        train(compose_config("train", [*settings, "trainer.max_epochs=3"]), run_dir)
 
 
 # ----- 6. small units -------------------------------------------------------------------------

@@ -50,6 +50,23 @@ def check_same_training(saved: dict, current: dict, last: Path) -> None:
         )
 
 
+def check_same_lr_scale(saved_world_size: int | None, world_size: int, trainer_cfg, last: Path) -> None:
+    """Raise ResumeConfigError if trainer.lr_scaling would scale the learning rate to another global batch than last.pt's.
+
+    The rate scales with the number of ranks, and the optimiser and scheduler states restored from
+    last.pt hold the rates of the old one. Checkpoints that predate the record are not checked.
+    """
+    rule = str(trainer_cfg.get("lr_scaling", "none"))
+    if saved_world_size is None or int(saved_world_size) == world_size or rule == "none":
+        return
+    batch = int(trainer_cfg.batch_size)
+    raise ResumeConfigError(
+        f"cannot resume {last} on {world_size} rank(s): it trained on {saved_world_size}, and trainer.lr_scaling={rule} "
+        f"scales the learning rate to the global batch ({batch} × {saved_world_size} then, {batch} × {world_size} now), "
+        f"which its restored optimiser and scheduler states would ignore. Resume on {saved_world_size} rank(s), or start a new run."
+    )
+
+
 def check_same_data(saved: dict, split_ids: dict[str, list[str]], normalizer: dict, last: Path) -> None:
     """Raise ResumeConfigError unless the data read now split into the crystals, and hold the training targets, of last.pt.
 

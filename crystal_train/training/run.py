@@ -28,7 +28,7 @@ from crystal_train.training.loop import LOSSES, Trainer, seed_everything
 from crystal_train.training.lr_scaling import RULES, lr_scale, scale_learning_rate
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.plots import learning_curve_plot, parity_plot
-from crystal_train.training.resume import check_same_data, check_same_training, keep_old_config, should_resume
+from crystal_train.training.resume import check_same_data, check_same_lr_scale, check_same_training, keep_old_config, should_resume
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         cfg.seed = _agreed_seed(_resumed_seed(cfg.get("seed"), saved), context)
     if resume:
         check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last)
+        check_same_lr_scale(saved.get("world_size"), context.world_size, cfg.trainer, last)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
     model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
@@ -112,6 +113,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             "split_ids": ids_by_split,
             "training_elements": data.store.elements(data.splits["train"]),
             "launch_dir": str(Path.cwd()),  # where a relative data.snapshot is found
+            "world_size": context.world_size,  # the ranks trainer.lr_scaling scaled the learning rate for
         },
         on_epoch_end=lambda state: _log_epoch(run_dir, state, loggers),
         context=context,
