@@ -178,7 +178,7 @@ direct
 
 
 @pytest.mark.parametrize(
-    ("name", "item_id"), [("POSCAR", "POSCAR"), ("CONTCAR_relaxed", "CONTCAR_relaxed"), ("zno.vasp", "zno")]
+    ("name", "item_id"), [("POSCAR", "POSCAR"), ("CONTCAR_relaxed", "CONTCAR_relaxed"), ("zno.vasp", "zno"), ("poscar_zno", "poscar_zno")]
 )
 def test_read_structure_file_vasp(tmp_path, name, item_id):
     path = tmp_path / name
@@ -188,6 +188,22 @@ def test_read_structure_file_vasp(tmp_path, name, item_id):
     assert crystal.numbers.tolist() == [30, 30, 8, 8]
     np.testing.assert_allclose(crystal.lattice, [[3.2, 0, 0], [-1.6, 2.771281, 0], [0, 0, 5.2]])
     np.testing.assert_allclose(crystal.frac_coords[2], [0.333333, 0.666667, 0.38])
+
+
+def test_a_vasp4_poscar_without_element_names_is_skipped_not_read_with_stand_in_elements(tmp_path):
+    path = tmp_path / "POSCAR_zno"
+    path.write_text(POSCAR.replace("Zn O\n2 2", "2 2"))  # pymatgen would call the atoms H and He
+    with pytest.raises(SkippedItem, match=r"POSCAR names no elements \(VASP 4 format"):
+        read_structure_file(path)
+
+
+@pytest.mark.parametrize("formula", ["_chemical_formula_structural   Zn(OH)2", "_chemical_formula_sum   'Zn1 O2 H2'"])
+def test_a_cif_whose_formula_lists_elements_no_site_holds_is_skipped(formula, fallback_calls):
+    text = _p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n  O  O2  1  0.2  0.3  0.4  1\n")
+    text = text.replace("_chemical_formula_structural   ZnO", formula)
+    with pytest.raises(SkippedItem, match=r"the CIF formula lists H but no atom site holds it"):
+        parse_cif(text, "zn-hydroxide")
+    assert fallback_calls == ["zn-hydroxide"]
 
 
 def test_read_structure_file_cif_and_errors(tmp_path):

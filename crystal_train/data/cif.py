@@ -38,6 +38,8 @@ _IGNORED_SCALARS = frozenset(
         "_cell_formula_units_Z",
     }
 )
+_FORMULA_TAGS = ("_chemical_formula_sum", "_chemical_formula_structural")
+_FORMULA_ELEMENT = re.compile(r"[A-Z][a-z]?")
 _SYMOP_LOOP = frozenset({"_symmetry_equiv_pos_site_id", "_symmetry_equiv_pos_as_xyz"})
 _SITE_REQUIRED = ("_atom_site_type_symbol", "_atom_site_label") + tuple(f"_atom_site_fract_{x}" for x in "xyz")
 _SITE_LOOP = frozenset(_SITE_REQUIRED + ("_atom_site_symmetry_multiplicity", "_atom_site_occupancy"))
@@ -60,7 +62,7 @@ def read_structure_file(path: str | Path) -> Crystal:
     without extension (the whole name for POSCAR/CONTCAR)."""
     path = Path(path)
     name = path.name
-    if name.startswith(_STRUCTURE_FILE_PREFIXES):
+    if name.upper().startswith(_STRUCTURE_FILE_PREFIXES):  # crystal-predict lists files case-insensitively
         return _read_with_pymatgen(path, name)
     if path.suffix.lower() == ".vasp":
         return _read_with_pymatgen(path, path.stem)
@@ -103,9 +105,28 @@ def crystal_via_pymatgen(make_structure: Callable, item_id: str, failure: str) -
             raise
         except Exception as error:  # pymatgen raises many types for bad input
             raise SkippedItem(item_id, f"{failure}: {_first_line(error)}{_parse_failure_detail(caught)}") from None
+    misread = _misread_warning(caught)
+    if misread:
+        raise SkippedItem(item_id, misread)
     if not structure.is_ordered:
         raise SkippedItem(item_id, "partial occupancy or disorder")
     return Crystal.from_pymatgen(structure, item_id)
+
+
+def _misread_warning(caught: list[warnings.WarningMessage]) -> str | None:
+    """The reason to skip a structure pymatgen built but warned is wrong: stand-in elements or elements left out."""
+    for warning in caught:
+        message = str(warning.message).strip()
+        if message.startswith("Elements in POSCAR cannot be determined"):
+            return "POSCAR names no elements (VASP 4 format without a POTCAR): add the line of element symbols above the atom counts"
+        missing = re.match(r"Missing elements (.+) from PMG structure composition", message)
+        if missing:
+            return f"the CIF formula lists {missing.group(1)} but no atom site holds it (positions left out, often hydrogen)"
+    return None
+
+
+def _formula_elements(formula: str) -> set[str]:
+    return set(_FORMULA_ELEMENT.findall(formula))
 
 
 def _parse_failure_detail(caught: list[warnings.WarningMessage]) -> str:
@@ -146,6 +167,8 @@ def _parse_p1(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     symbols = sites["_atom_site_type_symbol"]
     if not symbols or any(symbol not in elements or elements[symbol][1] is None for symbol in symbols):
         return None
+    if any(_formula_elements(scalars[tag]) != set(symbols) for tag in _FORMULA_TAGS if tag in scalars):
+        return None  # pymatgen's check names the elements the sites lack
     if any(v != 1.0 for v in _to_floats(sites.get("_atom_site_occupancy", []))):
         return None
     coords = [_to_floats(sites[f"_atom_site_fract_{x}"]) for x in "xyz"]
