@@ -96,3 +96,17 @@ def test_a_limit_below_one_crystal_is_a_clear_error(compose_train_cfg, tmp_path)
     cfg = compose_train_cfg(["data=demo", "data.num_crystals=4", "data.limit=0"], tmp_path)
     with pytest.raises(ValueError, match="data.limit=0: give a positive number of crystals"):
         prepare_data(cfg.data, graph_settings(cfg.graph))
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("graph.max_neighbors=0", r"graph.max_neighbors=0: give at least 1, or null"),
+        ("graph.cutoff=0", r"graph.cutoff=0.0: give a positive distance"),
+        ("graph.cutoff=-8", r"graph.cutoff=-8.0: give a positive distance"),
+    ],
+)
+def test_graph_settings_that_would_keep_no_edges_are_refused(setting, message, compose_train_cfg, tmp_path):
+    cfg = compose_train_cfg(["data=demo", "data.num_crystals=4", setting], tmp_path)
+    with pytest.raises(ValueError, match=message):
+        graph_settings(cfg.graph)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,12 @@ class GraphSettings:
 
     cutoff: float = 8.0
     max_neighbors: int | None = 12
+
+    def __post_init__(self):
+        if not (math.isfinite(self.cutoff) and self.cutoff > 0):
+            raise ValueError(f"graph.cutoff={self.cutoff}: give a positive distance in Å, such as 8.0")
+        if self.max_neighbors is not None and self.max_neighbors < 1:
+            raise ValueError(f"graph.max_neighbors={self.max_neighbors}: give at least 1, or null for every neighbour within the cutoff")
 
     def key(self) -> dict:
         return {"cutoff": float(self.cutoff), "max_neighbors": self.max_neighbors}
