@@ -6,6 +6,8 @@ import gzip
 import json
 import logging
 import stat
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -119,7 +121,8 @@ def test_api_key_is_never_written_or_logged(tmp_path, monkeypatch, caplog):
         mp.resolve_mp_snapshot(QUERY, TARGETS, tmp_path, rester_factory=factory)
     assert factory.made[0].api_key == API_KEY  # taken from the environment
     files = [p for p in tmp_path.rglob("*") if p.is_file()]
-    assert len(files) == 1
+    snapshot = mp.snapshot_path(QUERY, TARGETS, tmp_path)
+    assert sorted(files) == [snapshot, snapshot.with_name(f"{snapshot.name}.lock")]  # the snapshot and its empty download lock
     for file in files:
         content = file.read_bytes()
         content = gzip.decompress(content) if file.name.endswith(".gz") else content
@@ -133,6 +136,26 @@ def test_no_key_and_no_snapshot_says_how_to_fix(tmp_path, monkeypatch):
         mp.resolve_mp_snapshot(QUERY, TARGETS, tmp_path, rester_factory=_refuse)
     message = str(error.value)
     assert "MP_API_KEY" in message and "data.snapshot=PATH" in message and str(tmp_path) in message
+
+
+def test_runs_started_together_download_the_snapshot_once(tmp_path):
+    factory, start, paths = Factory(), threading.Barrier(3), []
+
+    def slow_factory(api_key):
+        time.sleep(0.3)  # a download long enough for the other runs to arrive meanwhile
+        return factory(api_key)
+
+    def run():
+        start.wait()
+        paths.append(mp.resolve_mp_snapshot(QUERY, TARGETS, tmp_path, api_key=API_KEY, rester_factory=slow_factory))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(factory.made) == 1
+    assert len(paths) == 3 and len(set(paths)) == 1 and _read(paths[0])["num_records"] == 3
 
 
 def test_failed_download_leaves_no_file(tmp_path):

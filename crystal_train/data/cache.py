@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
@@ -11,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from crystal_train.atomic_file import atomic_torch_save
+from crystal_train.atomic_file import atomic_torch_save, exclusive_lock
 from crystal_train.data.store import GraphStore
 
 log = logging.getLogger(__name__)
@@ -32,19 +31,13 @@ def load_or_build(cache_dir: Path, key: str, build: Callable[[], GraphStore]) ->
     A file lock makes a second run wait for the first one's build and then load it, so a sweep
     builds each cache once.
     """
-    cache_dir = Path(cache_dir)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    path = cache_dir / f"graphs-{key}.pt"
-    with open(cache_dir / f"graphs-{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if path.exists():
-                store = GraphStore.from_state(torch.load(path, weights_only=True))
-                log.info("Graph cache loaded: %s (%d crystals)", path, len(store))
-                return store
-            store = build()
-            atomic_torch_save(store.state(), path)
-            log.info("Graph cache built: %s (%d crystals)", path, len(store))
+    path = Path(cache_dir) / f"graphs-{key}.pt"
+    with exclusive_lock(path.with_suffix(".lock")):
+        if path.exists():
+            store = GraphStore.from_state(torch.load(path, weights_only=True))
+            log.info("Graph cache loaded: %s (%d crystals)", path, len(store))
             return store
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
+        store = build()
+        atomic_torch_save(store.state(), path)
+        log.info("Graph cache built: %s (%d crystals)", path, len(store))
+        return store

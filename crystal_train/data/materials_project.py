@@ -21,7 +21,7 @@ from datetime import datetime, timezone
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-from crystal_train.atomic_file import atomic_write
+from crystal_train.atomic_file import atomic_write, exclusive_lock
 
 SNAPSHOT_FORMAT = "crystal-train-snapshot"
 SNAPSHOT_VERSION = 1
@@ -71,7 +71,12 @@ def resolve_mp_snapshot(
             f"https://next-gen.materialsproject.org/api>) or train offline from an existing file with "
             f"data.snapshot=PATH."
         )
-    return download_snapshot(query, targets, api_key, cache_dir, rester_factory=rester_factory)
+    # Runs started together (torchrun ranks, a sweep) download once: the others wait, then read it.
+    with exclusive_lock(path.with_name(f"{path.name}.lock")):
+        if path.is_file():
+            log.info("Using Materials Project snapshot %s, downloaded while this run waited", path)
+            return path
+        return download_snapshot(query, targets, api_key, cache_dir, rester_factory=rester_factory)
 
 
 def download_snapshot(
