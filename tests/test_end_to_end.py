@@ -5,18 +5,19 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-
+from config_utils import compose_config
 from conftest import cif_text, good_structures
+
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.cli.predict import run_predict
 from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
 from crystal_train.training.run import train
-from config_utils import compose_config
 
 RUN_FILES = (
     "metrics.json",
@@ -286,7 +287,21 @@ def test_eval_of_a_copy_of_the_training_data_scores_the_saved_split(write_csv, g
     fewer = write_csv([row for row in good_rows if row["material_id"] != saved["train"][0]], name="fewer.csv")
     with caplog.at_level("WARNING"):
         evaluate(compose_config("eval", [f"ckpt={ckpt}", f"data.snapshot={fewer}", "split=test", f"output={tmp_path / 'fewer'}", "device=cpu"]))
-    assert "split=test is a fresh random split: it may hold training crystals" in caplog.text
+    # A fresh random split of the rest: it holds training crystals, counted and named.
+    assert re.search(rf"\d+ of the \d+ crystals scored as test were in the train split of {re.escape(str(ckpt))} \(", caplog.text)
+    with pytest.raises(ValueError, match=r"split_from=checkpoint: .*fewer\.csv does not hold every crystal of the split saved in"):
+        evaluate(compose_config("eval", [f"ckpt={ckpt}", f"data.snapshot={fewer}", "split=test", "split_from=checkpoint", "device=cpu"]))
+
+    # split_from=data scores the source's own split column even when it holds every crystal of the saved split.
+    own = [{**row, "split": split} for row, split in zip(good_rows, ["test", "test", "test", "train", "val"])]
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        report = evaluate(compose_config(
+            "eval", [f"ckpt={ckpt}", f"data.snapshot={write_csv(own, name='own.csv')}", "split=test", "split_from=data", f"output={tmp_path / 'own'}", "device=cpu"],
+        ))
+    assert report["test"]["n"] == 3
+    seen = [item for item in ("mp-nacl", "mp-si", "mp-cu") if item in saved["train"]]
+    assert (f"{len(seen)} of the 3 crystals scored as test were in the train split" in caplog.text) is bool(seen)
 
 
 def test_predict_into_a_folder_is_refused_before_any_work(tmp_path):

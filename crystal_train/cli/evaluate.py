@@ -24,11 +24,15 @@ from crystal_train.training.run import score_splits
 log = logging.getLogger(__name__)
 
 WHOLE_SOURCE = "source"  # the metrics.json entry for every crystal of another source
+SPLIT_FROM = ("auto", "checkpoint", "data")
 
 
 def evaluate(cfg: DictConfig) -> dict:
     """Score the checkpoint; writes metrics.json and predictions_<split>.csv into `output`."""
     checkpoint_path = Path(cfg.ckpt).expanduser()
+    split_from = str(cfg.get("split_from", "auto"))
+    if split_from not in SPLIT_FROM:
+        raise ValueError(f"split_from must be one of {', '.join(SPLIT_FROM)}, not {split_from!r}")
     device = resolve_device(str(cfg.device))
     checkpoint, model = load_model(checkpoint_path, atom_init=cfg.get("atom_init"))
     model.to(device)
@@ -46,14 +50,15 @@ def evaluate(cfg: DictConfig) -> dict:
     saved = checkpoint.get("split_ids")
     if whole_source:
         data.splits = {WHOLE_SOURCE: np.arange(len(data.store))}
-    elif saved and (not other_source or _holds_every_id(data.store, saved)):
+    elif saved and split_from != "data" and (not other_source or _holds_every_id(data.store, saved)):
         data.splits = splits_from_ids(data.store, saved, origin=f"the split saved in {checkpoint_path}")
-    elif saved and not (data.store.split_codes >= 0).any():
-        log.warning(
-            "%s has no split of its own and lacks some of the crystals %s was trained on, so split=%s is a fresh "
-            "random split: it may hold training crystals",
-            cfg.data.snapshot, checkpoint_path, cfg.split,
+    elif split_from == "checkpoint":
+        raise ValueError(
+            f"split_from=checkpoint: {cfg.data.snapshot} does not hold every crystal of the split saved in {checkpoint_path}"
+            if saved else f"split_from=checkpoint: {checkpoint_path} saved no split"
         )
+    if saved:
+        _warn_about_crystals_it_learned_from(data.store, data.splits, names, saved, checkpoint_path)
     out_dir = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_skipped(out_dir / "skipped.csv", data.store.skipped)
@@ -84,6 +89,19 @@ def _find_training_snapshot(data_cfg: DictConfig, launch_dir: str | None, checkp
         f"{checkpoint_path} was trained on {snapshot}, relative to {launch_dir or 'the directory training ran in'}, "
         "and it is not found from here: run crystal-eval there, or give data.snapshot=PATH (with split=test for its test split)"
     )
+
+
+def _warn_about_crystals_it_learned_from(store, splits: dict, names: tuple[str, ...], saved: dict, checkpoint_path: Path) -> None:
+    """Warn, with counts and examples, when a scored split holds crystals the checkpoint trained or was selected on."""
+    for name in names:
+        scored = {store.ids[i] for i in splits[name]}
+        for used in {"train": (), "val": ("train",)}.get(name, ("train", "val")):  # the splits that fitted or selected it
+            seen = sorted(scored.intersection(saved.get(used, [])))
+            if seen:
+                log.warning(
+                    "%d of the %d crystals scored as %s were in the %s split of %s (%s): their score is optimistic",
+                    len(seen), len(scored), name, used, checkpoint_path, ", ".join(seen[:3]) + (", ..." if len(seen) > 3 else ""),
+                )
 
 
 def _holds_every_id(store, saved: dict[str, list[str]]) -> bool:
