@@ -27,7 +27,7 @@ class TensorBoardLogger(EpochLogger):
         except ImportError as error:
             raise ImportError(
                 "logger=tensorboard needs the tensorboard package: pip install tensorboard "
-                "(or install crystal-train with the `tensorboard` extra: pip install 'crystal-train[tensorboard]')"
+                "(or install crystal-train with the `tensorboard` extra: pip install '.[tensorboard]' from the checkout)"
             ) from error
         self.log_dir = Path(log_dir)
         self.writer = SummaryWriter(log_dir=str(self.log_dir))
