@@ -26,13 +26,26 @@ def test_average_follows_the_decay_with_its_early_ramp():
     for step, value in enumerate([3.0, 7.0, -2.0, 5.0]):
         _set_weights(model, value)
         average.update(model)
-        decay = min(0.5, (1 + step) / (10 + step))  # 0.1, 0.18.., 0.25, 0.3.. then capped at 0.5
+        decay = min(0.5, (1 + step) / (10 + step))  # 0.1, 0.18.., 0.25, 0.3..: all on the ramp
         expected = decay * expected + (1 - decay) * value
     weight = average.module[0].weight
     assert torch.allclose(weight, torch.full_like(weight, expected))
     assert average.module[1].running_var[0].item() == pytest.approx(expected)
     assert average.module[1].num_batches_tracked.item() == 5  # integer buffers are copied, not averaged
     assert average.updates == 4
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.8])
+def test_after_the_ramp_the_average_moves_by_one_minus_the_decay(decay):
+    model = _model()
+    average = WeightAverage(model, decay=decay)
+    _set_weights(model, 0.0)
+    for _ in range(60):  # the ramp (1 + t) / (10 + t) passes 0.8 at t = 36
+        average.update(model)
+    before = average.module[0].weight[0, 0].item()
+    _set_weights(model, 1.0)
+    average.update(model)
+    assert average.module[0].weight[0, 0].item() == pytest.approx(decay * before + (1 - decay) * 1.0)
 
 
 def test_average_is_a_separate_frozen_copy():

@@ -169,18 +169,31 @@ def test_fewer_neighbours_than_max_keeps_all():
     assert edges_of(every) == edges_of(capped)
 
 
-def test_ties_resolved_deterministically():
-    # bcc: 8 neighbours at a*sqrt(3)/2, then 6 at a, so k=12 must choose 4 of 6 tied ones
-    crystal = Crystal("bcc", np.eye(3) * 2.87 * 2, np.full(16, 26), np.array(
+def test_ties_at_the_neighbour_cap_are_broken_by_element_then_index_and_image():
+    # bcc: 8 neighbours at a*sqrt(3)/2, then 6 at a, so k=12 must choose 4 of the 6 tied ones.
+    lattice = np.eye(3) * 2.87 * 2
+    frac = np.array(
         [[x, y, z] for x in (0, 0.5) for y in (0, 0.5) for z in (0, 0.5)]
         + [[x + 0.25, y + 0.25, z + 0.25] for x in (0, 0.5) for y in (0, 0.5) for z in (0, 0.5)]
-    ))
+    )
+    numbers = np.full(16, 26)
+    numbers[1], numbers[4] = 28, 27  # atom 0's tied second shell: atom 1 Ni, atom 2 Fe, atom 4 Co, two images each
     settings = GraphSettings(cutoff=6.0, max_neighbors=12)
-    first, second = build_graph(crystal, settings), build_graph(crystal, settings)
-    for name in ("edge_index", "distances", "images"):
-        np.testing.assert_array_equal(getattr(first, name), getattr(second, name))
-    distances = np.sort(first.distances[first.edge_index[1] == 0])
-    assert distances[8:] == pytest.approx([2.87] * 4)
+    graph = build_graph(Crystal("bcc", lattice, numbers, frac), settings)
+    tied = (graph.edge_index[1] == 0) & np.isclose(graph.distances, 2.87)
+    assert graph.edge_index[0][tied].tolist() == [2, 2, 4, 4]  # the lighter elements, Fe and Co, are kept; Ni is cut
+    assert graph.images[tied].tolist() == [[0, -1, 0], [0, 0, 0], [-1, 0, 0], [0, 0, 0]]  # each pair in image order
+
+    # The element decides before the index, so reordering the atoms keeps every (distance, element) neighbourhood.
+    order = np.random.default_rng(0).permutation(16)
+    shuffled = build_graph(Crystal("bcc", lattice, numbers[order], frac[order]), settings)
+
+    def neighbourhood(g, atom_numbers, atom):
+        mask = g.edge_index[1] == atom
+        return sorted(zip(np.round(g.distances[mask], 6).tolist(), atom_numbers[g.edge_index[0][mask]].tolist()))
+
+    for new, old in enumerate(order):
+        assert neighbourhood(shuffled, numbers[order], new) == neighbourhood(graph, numbers, old)
 
 
 def test_permuted_atom_order_keeps_each_centres_neighbour_shells():
