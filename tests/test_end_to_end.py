@@ -10,9 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from config_utils import compose_config
 from conftest import cif_text, good_structures
+from pymatgen.core.operations import SymmOp
 
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.cli.predict import run_predict
@@ -307,3 +309,49 @@ def test_eval_of_a_copy_of_the_training_data_scores_the_saved_split(write_csv, g
 def test_predict_into_a_folder_is_refused_before_any_work(tmp_path):
     with pytest.raises(IsADirectoryError, match=r"output=.* is a folder: give the CSV file to write, e.g. output=.*predictions\.csv"):
         run_predict(compose_config("predict", [f"ckpt={tmp_path / 'missing.pt'}", f"input={tmp_path}", f"output={tmp_path}", "device=cpu"]))
+
+
+@pytest.mark.slow
+def test_schnet_with_its_own_graph_settings_is_rescored_and_predicted_as_trained(write_csv, good_rows, tmp_path):
+    """A SchNet run with a non-default neighbour cap: normaliser and training elements come from the train
+    split only; crystal-eval reproduces its metrics and crystal-predict its test predictions, also for a
+    rotated supercell of the test crystal (both rebuild graphs with the checkpoint's settings)."""
+    splits = {"mp-nacl": "train", "mp-si": "train", "mp-cu": "train", "mp-mgo": "val", "mp-cscl": "test"}
+    for row in good_rows:
+        row["split"] = splits[row["material_id"]]
+    cfg = compose_config("train", [
+        f"data.snapshot={write_csv(good_rows)}", "model=schnet", "graph.max_neighbors=16", "model.hidden_channels=16",
+        "model.num_filters=16", "model.num_interactions=2", "trainer.batch_size=2", "trainer.max_epochs=2", "seed=0",
+        f"data.cache_dir={tmp_path / 'cache'}", "trainer.device=cpu", "trainer.progress_bar=false",
+    ])
+    run_dir = tmp_path / "run"
+    train(cfg, run_dir)
+    checkpoint = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+
+    train_targets = np.array([row["formation_energy_per_atom"] for row in good_rows if row["split"] == "train"])
+    all_targets = np.array([row["formation_energy_per_atom"] for row in good_rows])
+    assert checkpoint["normalizer"]["mean"] == pytest.approx(train_targets.mean()) != pytest.approx(all_targets.mean())
+    assert checkpoint["normalizer"]["std"] == pytest.approx(train_targets.std())
+    test_target = good_rows[4]["formation_energy_per_atom"]
+    assert metrics["baseline_test_mae"] == pytest.approx(abs(test_target - train_targets.mean()))
+    assert checkpoint["training_elements"] == [11, 14, 17, 29]  # Na, Si, Cl, Cu: not val's Mg and O or test's Cs
+
+    report = evaluate(compose_config("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", "split=all", f"output={tmp_path / 'eval'}", "device=cpu"]))
+    for name in ("train", "val", "test"):
+        assert report[name]["mae"] == pytest.approx(metrics[name]["mae"], abs=1e-6), name
+
+    with open(run_dir / "predictions_test.csv", newline="") as handle:
+        (trained,) = [float(row["prediction"]) for row in csv.DictReader(handle)]
+    cscl = good_structures()["mp-cscl"]
+    supercell = cscl.copy()
+    supercell.make_supercell([2, 2, 2])
+    supercell.apply_operation(SymmOp.from_axis_angle_and_translation([1, 2, 3], 37.0))
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    (folder / "cscl.cif").write_text(cif_text(cscl))
+    (folder / "cscl_rotated_supercell.cif").write_text(cif_text(supercell))
+    run_predict(compose_config("predict", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"input={folder}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
+    with open(tmp_path / "p.csv", newline="") as handle:
+        predicted = {row["id"]: float(row["prediction"]) for row in csv.DictReader(handle)}
+    assert predicted == {"cscl": pytest.approx(trained, abs=1e-5), "cscl_rotated_supercell": pytest.approx(trained, abs=1e-5)}
