@@ -97,7 +97,7 @@ def test_gpu_benchmark_script_measures_both_steps_and_keeps_a_training_run_stopp
     scratch.mkdir()
     env = {
         **os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "TMPDIR": str(scratch),
-        "DEVICE": "cpu", "TRAIN_SECONDS": "40", "CACHE_DIR": str(tmp_path / "cache"),
+        "DEVICE": "cpu", "TRAIN_SECONDS": "40", "BUDGET_SECONDS": "100000", "CACHE_DIR": str(tmp_path / "cache"),
         "BENCHMARK_ARGS": "--models cgcnn --precisions 32 --compile off --warmup-batches 1 --batch-size 4 --eval-batch-size 4",
         # Early stopping would end this tiny run well inside the budget; the budget must end it instead.
         "TRAIN_OVERRIDES": "trainer.compile=false trainer.precision=32 trainer.batch_size=4 trainer.patience=100000 "
@@ -114,6 +114,7 @@ def test_gpu_benchmark_script_measures_both_steps_and_keeps_a_training_run_stopp
     (run,) = report["runs"]
     assert run["train_crystals_per_s"] > 0 and run["speedup_vs_baseline"] > 0
     train_log = (out / "train.log").read_text()
+    assert "training for at most 40 s" in train_log  # a budget far larger leaves TRAIN_SECONDS as it is
     assert "training exit status 124 (stopped at the time budget)" in train_log
     epochs = pd.read_csv(out / "history.csv")
     assert len(epochs) >= 1 and epochs["val_mae"].notna().all()
@@ -164,3 +165,16 @@ def test_a_failing_setting_is_reported_and_the_others_are_kept(tmp_path, monkeyp
     assert failed == {"model": "cgcnn", "precision": "bf16", "compile": False, "error": "RuntimeError: CUDA out of memory (simulated)"}
     assert measured["precision"] == "32" and measured["train_crystals_per_s"] > 0
     assert json.loads(capsys.readouterr().out)["runs"] == [failed, measured]
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "message"),
+    [("TRAIN_SECONDS", "0", "TRAIN_SECONDS must be a positive number of seconds, not '0'"),
+     ("BUDGET_SECONDS", "120", "BUDGET_SECONDS must be at least 300"),
+     ("BUDGET_SECONDS", "10m", "BUDGET_SECONDS must be at least 300")],
+)
+def test_gpu_script_refuses_a_time_setting_it_cannot_keep_before_writing_anything(variable, value, message, tmp_path):
+    env = {**os.environ, variable: value}
+    completed = subprocess.run(["bash", str(GPU_SCRIPT), "snapshot.csv", str(tmp_path / "out")], env=env, capture_output=True, text=True)
+    assert completed.returncode == 2 and message in completed.stderr
+    assert not (tmp_path / "out").exists()
