@@ -3,7 +3,11 @@ r"""Measure crystal-train's speed on one snapshot and device, and a PyG DataLoad
 Prints one JSON object: graph-cache build and load times, training throughput (crystals/s over
 a full epoch after a warm-up, with device synchronisation), inference throughput, peak host
 and device memory, for each model × precision × compile setting, plus the same model trained
-from a plain torch_geometric DataLoader over a list of Data objects, and the speed-up ratio.
+from a plain torch_geometric DataLoader over a list of Data objects, and the speed-up ratio. The
+baseline runs the model uncompiled at each row's precision (measured once per model and
+precision). Peak host memory is per setting and per graph build where the kernel can reset it
+(Linux), else null. The defaults measure float32 uncompiled; --precisions 32,bf16 --compile both
+gives the whole matrix.
 It also times batch formation alone (one pass over the training split with no model, batches
 moved to the device): the ceiling that the data path puts on training speed, for both paths.
 A setting that fails (a compile error, out of memory) is listed with its error, the others still
@@ -37,7 +41,7 @@ from crystal_train.data.batch import GraphBatch
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
 from crystal_train.training.artifacts import write_json
-from crystal_train.training.inference import precision_context, resolve_device
+from crystal_train.training.inference import PRECISIONS, precision_context, resolve_device
 from crystal_train.training.metrics import Normalizer
 
 
@@ -65,7 +69,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--output", default=None, help="also write the JSON to this file, rewritten after every measurement so a crash keeps the rest"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    unknown = [p for p in args.precisions.split(",") if p not in PRECISIONS]
+    if unknown:
+        parser.error(f"--precisions: {', '.join(unknown)} not among {', '.join(PRECISIONS)}")
+    return args
 
 
 def compose_cfg(args, model: str, cache_dir: Path):
@@ -84,6 +92,20 @@ def cpu_description() -> str:
         names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
         name = names[0] if names else name
     return f"cpu ({name}, {torch.get_num_threads()} threads)"
+
+
+def reset_peak_host_memory() -> bool:
+    """Start a new peak of resident memory (Linux's /proc/self/clear_refs); False where that is not possible."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return True
+
+
+def peak_host_memory_gib(since_reset: bool) -> float | None:
+    """The process's peak resident memory since the last reset, in GiB (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20 if since_reset else None
 
 
 def synchronize(device: torch.device) -> None:
@@ -133,6 +155,14 @@ def inference_epoch(model, batches, device, precision: str, max_batches: int | N
     return timed_pass(batches, device, max_batches, inference_step)
 
 
+class Baseline:
+    """The PyG DataLoader baseline of one model: its batches, and its training speed at each precision once measured."""
+
+    def __init__(self, batches):
+        self.batches = batches
+        self.train_crystals_per_s: dict[str, float] = {}
+
+
 def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
     """The baseline: a torch_geometric DataLoader over one Data object per crystal."""
     data_list = []
@@ -168,14 +198,15 @@ def measure_batching(graphs, train_idx, baseline, args, device) -> dict:
     seconds, crystals = timed_pass(ours, device)
     result = {"crystals": crystals, "ours_crystals_per_s": crystals / seconds}
     if baseline is not None:
-        timed_pass(baseline(), device, args.warmup_batches)
-        base_seconds, base_crystals = timed_pass(baseline(), device)
+        timed_pass(baseline.batches(), device, args.warmup_batches)
+        base_seconds, base_crystals = timed_pass(baseline.batches(), device)
         result["baseline_pyg_dataloader_crystals_per_s"] = base_crystals / base_seconds
         result["ratio"] = result["ours_crystals_per_s"] / result["baseline_pyg_dataloader_crystals_per_s"]
     return result
 
 
-def measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline) -> dict:
+def measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline: Baseline | None) -> dict:
+    host_reset = reset_peak_host_memory()
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model).to(device)
     forward = torch.compile(model, dynamic=True) if compiled else model
@@ -201,11 +232,14 @@ def measure(cfg, model_name, data, args, device, precision: str, compiled: bool,
         "inference_crystals_per_s": infer_crystals / infer_seconds,
         "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
-    if baseline is not None and not compiled and precision == "32":
-        train_epoch(model, optimizer, baseline(), normalizer, device, precision, warmup)
-        base_seconds, base_crystals = train_epoch(model, optimizer, baseline(), normalizer, device, precision)
-        result["baseline_pyg_dataloader_crystals_per_s"] = base_crystals / base_seconds
+    if baseline is not None:
+        if precision not in baseline.train_crystals_per_s:  # the same model, uncompiled, at this precision
+            train_epoch(model, optimizer, baseline.batches(), normalizer, device, precision, warmup)
+            base_seconds, base_crystals = train_epoch(model, optimizer, baseline.batches(), normalizer, device, precision)
+            baseline.train_crystals_per_s[precision] = base_crystals / base_seconds
+        result["baseline_pyg_dataloader_crystals_per_s"] = baseline.train_crystals_per_s[precision]
         result["speedup_vs_baseline"] = result["train_crystals_per_s"] / result["baseline_pyg_dataloader_crystals_per_s"]
+    result["peak_host_memory_gib"] = peak_host_memory_gib(host_reset)
     return result
 
 
@@ -228,9 +262,11 @@ def main(argv: list[str] | None = None) -> None:
         for model_name in args.models.split(","):
             cfg = compose_cfg(args, model_name, cache_dir)
             settings = graph_settings(cfg.graph)
+            host_reset = reset_peak_host_memory()
             start = time.perf_counter()
             data = prepare_data(cfg.data, settings, num_workers=args.workers)
             build_seconds = time.perf_counter() - start
+            build_peak = peak_host_memory_gib(host_reset)
             start = time.perf_counter()
             data = prepare_data(cfg.data, settings, num_workers=args.workers)
             load_seconds = time.perf_counter() - start
@@ -239,17 +275,17 @@ def main(argv: list[str] | None = None) -> None:
                 "crystals": len(data.store),
                 "edges": int(data.store.edge_ptr[-1]),
                 "first_prepare_s": build_seconds,
+                "first_prepare_peak_host_memory_gib": build_peak,
                 "cached_prepare_s": load_seconds,
             }
             graphs = DeviceGraphs(data.store, device)
             train_idx = data.splits["train"]
-            baseline = None if args.no_baseline else pyg_batches(data.store, train_idx, args.batch_size, device, shuffle=True)
+            baseline = None if args.no_baseline else Baseline(pyg_batches(data.store, train_idx, args.batch_size, device, shuffle=True))
             report["graphs"][model_name]["resident_on_device"] = graphs.resident
             report["graphs"][model_name]["batching"] = measure_batching(graphs, train_idx, baseline, args, device)
             for precision in args.precisions.split(","):
                 for compiled in compile_settings:
                     report["runs"].append(guarded_measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline))
-                    report["peak_host_memory_gib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
                     if args.output:
                         write_json(Path(args.output), report)
     print(json.dumps(report, indent=2))

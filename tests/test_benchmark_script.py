@@ -22,7 +22,7 @@ GPU_SCRIPT = SCRIPT.with_name("gpu_benchmarks.sh")
 @pytest.mark.slow
 def test_benchmark_reports_throughput_memory_and_baseline_ratio(tmp_path):
     completed = subprocess.run(
-        [sys.executable, str(SCRIPT), "--limit", "120", "--models", "cgcnn", "--device", "cpu",
+        [sys.executable, str(SCRIPT), "--limit", "120", "--models", "cgcnn", "--device", "cpu", "--precisions", "32,bf16",
          "--warmup-batches", "1", "--batch-size", "16", "--cache-dir", str(tmp_path)],
         capture_output=True, text=True, check=True, cwd=tmp_path,
     )
@@ -39,20 +39,22 @@ def test_benchmark_reports_throughput_memory_and_baseline_ratio(tmp_path):
     assert batching["ours_crystals_per_s"] > 0 and batching["baseline_pyg_dataloader_crystals_per_s"] > 0
     assert batching["ratio"] == pytest.approx(batching["ours_crystals_per_s"] / batching["baseline_pyg_dataloader_crystals_per_s"])
     assert report["warmup_batches"] == 1
-    assert report["peak_host_memory_gib"] > 0
+    assert graphs["first_prepare_peak_host_memory_gib"] > 0
     cpuinfo = Path("/proc/cpuinfo")
     cpu_names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")] if cpuinfo.exists() else []
     assert report["device"].startswith("cpu (") and all(name in report["device"] for name in cpu_names[:1])
 
-    (run,) = report["runs"]
-    assert (run["model"], run["precision"], run["compile"]) == ("cgcnn", "32", False)
-    # The timed epoch covers the whole training split (the demo splits 80/10/10), not the warm-up's one batch.
-    crystals_timed = run["train_crystals_per_s"] * run["train_epoch_s"]
-    assert crystals_timed == pytest.approx(96, abs=1e-6)
-    assert run["inference_crystals_per_s"] > 0
-    assert run["speedup_vs_baseline"] == pytest.approx(
-        run["train_crystals_per_s"] / run["baseline_pyg_dataloader_crystals_per_s"]
-    )
+    # Every setting, bf16 too, is measured beside the baseline at its own precision, with its own peak host memory.
+    assert [(run["model"], run["precision"], run["compile"]) for run in report["runs"]] == [("cgcnn", "32", False), ("cgcnn", "bf16", False)]
+    for run in report["runs"]:
+        # The timed epoch covers the whole training split (the demo splits 80/10/10), not the warm-up's one batch.
+        crystals_timed = run["train_crystals_per_s"] * run["train_epoch_s"]
+        assert crystals_timed == pytest.approx(96, abs=1e-6)
+        assert run["inference_crystals_per_s"] > 0 and run["peak_host_memory_gib"] > 0
+        assert run["speedup_vs_baseline"] == pytest.approx(
+            run["train_crystals_per_s"] / run["baseline_pyg_dataloader_crystals_per_s"]
+        )
+    assert report["runs"][0]["baseline_pyg_dataloader_crystals_per_s"] != report["runs"][1]["baseline_pyg_dataloader_crystals_per_s"]
 
 
 def test_help_documents_every_flag_and_shows_the_example_as_written():
@@ -61,6 +63,8 @@ def test_help_documents_every_flag_and_shows_the_example_as_written():
         assert flag in completed.stdout
     # The example keeps its line continuation, so it can be pasted as shown.
     assert "mp2018_megnet_with_structures.csv.xz \\\n        --limit 2000 --device cpu" in completed.stdout
+    refused = subprocess.run([sys.executable, str(SCRIPT), "--precisions", "32,fp16"], capture_output=True, text=True)
+    assert refused.returncode == 2 and "--precisions: fp16 not among 32, bf16" in refused.stderr
 
 
 def test_graph_benchmark_reports_a_failing_phase_instead_of_waiting_forever(tmp_path):
