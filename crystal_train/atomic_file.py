@@ -59,6 +59,22 @@ def exclusive_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+@contextlib.contextmanager
+def held_or_refused(path: Path, refusal: str) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` while the block runs; RuntimeError(refusal) if another process holds it."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(refusal) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def atomic_torch_save(obj, path: Path) -> None:
     """`torch.save(obj)` to `path` through atomic_write."""
     atomic_write(path, lambda handle: torch.save(obj, handle))

@@ -7,6 +7,7 @@ import json
 import logging
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -20,12 +21,13 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 import crystal_train.training.loop as loop
+from crystal_train.atomic_file import held_or_refused
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.train import torchrun_arguments
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, save_checkpoint
 from crystal_train.training.resume import ABSENT, ResumeConfigError, check_same_lr_scale, check_same_training, config_changes
-from crystal_train.training.run import train
+from crystal_train.training.run import FINAL_RESULTS, RUN_LOCK, train
 from crystal_train.training.sweep import SUMMARY_COLUMNS, summarize_sweep
 from config_utils import compose_config
 
@@ -290,6 +292,30 @@ def test_resume_on_data_that_changed_under_the_same_settings_stops_before_touchi
     assert _metrics(run_dir)["epochs"] == 2
 
 
+def test_a_run_directory_another_training_is_writing_to_is_refused(small_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    with held_or_refused(run_dir / RUN_LOCK, "test holds it"):
+        with pytest.raises(RuntimeError, match=rf"another crystal-train run is writing to {re.escape(str(run_dir))}: give this one another"):
+            train(small_cfg("trainer.max_epochs=1"), run_dir)
+    assert sorted(path.name for path in run_dir.iterdir()) == [RUN_LOCK]
+
+
+@pytest.mark.slow
+def test_a_resumed_run_that_dies_leaves_no_results_of_the_run_before(small_cfg, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    train(small_cfg("trainer.max_epochs=1"), run_dir)
+    assert all((run_dir / name).exists() for name in FINAL_RESULTS)
+
+    def dies(self):
+        raise MemoryError("killed (simulated)")
+
+    monkeypatch.setattr(loop.Trainer, "fit", dies)
+    with pytest.raises(MemoryError):
+        train(small_cfg("trainer.max_epochs=2"), run_dir)
+    assert not any((run_dir / name).exists() for name in FINAL_RESULTS)  # a sweep summary must not read them as this run's
+    assert (run_dir / "checkpoints" / "last.pt").exists()
+
+
 @pytest.mark.slow
 def test_resume_refuses_a_changed_seed_and_may_raise_the_patience_of_a_stopped_run(small_cfg, tmp_path):
     # min_delta larger than any val MAE: only epoch 1 improves, so patience=1 stops after epoch 2.
@@ -462,6 +488,7 @@ def test_sweep_summary_marks_jobs_with_an_error_failed_even_with_old_metrics(tmp
         "0": {".hydra/overrides.yaml": "- optim.lr=0.1\n", "metrics.json": json.dumps(metrics), "error.txt": "ValueError: no\n"},
         "1": {"metrics.json": json.dumps(metrics)},  # hydra.output_subdir=null: no .hydra folder
         "2": {".hydra/overrides.yaml": "- optim.lr=0.3\n"},  # never finished
+        "10": {".hydra/overrides.yaml": "- optim.lr=0.4\n", "metrics.json": json.dumps({"test": metrics["test"]})},  # crystal-eval's, no val
         "notes": {"readme.txt": "not a job"},
     }.items():
         for relative, text in files.items():
@@ -470,8 +497,11 @@ def test_sweep_summary_marks_jobs_with_an_error_failed_even_with_old_metrics(tmp
     path, failed, jobs = summarize_sweep(tmp_path)
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert (failed, jobs) == (2, 3)
-    assert [(Path(row["run_dir"]).name, row["status"], row["val_mae"]) for row in rows] == [("1", "ok", "0.2"), ("0", "failed", ""), ("2", "failed", "")]
+    assert (failed, jobs) == (2, 4)
+    assert [(Path(row["run_dir"]).name, row["status"], row["val_mae"]) for row in rows] == [
+        ("1", "ok", "0.2"), ("0", "failed", ""), ("2", "failed", ""), ("10", "ok", ""),  # job numbers in number order
+    ]
+    assert rows[3]["test_mae"] == "0.3"
     assert rows[1]["overrides"] == "optim.lr=0.1"
 
 

@@ -49,6 +49,7 @@ def main(cfg: DictConfig) -> float:
         log.exception("job failed")
         failure = error
     error_file.write_text(f"{type(failure).__name__}: {failure}\n")
+    del failure  # its traceback holds the failed job's model and tensors; the next job of a sweep needs the memory
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return math.inf
     sys.exit(2)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from crystal_train.atomic_file import remove_unfinished_writes
+from crystal_train.atomic_file import held_or_refused, remove_unfinished_writes
 from crystal_train.data.dataset import PreparedData, graph_settings, prepare_data
 from crystal_train.data.loader import BatchIterator, DeviceGraphs, graph_tensor_bytes
 from crystal_train.data.splits import split_ids
@@ -32,6 +33,11 @@ from crystal_train.training.resume import check_same_data, check_same_lr_scale, 
 
 log = logging.getLogger(__name__)
 
+RUN_LOCK = ".crystal-train.lock"
+# Files a finished run writes at its end: a resumed run removes them, so that until it finishes
+# again none of them describes a model its checkpoints no longer hold.
+FINAL_RESULTS = ("metrics.json", "predictions_test.csv", "parity_test.png", "learning_curve.png")
+
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
     """Train, select on validation, score the selected model on every split; returns best val MAE.
@@ -43,9 +49,20 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
     take_api_key(cfg, run_dir)
     context = setup_distributed(resolve_device(str(cfg.trainer.device)))
     try:
-        return _train(cfg, run_dir, context)
+        with _run_dir_lock(run_dir, context):
+            return _train(cfg, run_dir, context)
     finally:
         shutdown_distributed(context)
+
+
+def _run_dir_lock(run_dir: Path, context: DistributedContext):
+    """Rank 0 holds run_dir's lock for the whole run: two trainings writing one directory would mix their checkpoints."""
+    if not context.is_main:
+        return contextlib.nullcontext()
+    return held_or_refused(
+        run_dir / RUN_LOCK,
+        f"another crystal-train run is writing to {run_dir}: give this one another hydra.run.dir, or wait for it to end",
+    )
 
 
 def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float:
@@ -73,6 +90,8 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     if context.is_main:
         if resume:
             keep_old_config(run_dir)
+            for name in FINAL_RESULTS:
+                (run_dir / name).unlink(missing_ok=True)
         artifacts.write_config(run_dir / "config.yaml", cfg)
         artifacts.write_json(run_dir / "split.json", ids_by_split)
         artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)

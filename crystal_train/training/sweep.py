@@ -29,7 +29,7 @@ def summarize_sweep(sweep_dir: Path) -> tuple[Path, int, int]:
     """
     sweep_dir = Path(sweep_dir)
     rows = []
-    for run_dir in sorted(path for path in sweep_dir.iterdir() if _is_job_dir(path)):
+    for run_dir in sorted((path for path in sweep_dir.iterdir() if _is_job_dir(path)), key=_job_order):
         metrics_path = run_dir / "metrics.json"
         overrides_path = run_dir / ".hydra" / "overrides.yaml"
         overrides = OmegaConf.load(overrides_path) if overrides_path.exists() else []
@@ -41,13 +41,18 @@ def summarize_sweep(sweep_dir: Path) -> tuple[Path, int, int]:
                 best_epoch=metrics.get("best_epoch"),
                 epochs=metrics.get("epochs"),
                 train_seconds=metrics.get("train_seconds"),
-                **{f"{split}_{name}": metrics[split][name] for split in ("val", "test") for name in ("mae", "rmse", "r2")},
+                **{f"{split}_{name}": metrics.get(split, {}).get(name) for split in ("val", "test") for name in ("mae", "rmse", "r2")},
             )
         rows.append(row)
     rows.sort(key=lambda row: float("inf") if row.get("val_mae") is None else row["val_mae"])
     path = sweep_dir / "sweep_summary.csv"
     write_csv(path, SUMMARY_COLUMNS, ([row.get(column, "") for column in SUMMARY_COLUMNS] for row in rows))
     return path, sum(row["status"] == "failed" for row in rows), len(rows)
+
+
+def _job_order(path: Path) -> tuple:
+    """Hydra's numbered job directories in number order (2 before 10), anything else after them by name."""
+    return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
 
 
 def _is_job_dir(path: Path) -> bool:
