@@ -89,3 +89,9 @@ def test_run_directory_files_are_replaced_whole_or_not_at_all(tmp_path, monkeypa
         artifacts.write_json(metrics, {"best_epoch": 2})
     assert {path: path.read_bytes() for path in kept} == kept
     assert unfinished_writes(tmp_path) == []
+
+
+def test_a_file_name_that_is_not_utf8_is_written_escaped_not_a_crash(tmp_path):
+    item_id = b"Ni\x96Al".decode("utf-8", "surrogateescape")  # a cp1252 name, as os.listdir hands it over
+    artifacts.write_predictions(tmp_path / "p.csv", [item_id], [1.5])
+    assert (tmp_path / "p.csv").read_text(encoding="utf-8").splitlines() == ["id,prediction", "Ni\\udc96Al,1.5"]

@@ -135,7 +135,7 @@ def test_eval_and_predict_skip_elements_missing_from_the_checkpoints_own_table(d
 
 
 @pytest.mark.slow
-def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(demo_run, tmp_path):
+def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(demo_run, tmp_path, caplog):
     run_dir, _, _ = demo_run
     ckpt = run_dir / "checkpoints" / "best.pt"
     structures = list(good_structures().values())
@@ -146,14 +146,18 @@ def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(d
     (folder / "si.cif").write_text(cif_text(structures[1]))
     structures[1].to(filename=str(folder / "si.vasp"), fmt="poscar")
     (folder / "broken.cif").write_text("data_broken\n_cell_length_a 3\n")
+    structures[2].to(filename=str(folder / "cu_POSCAR"), fmt="poscar")  # pymatgen's *POSCAR* naming
+    (folder / "notes.txt").write_text("not a structure")
     output = tmp_path / "preds.csv"
     stale = tmp_path / "preds.skipped.csv"
 
-    run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={output}", "device=cpu"]))
+    with caplog.at_level("WARNING"):
+        run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={output}", "device=cpu"]))
     with open(output, newline="") as handle:
         predicted = {row["id"]: float(row["prediction"]) for row in csv.DictReader(handle)}
-    assert sorted(predicted) == ["mp-1.v1", "mp-1.v2", "si.cif", "si.vasp"]  # si.cif and si.vasp would both be "si"
+    assert sorted(predicted) == ["cu_POSCAR", "mp-1.v1", "mp-1.v2", "si.cif", "si.vasp"]  # si.cif and si.vasp would both be "si"
     assert predicted["si.cif"] == pytest.approx(predicted["si.vasp"], abs=1e-5)
+    assert "Ignored 1 file(s) in" in caplog.text and "notes.txt" in caplog.text
     assert "broken" in stale.read_text()
 
     (folder / "broken.cif").unlink()
@@ -164,7 +168,8 @@ def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(d
     bad.mkdir()
     (bad / "broken.cif").write_text("data_broken\n_cell_length_a 3\n")
     with pytest.raises(ValueError, match=r"none of the 1 structure file\(s\) in .*bad could be used"):
-        run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={bad}", f"output={tmp_path / 'none.csv'}", "device=cpu"]))
+        run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={bad}", f"output={output}", "device=cpu"]))
+    assert not output.exists() and "broken" in stale.read_text()  # no earlier predictions beside this input's skip list
 
 
 @pytest.mark.slow

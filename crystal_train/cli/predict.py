@@ -26,16 +26,23 @@ from crystal_train.training.metrics import Normalizer
 
 log = logging.getLogger(__name__)
 
-STRUCTURE_PATTERNS = ("*.cif", "*.vasp", "POSCAR*", "CONTCAR*")  # matched case-insensitively
+STRUCTURE_PATTERNS = ("*.cif", "*.vasp", "*POSCAR*", "*CONTCAR*")  # matched case-insensitively, as pymatgen does
 
 
 def structure_files(path: Path) -> list[Path]:
     """The structure files at `path`: the file itself, or the matching files in a folder."""
     if path.is_dir():
         patterns = [pattern.lower() for pattern in STRUCTURE_PATTERNS]
-        files = sorted(f for f in path.iterdir() if f.is_file() and any(fnmatch(f.name.lower(), p) for p in patterns))
+        entries = sorted(path.iterdir())
+        files = [f for f in entries if f.is_file() and any(fnmatch(f.name.lower(), p) for p in patterns)]
         if not files:
             raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_PATTERNS)}) in {path}")
+        ignored = [f.name for f in entries if f not in files and not f.is_dir()]
+        if ignored:
+            log.warning(
+                "Ignored %d file(s) in %s that are not structure files (%s) or cannot be opened: %s",
+                len(ignored), path, ", ".join(STRUCTURE_PATTERNS), ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""),
+            )
         return files
     if not path.exists():
         raise FileNotFoundError(f"input not found: {path}")
@@ -43,8 +50,8 @@ def structure_files(path: Path) -> list[Path]:
 
 
 def file_id(path: Path) -> str:
-    """The file name without its extension (POSCAR/CONTCAR names are kept whole)."""
-    return path.name if path.name.upper().startswith(("POSCAR", "CONTCAR")) else path.stem
+    """The file name without its extension (names holding POSCAR or CONTCAR are kept whole)."""
+    return path.name if any(word in path.name.upper() for word in ("POSCAR", "CONTCAR")) else path.stem
 
 
 def file_ids(files: list[Path]) -> list[str]:
@@ -68,7 +75,8 @@ def run_predict(cfg: DictConfig) -> Path:
     output.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
     report_skipped(store, listed_in=str(skipped_path))
-    skipped_path.unlink(missing_ok=True)  # a list from an earlier run would now be wrong
+    for earlier in (skipped_path, output):  # an earlier run's files would now describe other structures
+        earlier.unlink(missing_ok=True)
     if store.skipped:
         artifacts.write_skipped(skipped_path, store.skipped)
         for item_id, reason in store.skipped:

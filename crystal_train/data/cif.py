@@ -43,7 +43,7 @@ _FORMULA_ELEMENT = re.compile(r"[A-Z][a-z]?")
 _SYMOP_LOOP = frozenset({"_symmetry_equiv_pos_site_id", "_symmetry_equiv_pos_as_xyz"})
 _SITE_REQUIRED = ("_atom_site_type_symbol", "_atom_site_label") + tuple(f"_atom_site_fract_{x}" for x in "xyz")
 _SITE_LOOP = frozenset(_SITE_REQUIRED + ("_atom_site_symmetry_multiplicity", "_atom_site_occupancy"))
-_STRUCTURE_FILE_PREFIXES = ("POSCAR", "CONTCAR")
+_STRUCTURE_FILE_WORDS = ("POSCAR", "CONTCAR")
 
 
 def parse_cif(text: str, item_id: str) -> Crystal:
@@ -58,11 +58,11 @@ def parse_cif(text: str, item_id: str) -> Crystal:
 
 
 def read_structure_file(path: str | Path) -> Crystal:
-    """Read a ``*.cif``, ``*.vasp``, ``POSCAR*`` or ``CONTCAR*`` file; the id is the file name
+    """Read a ``*.cif``, ``*.vasp`` or ``*POSCAR*`` / ``*CONTCAR*`` file; the id is the file name
     without extension (the whole name for POSCAR/CONTCAR)."""
     path = Path(path)
     name = path.name
-    if name.upper().startswith(_STRUCTURE_FILE_PREFIXES):  # crystal-predict lists files case-insensitively
+    if any(word in name.upper() for word in _STRUCTURE_FILE_WORDS):  # as crystal-predict lists them: *POSCAR*, any case
         return _read_with_pymatgen(path, name)
     if path.suffix.lower() == ".vasp":
         return _read_with_pymatgen(path, path.stem)

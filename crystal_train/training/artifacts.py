@@ -53,7 +53,8 @@ def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence]) -> No
 
 
 def _write_text(path: Path, text: str) -> None:
-    atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8")))
+    # backslashreplace: a file name that is not UTF-8 (it reaches Python as surrogates) is written as escapes, not a crash
+    atomic_write(Path(path), lambda handle: handle.write(text.encode("utf-8", errors="backslashreplace")))
 
 
 def _jsonable(value):
