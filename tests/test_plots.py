@@ -173,3 +173,9 @@ def test_learning_curve_empty_history_says_no_data(tmp_path):
 def test_annotation_keeps_three_significant_figures():
     text = parity_annotation({"mae": 0.06, "rmse": 0.1, "r2": 0.9, "n": 3}, "eV")
     assert "MAE = 0.0600 eV" in text and "RMSE = 0.100 eV" in text and "R² = 0.900" in text
+
+
+def test_r2_is_undefined_for_a_single_target_value_not_a_huge_negative_number():
+    assert regression_metrics(np.full(3, 0.1), np.full(3, 0.11))["r2"] is None
+    assert regression_metrics(np.full(100, -0.7), np.full(100, -0.69))["r2"] is None
+    assert regression_metrics(np.array([0.1, 0.2]), np.array([0.1, 0.2]))["r2"] == 1.0

@@ -19,7 +19,7 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict:
     return {
         "mae": float(np.mean(np.abs(errors))),
         "rmse": float(np.sqrt(np.mean(errors**2))),
-        "r2": float(1.0 - np.sum(errors**2) / variance) if variance > 0 else None,
+        "r2": float(1.0 - np.sum(errors**2) / variance) if np.ptp(targets) > 0 else None,  # undefined for one target value
         "n": n,
     }
 
