@@ -246,6 +246,9 @@ def test_checkpoint_records_training_elements_and_predict_warns_outside_them(dem
         run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
     assert "4 of 5 crystals hold elements absent from the model's training split" in caplog.text
     assert "mp-nacl (Na Cl)" in caplog.text and "mp-cu" not in caplog.text
+    with open(tmp_path / "p.csv", newline="") as handle:
+        marked = {row["id"]: row["unseen_elements"] for row in csv.DictReader(handle)}
+    assert marked == {"mp-cscl": "Cl Cs", "mp-cu": "", "mp-mgo": "O Mg", "mp-nacl": "Na Cl", "mp-si": "Si"}
 
 
 def test_eval_finds_a_relative_snapshot_from_another_directory(write_csv, good_rows, tmp_path, monkeypatch):

@@ -84,12 +84,13 @@ def run_predict(cfg: DictConfig) -> Path:
     if len(store) == 0:
         raise ValueError(f"none of the {len(files)} structure file(s) in {cfg.input} could be used; see {skipped_path}")
     every_crystal = np.arange(len(store))
-    warn_unseen_elements(store, every_crystal, checkpoint)
+    unseen = warn_unseen_elements(store, every_crystal, checkpoint)
     predictions = predict(
         model, DeviceGraphs(store, device), every_crystal, Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size),
         trained_precision(checkpoint),
     )
-    artifacts.write_predictions(output, store.ids, predictions)
+    # Checkpoints that record their training elements get an unseen_elements column; others cannot tell.
+    artifacts.write_predictions(output, store.ids, predictions, unseen=unseen if "training_elements" in checkpoint else None)
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
     log.info("Wrote %d predictions of %s%s to %s", len(store), checkpoint.get("target"), units, output)
     return output

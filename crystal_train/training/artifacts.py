@@ -65,9 +65,17 @@ def _jsonable(value):
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
-def write_predictions(path: Path, ids: Sequence[str], predictions: np.ndarray, targets: np.ndarray | None = None) -> None:
-    """CSV of id, target, prediction (or id, prediction when there are no targets)."""
-    if targets is None:
+def write_predictions(
+    path: Path, ids: Sequence[str], predictions: np.ndarray, targets: np.ndarray | None = None, unseen: dict[str, list[str]] | None = None,
+) -> None:
+    """CSV of id, target, prediction (or id, prediction when there are no targets).
+
+    With `unseen` ({id: element symbols the model never trained on}) an unseen_elements column
+    marks the predictions that are extrapolations (space-separated symbols; empty for the others).
+    """
+    if unseen is not None:
+        write_csv(path, ["id", "prediction", "unseen_elements"], ((i, repr(float(p)), " ".join(unseen.get(i, []))) for i, p in zip(ids, predictions)))
+    elif targets is None:
         write_csv(path, ["id", "prediction"], ((i, repr(float(p))) for i, p in zip(ids, predictions)))
     else:
         write_csv(path, ["id", "target", "prediction"], ((i, repr(float(t)), repr(float(p))) for i, t, p in zip(ids, targets, predictions)))
