@@ -47,12 +47,15 @@ def _fsync_directory(directory: Path) -> None:
 
 
 @contextlib.contextmanager
-def exclusive_lock(path: Path) -> Iterator[None]:
-    """Hold an exclusive lock on the file `path` (created if need be), waiting for any other holder, process or thread."""
+def exclusive_lock(path: Path, wait: bool = True) -> Iterator[None]:
+    """Hold an exclusive lock on the file `path` (created if need be), waiting for any other holder, process or thread.
+
+    With wait=False a lock held elsewhere raises BlockingIOError at once.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         try:
             yield
         finally:
@@ -62,17 +65,12 @@ def exclusive_lock(path: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def held_or_refused(path: Path, refusal: str) -> Iterator[None]:
     """Hold an exclusive lock on the file `path` while the block runs; RuntimeError(refusal) if another process holds it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as handle:
+    with contextlib.ExitStack() as stack:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            stack.enter_context(exclusive_lock(path, wait=False))
         except BlockingIOError:
             raise RuntimeError(refusal) from None
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+        yield
 
 
 def atomic_torch_save(obj, path: Path) -> None:
