@@ -25,7 +25,7 @@ def test_average_follows_the_decay_with_its_early_ramp():
     expected = 1.0
     for step, value in enumerate([3.0, 7.0, -2.0, 5.0]):
         _set_weights(model, value)
-        average.update(model)
+        average.update()
         decay = min(0.5, (1 + step) / (10 + step))  # 0.1, 0.18.., 0.25, 0.3..: all on the ramp
         expected = decay * expected + (1 - decay) * value
     weight = average.module[0].weight
@@ -41,10 +41,10 @@ def test_after_the_ramp_the_average_moves_by_one_minus_the_decay(decay):
     average = WeightAverage(model, decay=decay)
     _set_weights(model, 0.0)
     for _ in range(60):  # the ramp (1 + t) / (10 + t) passes 0.8 at t = 36
-        average.update(model)
+        average.update()
     before = average.module[0].weight[0, 0].item()
     _set_weights(model, 1.0)
-    average.update(model)
+    average.update()
     assert average.module[0].weight[0, 0].item() == pytest.approx(decay * before + (1 - decay) * 1.0)
 
 
@@ -63,7 +63,7 @@ def test_load_restores_weights_and_the_update_count():
     saved = {key: torch.full_like(value, 2.0) for key, value in model.state_dict().items()}
     average.load(saved, updates=40)
     _set_weights(model, 0.0)
-    average.update(model)  # step 40 of the ramp: decay 41 / 50
+    average.update()  # step 40 of the ramp: decay 41 / 50
     assert average.module[0].bias[0].item() == pytest.approx(2.0 * 41 / 50)
 
 

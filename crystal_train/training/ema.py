@@ -13,7 +13,8 @@ class WeightAverage:
 
     Update number t (counting from 0) moves the average towards the model by 1 − min(decay, (1 + t) / (10 + t)),
     so early averages are not dominated by the initial weights. Integer buffers (BatchNorm's batch
-    counter) are copied as they are.
+    counter) are copied as they are. The model's tensors are paired with the copy's once, here: they
+    are updated and loaded in place, so the pairs stay valid and a step builds no state dicts.
     """
 
     def __init__(self, model: torch.nn.Module, decay: float):
@@ -21,20 +22,19 @@ class WeightAverage:
         self.module = copy.deepcopy(model).eval()
         self.module.requires_grad_(False)
         self.updates = 0
+        pairs = list(zip(self.module.state_dict().values(), model.state_dict().values()))
+        self._averaged = [mine for mine, _ in pairs if mine.is_floating_point()]
+        self._followed = [theirs for mine, theirs in pairs if mine.is_floating_point()]
+        self._copied = [(mine, theirs) for mine, theirs in pairs if not mine.is_floating_point()]
 
     @torch.no_grad()
-    def update(self, model: torch.nn.Module) -> None:
-        """Move the average one step towards `model`'s current weights."""
+    def update(self) -> None:
+        """Move the average one step towards the model's current weights."""
         step_decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         self.updates += 1
-        averaged, current = [], []
-        for mine, theirs in zip(self.module.state_dict().values(), model.state_dict().values()):
-            if mine.is_floating_point():
-                averaged.append(mine)
-                current.append(theirs)
-            else:
-                mine.copy_(theirs)
-        torch._foreach_lerp_(averaged, current, 1.0 - step_decay)
+        for mine, theirs in self._copied:
+            mine.copy_(theirs)
+        torch._foreach_lerp_(self._averaged, self._followed, 1.0 - step_decay)
 
     def load(self, state: dict, updates: int) -> None:
         """Restore an average saved as a model state dict after `updates` updates."""

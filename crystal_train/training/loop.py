@@ -185,7 +185,7 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), float(clip))
             self.optimizer.step()
             if self.average is not None:
-                self.average.update(self.model)
+                self.average.update()
             loss_sum += loss.detach() * batch.num_graphs
             abs_error_sum += (output.detach() - target).abs().sum() * self.normalizer.std
             count += batch.num_graphs
