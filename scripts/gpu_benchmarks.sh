@@ -55,8 +55,11 @@ cd "$(dirname "$0")/.."
 status=0
 
 benchmark_limit=()
-[[ -n $budget ]] && benchmark_limit=(timeout --signal=INT --kill-after=15 $((budget - SECONDS - 150)))
-echo "== $(date -u +%FT%TZ) benchmark.py on $device${budget:+, for at most $((budget - SECONDS - 150)) s}" | tee "$out/benchmark.log"
+if [[ -n $budget ]]; then
+    benchmark_seconds=$((budget - SECONDS - 150))
+    benchmark_limit=(timeout --signal=INT --kill-after=15 "$benchmark_seconds")
+fi
+echo "== $(date -u +%FT%TZ) benchmark.py on $device${budget:+, for at most $benchmark_seconds s}" | tee "$out/benchmark.log"
 ${benchmark_limit[@]+"${benchmark_limit[@]}"} "$python" scripts/benchmark.py --snapshot "$snapshot" ${limit_args[@]+"${limit_args[@]}"} --device "$device" --models cgcnn,schnet \
     --precisions 32,bf16 --compile both --batch-size 256 --eval-batch-size 1024 --warmup-batches 50 \
     --cache-dir "$cache" --output "$out/benchmark.json" ${BENCHMARK_ARGS:-} >/dev/null 2>>"$out/benchmark.log"
