@@ -1,4 +1,4 @@
-"""Shared fixtures: the real train config composed for quick CPU runs in tmp_path, and small CSV snapshots."""
+"""Shared fixtures: the real train config composed for quick CPU runs in tmp_path, one short demo training, and small CSV snapshots."""
 
 from __future__ import annotations
 
@@ -11,6 +11,23 @@ from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
 from config_utils import compose_config
+from crystal_train.training.run import train
+
+DEMO_OVERRIDES = ["data=demo", "data.num_crystals=120", "model.n_conv=2", "trainer.batch_size=32", "seed=7"]
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One short CGCNN training on the demo data, shared by the tests that eval or predict with it: (run dir, cache, best val MAE)."""
+    root = tmp_path_factory.mktemp("demo_run")
+    cfg = compose_config(
+        "train",
+        [*DEMO_OVERRIDES, f"data.cache_dir={root / 'cache'}", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=3"],
+    )
+    run_dir = root / "run"
+    run_dir.mkdir()
+    best_val = train(cfg, run_dir)
+    return run_dir, root / "cache", best_val
 
 
 @pytest.fixture

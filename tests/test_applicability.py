@@ -40,12 +40,12 @@ def test_crystals_with_elements_outside_training_are_named_with_those_elements()
 def test_warning_names_the_crystals_and_old_checkpoints_are_not_checked(caplog):
     store = _store()
     with caplog.at_level(logging.WARNING):
-        found = warn_unseen_elements(store, np.arange(4), {"training_elements": [13, 29]})
+        found = warn_unseen_elements(store, np.arange(4), [13, 29])
     assert found == {"nacl": ["Na", "Cl"], "si": ["Si"]}
     assert "2 of 4 crystals hold elements absent from the model's training split (Na, Si, Cl)" in caplog.text
     assert "nacl (Na Cl), si (Si)" in caplog.text
 
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        assert warn_unseen_elements(store, np.arange(4), {}) == {}
+        assert warn_unseen_elements(store, np.arange(4), None) == {}
     assert caplog.text == ""

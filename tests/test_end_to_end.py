@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from config_utils import compose_config
-from conftest import cif_text, good_structures
+from conftest import DEMO_OVERRIDES, cif_text, good_structures
 from pymatgen.core.operations import SymmOp
 
 from crystal_train.cli.evaluate import evaluate
@@ -33,23 +33,6 @@ RUN_FILES = (
     "parity_test.png",
     "learning_curve.png",
 )
-DEMO_OVERRIDES = ["data=demo", "data.num_crystals=120", "model.n_conv=2", "trainer.batch_size=32", "seed=7"]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """One short CGCNN training on the demo data, shared by the tests below."""
-    root = tmp_path_factory.mktemp("demo_run")
-    cfg = compose_config(
-        "train",
-        [*DEMO_OVERRIDES, f"data.cache_dir={root / 'cache'}", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=3"],
-    )
-    run_dir = root / "run"
-    run_dir.mkdir()
-    best_val = train(cfg, run_dir)
-    return run_dir, root / "cache", best_val
-
-
 @pytest.mark.slow
 def test_training_writes_every_run_file(demo_run):
     run_dir, _, best_val = demo_run

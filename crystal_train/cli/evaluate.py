@@ -1,4 +1,4 @@
-"""`crystal-eval ckpt=PATH`: re-score a checkpoint on its own data and split (or another source)."""
+"""`crystal-eval ckpt=PATH`: re-score a checkpoint, or the mean of several, on its own data and split (or another source)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from crystal_train.cli import require_settings
 from crystal_train.data.dataset import graph_settings, prepare_data
-from crystal_train.data.features import model_elements
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.splits import SPLIT_ORDER, splits_from_ids
 from crystal_train.training import artifacts
 from crystal_train.training.applicability import warn_unseen_elements
-from crystal_train.training.checkpoint import load_model, trained_precision
+from crystal_train.training.ensemble import Ensemble, checkpoint_paths
 from crystal_train.training.inference import resolve_device
-from crystal_train.training.metrics import Normalizer
+from crystal_train.training.metrics import regression_metrics
 from crystal_train.training.run import score_splits
 
 log = logging.getLogger(__name__)
@@ -28,14 +27,16 @@ SPLIT_FROM = ("auto", "checkpoint", "data")
 
 
 def evaluate(cfg: DictConfig) -> dict:
-    """Score the checkpoint; writes metrics.json and predictions_<split>.csv into `output`."""
-    checkpoint_path = Path(cfg.ckpt).expanduser()
+    """Score the checkpoint (or the mean of several); writes metrics.json and predictions_<split>.csv into `output`."""
+    paths = checkpoint_paths(cfg.ckpt)
     split_from = str(cfg.get("split_from", "auto"))
     if split_from not in SPLIT_FROM:
         raise ValueError(f"split_from must be one of {', '.join(SPLIT_FROM)}, not {split_from!r}")
+    if len(paths) > 1 and not cfg.get("output"):
+        raise ValueError(f"ckpt lists {len(paths)} checkpoints: give output=FOLDER for the ensemble's scores")
     device = resolve_device(str(cfg.device))
-    checkpoint, model = load_model(checkpoint_path, atom_init=cfg.get("atom_init"))
-    model.to(device)
+    ensemble = Ensemble.load(paths, device, atom_init=cfg.get("atom_init"))
+    checkpoint, checkpoint_path = ensemble.checkpoint, paths[0]
     train_cfg = OmegaConf.create(checkpoint["config"])
     other_source = cfg.data.get("snapshot") is not None
     whole_source = other_source and cfg.get("split") is None
@@ -46,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict:
         train_cfg.data.split.file = None
     else:
         _find_training_snapshot(train_cfg.data, checkpoint.get("launch_dir"), checkpoint_path)
-    data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=model_elements(model))
+    data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=ensemble.elements())
     saved = checkpoint.get("split_ids")
     if whole_source:
         data.splits = {WHOLE_SOURCE: np.arange(len(data.store))}
@@ -57,19 +58,30 @@ def evaluate(cfg: DictConfig) -> dict:
             f"split_from=checkpoint: {cfg.data.snapshot} does not hold every crystal of the split saved in {checkpoint_path}"
             if saved else f"split_from=checkpoint: {checkpoint_path} saved no split"
         )
-    if saved:
-        _warn_about_crystals_it_learned_from(data.store, data.splits, names, saved, checkpoint_path)
+    for member in ensemble.members:
+        if member.checkpoint.get("split_ids"):
+            _warn_about_crystals_it_learned_from(data.store, data.splits, names, member.checkpoint["split_ids"], member.path)
     out_dir = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_skipped(out_dir / "skipped.csv", data.store.skipped)
-    warn_unseen_elements(data.store, np.concatenate([data.splits[name] for name in names]), checkpoint)
+    warn_unseen_elements(data.store, np.concatenate([data.splits[name] for name in names]), ensemble.training_elements())
     graphs = DeviceGraphs(data.store, device)
-    normalizer = Normalizer(**checkpoint["normalizer"])
+    members = {name: ensemble.member_predictions(graphs, data.splits[name], int(cfg.batch_size)) for name in names}
+    train_mean = ensemble.members[0].normalizer.mean
     report = score_splits(
-        model, graphs, data, normalizer, int(cfg.batch_size), out_dir, names, prediction_splits=names,
-        precision=trained_precision(checkpoint),
+        {name: stack.mean(axis=0) for name, stack in members.items()}, data, train_mean, out_dir, ensemble.name,
+        prediction_splits=names, spreads={name: stack.std(axis=0) for name, stack in members.items()} if len(paths) > 1 else None,
     )
-    report.update(checkpoint=str(checkpoint_path), best_epoch=checkpoint.get("train_state", {}).get("best_epoch"))
+    if len(paths) > 1:
+        report["members"] = [
+            {"checkpoint": str(member.path)}
+            | {name: regression_metrics(data.store.targets[data.splits[name]], stack[i]) for name, stack in members.items()}
+            for i, member in enumerate(ensemble.members)
+        ]
+    report.update(
+        checkpoint=str(checkpoint_path) if len(paths) == 1 else [str(path) for path in paths],
+        best_epoch=checkpoint.get("train_state", {}).get("best_epoch") if len(paths) == 1 else None,
+    )
     artifacts.write_json(out_dir / "metrics.json", report)
     for name in names:
         log.info("%s: MAE %.6f  RMSE %.6f  R2 %s  n %d", name, report[name]["mae"] or float("nan"), report[name]["rmse"] or float("nan"), report[name]["r2"], report[name]["n"])

@@ -1,4 +1,4 @@
-"""`crystal-predict ckpt=PATH input=FILE_OR_DIR output=preds.csv`: predictions for new structures."""
+"""`crystal-predict ckpt=PATH input=FILE_OR_DIR output=preds.csv`: predictions for new structures (ckpt=[a,b,...]: their mean and spread)."""
 
 from __future__ import annotations
 
@@ -14,15 +14,13 @@ from omegaconf import DictConfig
 
 from crystal_train.cli import require_settings
 from crystal_train.data.dataset import graph_settings, report_skipped
-from crystal_train.data.features import model_elements
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, to_crystal
 from crystal_train.data.store import build_store
 from crystal_train.training import artifacts
 from crystal_train.training.applicability import warn_unseen_elements
-from crystal_train.training.checkpoint import load_model, trained_precision
-from crystal_train.training.inference import predict, resolve_device
-from crystal_train.training.metrics import Normalizer
+from crystal_train.training.ensemble import Ensemble, checkpoint_paths
+from crystal_train.training.inference import resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -66,12 +64,12 @@ def run_predict(cfg: DictConfig) -> Path:
     output = Path(cfg.output).expanduser()
     if output.is_dir():
         raise IsADirectoryError(f"output={cfg.output} is a folder: give the CSV file to write, e.g. output={output / 'predictions.csv'}")
-    checkpoint, model = load_model(Path(cfg.ckpt).expanduser(), atom_init=cfg.get("atom_init"))
     device = resolve_device(str(cfg.device))
-    model.to(device)
+    ensemble = Ensemble.load(checkpoint_paths(cfg.ckpt), device, atom_init=cfg.get("atom_init"))
+    checkpoint = ensemble.checkpoint
     files = structure_files(Path(cfg.input).expanduser())
     items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(files, file_ids(files))]
-    store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), model_elements(model))
+    store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), ensemble.elements())
     output.parent.mkdir(parents=True, exist_ok=True)
     skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
     report_skipped(store, listed_in=str(skipped_path))
@@ -84,15 +82,16 @@ def run_predict(cfg: DictConfig) -> Path:
     if len(store) == 0:
         raise ValueError(f"none of the {len(files)} structure file(s) in {cfg.input} could be used; see {skipped_path}")
     every_crystal = np.arange(len(store))
-    unseen = warn_unseen_elements(store, every_crystal, checkpoint)
-    predictions = predict(
-        model, DeviceGraphs(store, device), every_crystal, Normalizer(**checkpoint["normalizer"]), int(cfg.batch_size),
-        trained_precision(checkpoint),
-    )
+    training_elements = ensemble.training_elements()
+    unseen = warn_unseen_elements(store, every_crystal, training_elements)
+    stack = ensemble.member_predictions(DeviceGraphs(store, device), every_crystal, int(cfg.batch_size))
     # Checkpoints that record their training elements get an unseen_elements column; others cannot tell.
-    artifacts.write_predictions(output, store.ids, predictions, unseen=unseen if "training_elements" in checkpoint else None)
+    artifacts.write_predictions(
+        output, store.ids, stack.mean(axis=0), unseen=unseen if training_elements is not None else None,
+        spread=stack.std(axis=0) if len(stack) > 1 else None,
+    )
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
-    log.info("Wrote %d predictions of %s%s to %s", len(store), checkpoint.get("target"), units, output)
+    log.info("Wrote %d predictions of %s%s by %s to %s", len(store), checkpoint.get("target"), units, ensemble.name, output)
     return output
 
 

@@ -23,12 +23,11 @@ def unseen_elements(store: GraphStore, indices: np.ndarray, training_elements: l
     return unseen
 
 
-def warn_unseen_elements(store: GraphStore, indices: np.ndarray, checkpoint: dict) -> dict[str, list[str]]:
-    """Log a warning naming the crystals with elements absent from the checkpoint's training split.
+def warn_unseen_elements(store: GraphStore, indices: np.ndarray, training_elements: list[int] | None) -> dict[str, list[str]]:
+    """Log a warning naming the crystals with elements absent from the model's training split.
 
-    Checkpoints that do not record their training elements (older ones, imported CGCNN ones) are not checked.
+    None (checkpoints that do not record their training elements: older ones, imported CGCNN ones) checks nothing.
     """
-    training_elements = checkpoint.get("training_elements")
     if training_elements is None:
         return {}
     unseen = unseen_elements(store, indices, training_elements)

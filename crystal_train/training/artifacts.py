@@ -66,19 +66,29 @@ def _jsonable(value):
 
 
 def write_predictions(
-    path: Path, ids: Sequence[str], predictions: np.ndarray, targets: np.ndarray | None = None, unseen: dict[str, list[str]] | None = None,
+    path: Path,
+    ids: Sequence[str],
+    predictions: np.ndarray,
+    targets: np.ndarray | None = None,
+    unseen: dict[str, list[str]] | None = None,
+    spread: np.ndarray | None = None,
 ) -> None:
-    """CSV of id, target, prediction (or id, prediction when there are no targets).
+    """CSV of id, target (when known), prediction.
 
-    With `unseen` ({id: element symbols the model never trained on}) an unseen_elements column
-    marks the predictions that are extrapolations (space-separated symbols; empty for the others).
+    With `spread` (an ensemble's) a member_std column gives the standard deviation of its members'
+    predictions; with `unseen` ({id: element symbols the model never trained on}) an unseen_elements
+    column marks the predictions that are extrapolations (space-separated symbols; empty for the others).
     """
+    header, columns = ["id"], [list(ids)]
+    optional = (("target", targets), ("prediction", predictions), ("member_std", spread))
+    for name, values in optional:
+        if values is not None:
+            header.append(name)
+            columns.append([repr(float(value)) for value in values])
     if unseen is not None:
-        write_csv(path, ["id", "prediction", "unseen_elements"], ((i, repr(float(p)), " ".join(unseen.get(i, []))) for i, p in zip(ids, predictions)))
-    elif targets is None:
-        write_csv(path, ["id", "prediction"], ((i, repr(float(p))) for i, p in zip(ids, predictions)))
-    else:
-        write_csv(path, ["id", "target", "prediction"], ((i, repr(float(t)), repr(float(p))) for i, t, p in zip(ids, targets, predictions)))
+        header.append("unseen_elements")
+        columns.append([" ".join(unseen.get(item_id, [])) for item_id in columns[0]])
+    write_csv(path, header, zip(*columns))
 
 
 def write_skipped(path: Path, skipped: Iterable[tuple[str, str]]) -> None:

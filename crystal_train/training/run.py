@@ -154,10 +154,12 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units, state.best_epoch)
         best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
         model.load_state_dict(best["model_state"])
-        report = score_splits(
-            model, graphs, data, normalizer, int(cfg.trainer.eval_batch_size), run_dir, ("train", "val", "test"),
-            precision=str(cfg.trainer.get("precision", "32")),
-        )
+        precision = str(cfg.trainer.get("precision", "32"))
+        predictions = {
+            name: predict(model, graphs, data.splits[name], normalizer, int(cfg.trainer.eval_batch_size), precision)
+            for name in ("train", "val", "test")
+        }
+        report = score_splits(predictions, data, normalizer.mean, run_dir, type(model).__name__)
         report.update(
             best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed),
             train_seconds=sum(row["seconds"] for row in state.history),  # training and validation, over every resume
@@ -272,30 +274,30 @@ def _agreed_seed(seed, context: DistributedContext) -> int:
 
 
 def score_splits(
-    model: torch.nn.Module,
-    graphs: DeviceGraphs,
+    predictions: dict[str, np.ndarray],
     data: PreparedData,
-    normalizer: Normalizer,
-    batch_size: int,
+    train_mean: float,
     out_dir: Path,
-    splits: tuple[str, ...],
+    model_name: str,
     prediction_splits: tuple[str, ...] = ("test",),
-    precision: str = "32",
+    spreads: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """Metrics for each split (metrics.json schema); writes predictions_<split>.csv and parity plots."""
+    """Metrics for each split's predictions (metrics.json schema); writes predictions_<split>.csv and parity plots.
+
+    `spreads` (an ensemble's) adds each crystal's member_std to the predictions files.
+    """
     results = {}
-    for name in splits:
+    for name, predicted in predictions.items():
         indices = data.splits[name]
-        predictions = predict(model, graphs, indices, normalizer, batch_size, precision)
         targets = data.store.targets[indices]
-        results[name] = (targets, predictions)
+        results[name] = (targets, predicted)
         if name in prediction_splits:
-            artifacts.write_predictions(out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predictions, targets)
-            parity_plot(
-                targets, predictions, out_dir / f"parity_{name}.png", data.target, data.units, split=name,
-                title=f"{type(model).__name__}: {name} split",
+            artifacts.write_predictions(
+                out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predicted, targets,
+                spread=None if spreads is None else spreads[name],
             )
-    return artifacts.metrics_report(results, data.target, data.units, normalizer.mean)
+            parity_plot(targets, predicted, out_dir / f"parity_{name}.png", data.target, data.units, split=name, title=f"{model_name}: {name} split")
+    return artifacts.metrics_report(results, data.target, data.units, train_mean)
 
 
 def _log_epoch(run_dir: Path, state, loggers) -> None:

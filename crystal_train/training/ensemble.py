@@ -1,0 +1,114 @@
+"""Several checkpoints of one target used as one model: the mean of their predictions and their spread.
+
+`crystal-eval` and `crystal-predict` take `ckpt=[a.pt,b.pt,...]`; a single checkpoint is an
+ensemble of one, so both tools have one code path.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import ListConfig
+
+from crystal_train.data.dataset import graph_settings
+from crystal_train.data.features import model_elements
+from crystal_train.data.loader import DeviceGraphs
+from crystal_train.data.graphs import GraphSettings
+from crystal_train.training.checkpoint import load_model, trained_precision
+from crystal_train.training.inference import predict
+from crystal_train.training.metrics import Normalizer
+
+
+def checkpoint_paths(ckpt) -> list[Path]:
+    """The checkpoint(s) a `ckpt=` setting names: one path, or a list `ckpt=[a.pt,b.pt]`."""
+    paths = [Path(str(p)).expanduser() for p in (ckpt if isinstance(ckpt, (list, tuple, ListConfig)) else [ckpt])]
+    if not paths:
+        raise ValueError("ckpt=[]: give at least one checkpoint")
+    repeated = sorted({str(p) for p in paths if paths.count(p) > 1})
+    if repeated:
+        raise ValueError(f"ckpt lists {', '.join(repeated)} more than once: an ensemble's checkpoints must differ")
+    return paths
+
+
+@dataclass
+class Member:
+    """One trained model with what it needs to predict in the target's units."""
+
+    path: Path
+    checkpoint: dict
+    model: torch.nn.Module
+
+    @property
+    def normalizer(self) -> Normalizer:
+        return Normalizer(**self.checkpoint["normalizer"])
+
+    @property
+    def target(self) -> tuple[str | None, str | None]:
+        return self.checkpoint.get("target"), self.checkpoint.get("units")
+
+    @property
+    def settings(self) -> GraphSettings:
+        return graph_settings(self.checkpoint["config"]["graph"])
+
+
+class Ensemble:
+    """Checkpoints of the same target and graph settings, predicting their mean; one checkpoint is the plain model."""
+
+    def __init__(self, members: list[Member]):
+        first = members[0]
+        for member in members[1:]:
+            for what in ("target", "settings"):
+                if getattr(member, what) != getattr(first, what):
+                    raise ValueError(
+                        f"{member.path} has {_describe(what, member)} but {first.path} has {_describe(what, first)}: "
+                        "the checkpoints of an ensemble must share their target and graph settings"
+                    )
+        self.members = members
+
+    @classmethod
+    def load(cls, paths: list[Path], device: torch.device, atom_init: str | None = None) -> Ensemble:
+        """Load each checkpoint (crystal-train's or an original CGCNN one) onto `device`."""
+        members = []
+        for path in paths:
+            checkpoint, model = load_model(path, atom_init=atom_init)
+            members.append(Member(path, checkpoint, model.to(device)))
+        return cls(members)
+
+    @property
+    def checkpoint(self) -> dict:
+        """The first checkpoint: its config, data and split stand for the ensemble's."""
+        return self.members[0].checkpoint
+
+    @property
+    def name(self) -> str:
+        kinds = sorted({type(member.model).__name__ for member in self.members})
+        return kinds[0] if len(self.members) == 1 else f"ensemble of {len(self.members)} ({', '.join(kinds)})"
+
+    def elements(self) -> frozenset[int]:
+        """The elements every member can featurise."""
+        return frozenset.intersection(*(model_elements(member.model) for member in self.members))
+
+    def training_elements(self) -> list[int] | None:
+        """Elements every member's training split held; None when a member does not record them."""
+        recorded = [member.checkpoint.get("training_elements") for member in self.members]
+        if any(elements is None for elements in recorded):
+            return None
+        return sorted(set.intersection(*(set(elements) for elements in recorded)))
+
+    def member_predictions(self, graphs: DeviceGraphs, indices: np.ndarray, batch_size: int) -> np.ndarray:
+        """(members, crystals) predictions in the target's units, each member in the precision it was trained in."""
+        return np.stack([
+            predict(member.model, graphs, indices, member.normalizer, batch_size, trained_precision(member.checkpoint))
+            for member in self.members
+        ])
+
+
+def _describe(what: str, member: Member) -> str:
+    if what == "target":
+        target, units = member.target
+        return f"target {target} ({units})"
+    settings = member.settings
+    return f"graph settings cutoff {settings.cutoff} Å, max_neighbors {settings.max_neighbors}"
