@@ -17,7 +17,7 @@ from conftest import DEMO_OVERRIDES, cif_text, good_structures
 from pymatgen.core.operations import SymmOp
 
 from crystal_train.cli.evaluate import evaluate
-from crystal_train.cli.predict import run_predict
+from crystal_train.cli.predict import file_ids, run_predict
 from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
 from crystal_train.training.run import train
 
@@ -153,6 +153,13 @@ def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(d
     with pytest.raises(ValueError, match=r"none of the 1 structure file\(s\) in .*bad could be used"):
         run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={bad}", f"output={output}", "device=cpu"]))
     assert not output.exists() and "broken" in stale.read_text()  # no earlier predictions beside this input's skip list
+
+
+def test_prediction_ids_stay_unique_when_a_whole_file_name_equals_another_files_id():
+    files = [Path("in") / name for name in ("a.cif", "a.cif.vasp", "a.vasp", "b.cif", "b_POSCAR", "b.cif.cif")]
+    ids = file_ids(files)
+    assert ids == ["a.cif", "a.cif.vasp", "a.vasp", "b", "b_POSCAR", "b.cif"]  # b.cif.cif's id clashes with no other
+    assert len(set(ids)) == len(files)
 
 
 @pytest.mark.slow

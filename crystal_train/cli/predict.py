@@ -53,10 +53,18 @@ def file_id(path: Path) -> str:
 
 
 def file_ids(files: list[Path]) -> list[str]:
-    """Each file's id; files that would share one (a.cif and a.vasp) keep their whole names."""
+    """Each file's id, unique: files that would share one (a.cif and a.vasp) keep their whole names.
+
+    Repeated until no two clash, since a whole name can equal another file's id (a.cif beside a.cif.vasp).
+    """
     ids = [file_id(f) for f in files]
-    shared = {item_id for item_id, count in Counter(ids).items() if count > 1}
-    return [f.name if item_id in shared else item_id for f, item_id in zip(files, ids)]
+    while True:
+        counts = Counter(ids)
+        clashing = [i for i, item_id in enumerate(ids) if counts[item_id] > 1 and item_id != files[i].name]
+        if not clashing:
+            return ids
+        for i in clashing:
+            ids[i] = files[i].name
 
 
 def run_predict(cfg: DictConfig) -> Path:
