@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from config_utils import compose_config
 from conftest import cif_text, good_structures
 
@@ -17,18 +19,26 @@ from crystal_train.cli.predict import run_predict
 from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
 from crystal_train.training.ensemble import checkpoint_paths
 
-SHIFT = 0.1  # eV/atom: the second member predicts the first's values plus this
+
+def _variant(checkpoint: dict, path: Path, **changes) -> Path:
+    save_checkpoint(path, **{**checkpoint, **changes})
+    return path
 
 
 @pytest.fixture
 def two_members(demo_run, tmp_path):
-    """The demo checkpoint and a copy whose normaliser mean is SHIFT higher, so it predicts exactly SHIFT more."""
+    """The demo checkpoint and another model: every weight perturbed, trained (and so predicting) in bf16."""
     run_dir, _, _ = demo_run
     first = run_dir / "checkpoints" / "best.pt"
     checkpoint = load_checkpoint(first)
-    second = tmp_path / "shifted.pt"
-    save_checkpoint(second, **{**checkpoint, "normalizer": {**checkpoint["normalizer"], "mean": checkpoint["normalizer"]["mean"] + SHIFT}})
-    return first, second
+    generator = torch.Generator().manual_seed(3)
+    weights = {
+        key: value + 0.05 * value.abs().mean() * torch.randn(value.shape, generator=generator)
+        if value.is_floating_point() and key != "atom_features" else value
+        for key, value in checkpoint["model_state"].items()
+    }
+    config = {**checkpoint["config"], "trainer": {**checkpoint["config"]["trainer"], "precision": "bf16"}}
+    return first, _variant(checkpoint, tmp_path / "other.pt", model_state=weights, config=config)
 
 
 def _rows(path):
@@ -36,60 +46,66 @@ def _rows(path):
         return list(csv.DictReader(handle))
 
 
+def _cif_folder(tmp_path, names=None) -> Path:
+    folder = tmp_path / "cifs"
+    folder.mkdir()
+    for item_id, structure in good_structures().items():
+        if names is None or item_id in names:
+            (folder / f"{item_id}.cif").write_text(cif_text(structure))
+    return folder
+
+
 @pytest.mark.slow
 def test_eval_of_two_checkpoints_scores_their_mean_and_reports_each(two_members, tmp_path):
     first, second = two_members
-    alone = evaluate(compose_config("eval", [f"ckpt={first}", f"output={tmp_path / 'alone'}", "device=cpu"]))
+    alone = [evaluate(compose_config("eval", [f"ckpt={ckpt}", f"output={tmp_path / ckpt.stem}", "device=cpu"])) for ckpt in two_members]
     both = evaluate(compose_config("eval", [f"ckpt=[{first},{second}]", f"output={tmp_path / 'both'}", "device=cpu"]))
 
-    single = {row["id"]: float(row["prediction"]) for row in _rows(tmp_path / "alone" / "predictions_test.csv")}
-    assert list(_rows(tmp_path / "alone" / "predictions_test.csv")[0]) == ["id", "target", "prediction"]
+    single = [_rows(tmp_path / ckpt.stem / "predictions_test.csv") for ckpt in two_members]
+    assert list(single[0][0]) == ["id", "target", "prediction"]
+    one, two = (np.array([float(row["prediction"]) for row in rows]) for rows in single)
+    assert np.abs(one - two).min() > 1e-4  # really two different models
     rows = _rows(tmp_path / "both" / "predictions_test.csv")
     assert list(rows[0]) == ["id", "target", "prediction", "member_std"]
-    assert [row["id"] for row in rows] == list(single)
-    for row in rows:
-        assert float(row["prediction"]) == pytest.approx(single[row["id"]] + SHIFT / 2, abs=1e-9)
-        assert float(row["member_std"]) == pytest.approx(SHIFT / 2, abs=1e-9)
+    assert [row["id"] for row in rows] == [row["id"] for row in single[0]]
+    np.testing.assert_allclose([float(row["prediction"]) for row in rows], (one + two) / 2, rtol=0, atol=1e-12)
+    np.testing.assert_allclose([float(row["member_std"]) for row in rows], np.abs(one - two) / np.sqrt(2), rtol=1e-9)
 
     targets = np.array([float(row["target"]) for row in rows])
-    mean = np.array([float(row["prediction"]) for row in rows])
-    assert both["test"]["mae"] == pytest.approx(np.mean(np.abs(mean - targets)))
+    assert both["test"]["mae"] == pytest.approx(np.mean(np.abs((one + two) / 2 - targets)))
     assert [member["checkpoint"] for member in both["members"]] == [str(first), str(second)]
-    assert both["members"][0]["test"] == alone["test"]
-    shifted = np.array([single[row["id"]] + SHIFT for row in rows])
-    assert both["members"][1]["test"]["mae"] == pytest.approx(np.mean(np.abs(shifted - targets)))
-    assert both["checkpoint"] == [str(first), str(second)] and "members" not in alone
+    for member, scored_alone in zip(both["members"], alone, strict=True):
+        assert member["test"] == scored_alone["test"] and member["best_epoch"] == scored_alone["best_epoch"] >= 1
+    assert both["checkpoint"] == str(first) and both["best_epoch"] is None and "members" not in alone[0]
     assert json.loads((tmp_path / "both" / "metrics.json").read_text())["test"] == both["test"]
 
 
 @pytest.mark.slow
 def test_predict_with_two_checkpoints_writes_their_mean_and_spread(two_members, tmp_path):
     first, second = two_members
-    folder = tmp_path / "cifs"
-    folder.mkdir()
-    for item_id, structure in good_structures().items():
-        (folder / f"{item_id}.cif").write_text(cif_text(structure))
-    alone = _rows(run_predict(compose_config("predict", [f"ckpt={first}", f"input={folder}", f"output={tmp_path / 'a.csv'}", "device=cpu"])))
+    folder = _cif_folder(tmp_path)
+    alone = [
+        _rows(run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path / ckpt.name}.csv", "device=cpu"])))
+        for ckpt in two_members
+    ]
     both = _rows(run_predict(compose_config("predict", [f"ckpt=[{first},{second}]", f"input={folder}", f"output={tmp_path / 'b.csv'}", "device=cpu"])))
-    assert list(alone[0]) == ["id", "prediction", "unseen_elements"]
+    assert list(alone[0][0]) == ["id", "prediction", "unseen_elements"]
     assert list(both[0]) == ["id", "prediction", "member_std", "unseen_elements"]
-    for one, two in zip(alone, both, strict=True):
-        assert two["id"] == one["id"] and two["unseen_elements"] == one["unseen_elements"]
-        assert float(two["prediction"]) == pytest.approx(float(one["prediction"]) + SHIFT / 2, abs=1e-9)
-        assert float(two["member_std"]) == pytest.approx(SHIFT / 2, abs=1e-9)
+    for row, one, two in zip(both, *alone, strict=True):
+        assert row["id"] == one["id"] == two["id"] and row["unseen_elements"] == one["unseen_elements"]
+        a, b = float(one["prediction"]), float(two["prediction"])
+        assert float(row["prediction"]) == pytest.approx((a + b) / 2, abs=1e-12)
+        assert float(row["member_std"]) == pytest.approx(abs(a - b) / np.sqrt(2), rel=1e-9)
 
 
 @pytest.mark.slow
 def test_unseen_elements_are_those_any_member_never_trained_on(two_members, tmp_path):
-    """A member that trained on copper makes copper crystals no extrapolation for it, but the other never saw Cu."""
+    """One member trained on copper, the other never saw it: copper crystals are extrapolations for the ensemble."""
     first, second = two_members
     checkpoint = load_checkpoint(second)
     assert 29 in checkpoint["training_elements"]
-    no_copper = tmp_path / "no_copper.pt"
-    save_checkpoint(no_copper, **{**checkpoint, "training_elements": [z for z in checkpoint["training_elements"] if z != 29]})
-    folder = tmp_path / "cifs"
-    folder.mkdir()
-    (folder / "cu.cif").write_text(cif_text(good_structures()["mp-cu"]))
+    no_copper = _variant(checkpoint, tmp_path / "no_copper.pt", training_elements=[z for z in checkpoint["training_elements"] if z != 29])
+    folder = _cif_folder(tmp_path, names={"mp-cu"})
     rows = _rows(run_predict(compose_config("predict", [f"ckpt=[{first},{no_copper}]", f"input={folder}", f"output={tmp_path / 'p.csv'}", "device=cpu"])))
     assert rows[0]["unseen_elements"] == "Cu"
     unrecorded = tmp_path / "unrecorded.pt"
@@ -99,26 +115,44 @@ def test_unseen_elements_are_those_any_member_never_trained_on(two_members, tmp_
 
 
 @pytest.mark.slow
+def test_eval_warns_about_crystals_any_member_learned_from(two_members, tmp_path, caplog):
+    first, second = two_members
+    checkpoint = load_checkpoint(second)
+    split = checkpoint["split_ids"]
+    leaked = _variant(checkpoint, tmp_path / "leaked.pt", split_ids={**split, "train": split["train"] + split["test"][:2]})
+    unsplit = tmp_path / "unsplit.pt"
+    save_checkpoint(unsplit, **{key: value for key, value in checkpoint.items() if key != "split_ids"})
+    with caplog.at_level(logging.WARNING):
+        evaluate(compose_config("eval", [f"ckpt=[{first},{second}]", f"output={tmp_path / 'clean'}", "device=cpu"]))
+    assert caplog.text == ""  # two members of one split, whose test split neither saw
+    with caplog.at_level(logging.WARNING):
+        evaluate(compose_config("eval", [f"ckpt=[{first},{second},{leaked},{unsplit}]", f"output={tmp_path / 'e'}", "device=cpu"]))
+    assert f"2 of the {len(split['test'])} crystals scored as test were in the train split of {leaked} (" in caplog.text
+    assert f"{unsplit} saved no split" in caplog.text
+    assert str(first) not in caplog.text
+
+
+@pytest.mark.slow
 def test_checkpoints_of_another_target_or_graph_are_refused_by_name(two_members, tmp_path):
     first, second = two_members
     checkpoint = load_checkpoint(second)
-    gap = tmp_path / "gap.pt"
-    save_checkpoint(gap, **{**checkpoint, "target": "band_gap", "units": "eV"})
+    gap = _variant(checkpoint, tmp_path / "gap.pt", target="band_gap", units="eV")
     with pytest.raises(ValueError, match=re.escape(f"{gap} has target band_gap (eV) but {first} has target formation_energy_per_atom (eV/atom)")):
         evaluate(compose_config("eval", [f"ckpt=[{first},{gap}]", f"output={tmp_path / 'e'}", "device=cpu"]))
     config = checkpoint["config"]
-    wider = tmp_path / "wider.pt"
-    save_checkpoint(wider, **{**checkpoint, "config": {**config, "graph": {**config["graph"], "max_neighbors": 16}}})
-    with pytest.raises(ValueError, match=re.escape(f"{wider} has graph settings cutoff 8.0 Å, max_neighbors 16 but {first} has graph settings cutoff 8.0 Å, max_neighbors 12")):
+    wider = _variant(checkpoint, tmp_path / "wider.pt", config={**config, "graph": {**config["graph"], "max_neighbors": 16}})
+    expected = f"{wider} has graph settings cutoff 8.0 Å, max_neighbors 16 but {first} has graph settings cutoff 8.0 Å, max_neighbors 12"
+    with pytest.raises(ValueError, match=re.escape(expected)):
         run_predict(compose_config("predict", [f"ckpt=[{first},{wider}]", f"input={tmp_path}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
     assert not (tmp_path / "e").exists() and not (tmp_path / "p.csv").exists()
 
 
-def test_ckpt_takes_one_path_or_a_list_of_distinct_ones():
+def test_ckpt_takes_one_path_or_a_list_of_different_files(tmp_path, monkeypatch):
     assert checkpoint_paths("run/best.pt") == [Path("run/best.pt")]
     assert checkpoint_paths(compose_config("eval", ["ckpt=[a.pt,b.pt]"]).ckpt) == [Path("a.pt"), Path("b.pt")]
-    with pytest.raises(ValueError, match="ckpt lists a.pt more than once"):
-        checkpoint_paths(["a.pt", "b.pt", "a.pt"])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match=re.escape(f"ckpt lists a.pt and {tmp_path / 'a.pt'}, the same file")):
+        checkpoint_paths(["a.pt", "b.pt", str(tmp_path / "a.pt")])
     with pytest.raises(ValueError, match=re.escape("ckpt=[]")):
         checkpoint_paths([])
     with pytest.raises(ValueError, match="ckpt lists 2 checkpoints: give output=FOLDER"):

@@ -58,33 +58,32 @@ def evaluate(cfg: DictConfig) -> dict:
             f"split_from=checkpoint: {cfg.data.snapshot} does not hold every crystal of the split saved in {checkpoint_path}"
             if saved else f"split_from=checkpoint: {checkpoint_path} saved no split"
         )
-    for member in ensemble.members:
-        if member.checkpoint.get("split_ids"):
-            _warn_about_crystals_it_learned_from(data.store, data.splits, names, member.checkpoint["split_ids"], member.path)
+    _warn_about_crystals_they_learned_from(data.store, data.splits, names, ensemble)
     out_dir = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_skipped(out_dir / "skipped.csv", data.store.skipped)
     warn_unseen_elements(data.store, np.concatenate([data.splits[name] for name in names]), ensemble.training_elements())
     graphs = DeviceGraphs(data.store, device)
     members = {name: ensemble.member_predictions(graphs, data.splits[name], int(cfg.batch_size)) for name in names}
+    combined = {name: ensemble.combine(stack) for name, stack in members.items()}
     train_mean = ensemble.members[0].normalizer.mean
     report = score_splits(
-        {name: stack.mean(axis=0) for name, stack in members.items()}, data, train_mean, out_dir, ensemble.name,
-        prediction_splits=names, spreads={name: stack.std(axis=0) for name, stack in members.items()} if len(paths) > 1 else None,
+        {name: mean for name, (mean, _) in combined.items()}, data, train_mean, out_dir, ensemble.name, prediction_splits=names,
+        spreads={name: spread for name, (_, spread) in combined.items()},
     )
+    report.update(checkpoint=str(checkpoint_path), best_epoch=_best_epoch(checkpoint) if len(paths) == 1 else None)
     if len(paths) > 1:
         report["members"] = [
-            {"checkpoint": str(member.path)}
+            {"checkpoint": str(member.path), "best_epoch": _best_epoch(member.checkpoint)}
             | {name: regression_metrics(data.store.targets[data.splits[name]], stack[i]) for name, stack in members.items()}
             for i, member in enumerate(ensemble.members)
         ]
-    report.update(
-        checkpoint=str(checkpoint_path) if len(paths) == 1 else [str(path) for path in paths],
-        best_epoch=checkpoint.get("train_state", {}).get("best_epoch") if len(paths) == 1 else None,
-    )
+        for member in report["members"]:
+            log.info("member %s: %s", member["checkpoint"], "  ".join(f"{name} MAE {_number(member[name]['mae'])}" for name in names))
     artifacts.write_json(out_dir / "metrics.json", report)
     for name in names:
-        log.info("%s: MAE %.6f  RMSE %.6f  R2 %s  n %d", name, report[name]["mae"] or float("nan"), report[name]["rmse"] or float("nan"), report[name]["r2"], report[name]["n"])
+        scores = report[name]
+        log.info("%s: MAE %s  RMSE %s  R2 %s  n %d", name, _number(scores["mae"]), _number(scores["rmse"]), scores["r2"], scores["n"])
     log.info("Wrote %s", out_dir / "metrics.json")
     return report
 
@@ -103,17 +102,39 @@ def _find_training_snapshot(data_cfg: DictConfig, launch_dir: str | None, checkp
     )
 
 
-def _warn_about_crystals_it_learned_from(store, splits: dict, names: tuple[str, ...], saved: dict, checkpoint_path: Path) -> None:
-    """Warn, with counts and examples, when a scored split holds crystals the checkpoint trained or was selected on."""
-    for name in names:
-        scored = {store.ids[i] for i in splits[name]}
-        for used in {"train": (), "val": ("train",)}.get(name, ("train", "val")):  # the splits that fitted or selected it
-            seen = sorted(scored.intersection(saved.get(used, [])))
-            if seen:
-                log.warning(
-                    "%d of the %d crystals scored as %s were in the %s split of %s (%s): their score is optimistic",
-                    len(seen), len(scored), name, used, checkpoint_path, ", ".join(seen[:3]) + (", ..." if len(seen) > 3 else ""),
-                )
+def _warn_about_crystals_they_learned_from(store, splits: dict, names: tuple[str, ...], ensemble: Ensemble) -> None:
+    """Warn, with counts and examples, when a scored split holds crystals any checkpoint trained or was selected on."""
+    by_split: list[tuple[dict, list[Path]]] = []  # checkpoints with the same saved split share one warning
+    for member in ensemble.members:
+        saved = member.checkpoint.get("split_ids")
+        if not saved:
+            if len(ensemble.members) > 1:
+                log.warning("%s saved no split: whether it trained on the crystals scored here cannot be checked", member.path)
+            continue
+        group = next((paths for split, paths in by_split if split == saved), None)
+        if group is None:
+            by_split.append((saved, [member.path]))
+        else:
+            group.append(member.path)
+    for saved, paths in by_split:
+        for name in names:
+            scored = {store.ids[i] for i in splits[name]}
+            for used in {"train": (), "val": ("train",)}.get(name, ("train", "val")):  # the splits that fitted or selected it
+                seen = sorted(scored.intersection(saved.get(used, [])))
+                if seen:
+                    log.warning(
+                        "%d of the %d crystals scored as %s were in the %s split of %s (%s): their score is optimistic",
+                        len(seen), len(scored), name, used, " and ".join(map(str, paths)),
+                        ", ".join(seen[:3]) + (", ..." if len(seen) > 3 else ""),
+                    )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.6f}"
+
+
+def _best_epoch(checkpoint: dict) -> int | None:
+    return checkpoint.get("train_state", {}).get("best_epoch")
 
 
 def _holds_every_id(store, saved: dict[str, list[str]]) -> bool:

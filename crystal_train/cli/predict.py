@@ -13,6 +13,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from crystal_train.cli import require_settings
+from crystal_train.data.cif import structure_file_id
 from crystal_train.data.dataset import graph_settings, report_skipped
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, to_crystal
@@ -47,17 +48,12 @@ def structure_files(path: Path) -> list[Path]:
     return [path]
 
 
-def file_id(path: Path) -> str:
-    """The file name without its extension (names holding POSCAR or CONTCAR are kept whole)."""
-    return path.name if any(word in path.name.upper() for word in ("POSCAR", "CONTCAR")) else path.stem
-
-
 def file_ids(files: list[Path]) -> list[str]:
     """Each file's id, unique: files that would share one (a.cif and a.vasp) keep their whole names.
 
     Repeated until no two clash, since a whole name can equal another file's id (a.cif beside a.cif.vasp).
     """
-    ids = [file_id(f) for f in files]
+    ids = [structure_file_id(f) for f in files]
     while True:
         counts = Counter(ids)
         clashing = [i for i, item_id in enumerate(ids) if counts[item_id] > 1 and item_id != files[i].name]
@@ -92,12 +88,9 @@ def run_predict(cfg: DictConfig) -> Path:
     every_crystal = np.arange(len(store))
     training_elements = ensemble.training_elements()
     unseen = warn_unseen_elements(store, every_crystal, training_elements)
-    stack = ensemble.member_predictions(DeviceGraphs(store, device), every_crystal, int(cfg.batch_size))
+    predictions, spread = ensemble.combine(ensemble.member_predictions(DeviceGraphs(store, device), every_crystal, int(cfg.batch_size)))
     # Checkpoints that record their training elements get an unseen_elements column; others cannot tell.
-    artifacts.write_predictions(
-        output, store.ids, stack.mean(axis=0), unseen=unseen if training_elements is not None else None,
-        spread=stack.std(axis=0) if len(stack) > 1 else None,
-    )
+    artifacts.write_predictions(output, store.ids, predictions, unseen=unseen if training_elements is not None else None, spread=spread)
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
     log.info("Wrote %d predictions of %s%s by %s to %s", len(store), checkpoint.get("target"), units, ensemble.name, output)
     return output

@@ -57,22 +57,29 @@ def parse_cif(text: str, item_id: str) -> Crystal:
     return Crystal(id=str(item_id), lattice=lattice, numbers=numbers, frac_coords=frac_coords)
 
 
+def structure_file_id(path: Path) -> str:
+    """A structure file's id: its name without the extension (the whole name for *POSCAR* / *CONTCAR*, any case)."""
+    return path.name if _is_poscar_name(path.name) else path.stem
+
+
+def _is_poscar_name(name: str) -> bool:
+    return any(word in name.upper() for word in _STRUCTURE_FILE_WORDS)  # as crystal-predict lists them: *POSCAR*, any case
+
+
 def read_structure_file(path: str | Path) -> Crystal:
-    """Read a ``*.cif``, ``*.vasp`` or ``*POSCAR*`` / ``*CONTCAR*`` file; the id is the file name
-    without extension (the whole name for POSCAR/CONTCAR)."""
+    """Read a ``*.cif``, ``*.vasp`` or ``*POSCAR*`` / ``*CONTCAR*`` file, with its `structure_file_id`."""
     path = Path(path)
-    name = path.name
-    if any(word in name.upper() for word in _STRUCTURE_FILE_WORDS):  # as crystal-predict lists them: *POSCAR*, any case
-        return _read_with_pymatgen(path, name)
-    if path.suffix.lower() == ".vasp":
-        return _read_with_pymatgen(path, path.stem)
-    if path.suffix.lower() == ".cif":
+    item_id = structure_file_id(path)
+    suffix = path.suffix.lower()
+    if _is_poscar_name(path.name) or suffix == ".vasp":
+        return _read_with_pymatgen(path, item_id)
+    if suffix == ".cif":
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as error:
-            raise SkippedItem(path.stem, f"unreadable file: {_first_line(error)}") from None
-        return parse_cif(text, path.stem)
-    raise SkippedItem(path.stem, f"unsupported file type: {name}")
+            raise SkippedItem(item_id, f"unreadable file: {_first_line(error)}") from None
+        return parse_cif(text, item_id)
+    raise SkippedItem(item_id, f"unsupported file type: {path.name}")
 
 
 def _read_with_pymatgen(path: Path, item_id: str) -> Crystal:

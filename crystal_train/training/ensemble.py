@@ -23,13 +23,15 @@ from crystal_train.training.metrics import Normalizer
 
 
 def checkpoint_paths(ckpt) -> list[Path]:
-    """The checkpoint(s) a `ckpt=` setting names: one path, or a list `ckpt=[a.pt,b.pt]`."""
+    """The checkpoint(s) a `ckpt=` setting names: one path, or a list `ckpt=[a.pt,b.pt]` of different files."""
     paths = [Path(str(p)).expanduser() for p in (ckpt if isinstance(ckpt, (list, tuple, ListConfig)) else [ckpt])]
     if not paths:
         raise ValueError("ckpt=[]: give at least one checkpoint")
-    repeated = sorted({str(p) for p in paths if paths.count(p) > 1})
-    if repeated:
-        raise ValueError(f"ckpt lists {', '.join(repeated)} more than once: an ensemble's checkpoints must differ")
+    seen: dict[Path, Path] = {}
+    for path in paths:
+        earlier = seen.setdefault(path.resolve(), path)
+        if earlier is not path:
+            raise ValueError(f"ckpt lists {earlier} and {path}, the same file: an ensemble's checkpoints must differ")
     return paths
 
 
@@ -104,6 +106,12 @@ class Ensemble:
             predict(member.model, graphs, indices, member.normalizer, batch_size, trained_precision(member.checkpoint))
             for member in self.members
         ])
+
+    @staticmethod
+    def combine(member_predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The ensemble's predictions (the members' mean) and spread (their sample standard deviation; None for one member)."""
+        spread = member_predictions.std(axis=0, ddof=1) if len(member_predictions) > 1 else None
+        return member_predictions.mean(axis=0), spread
 
 
 def _describe(what: str, member: Member) -> str:

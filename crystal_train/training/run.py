@@ -284,7 +284,7 @@ def score_splits(
 ) -> dict:
     """Metrics for each split's predictions (metrics.json schema); writes predictions_<split>.csv and parity plots.
 
-    `spreads` (an ensemble's) adds each crystal's member_std to the predictions files.
+    `spreads` (an ensemble's; None for a split, or all, without one) adds each crystal's member_std to the predictions files.
     """
     results = {}
     for name, predicted in predictions.items():
@@ -294,7 +294,7 @@ def score_splits(
         if name in prediction_splits:
             artifacts.write_predictions(
                 out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predicted, targets,
-                spread=None if spreads is None else spreads[name],
+                spread=(spreads or {}).get(name),
             )
             parity_plot(targets, predicted, out_dir / f"parity_{name}.png", data.target, data.units, split=name, title=f"{model_name}: {name} split")
     return artifacts.metrics_report(results, data.target, data.units, train_mean)
