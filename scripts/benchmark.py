@@ -259,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as temporary:
         cache_dir = Path(args.cache_dir or temporary)
         compile_settings = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
+        prepared = {}
         for model_name in args.models.split(","):
             cfg = compose_cfg(args, model_name, cache_dir)
             settings = graph_settings(cfg.graph)
@@ -283,15 +284,22 @@ def main(argv: list[str] | None = None) -> None:
             baseline = None if args.no_baseline else Baseline(pyg_batches(data.store, train_idx, args.batch_size, device, shuffle=True))
             report["graphs"][model_name]["resident_on_device"] = graphs.resident
             report["graphs"][model_name]["batching"] = measure_batching(graphs, train_idx, baseline, args, device)
-            for precision in args.precisions.split(","):
-                for compiled in compile_settings:
-                    report["runs"].append(guarded_measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline))
-                    if args.output:
-                        write_json(Path(args.output), report)
+            prepared[model_name] = (cfg, data, graphs, baseline)
+        for model_name, precision, compiled in measurement_order(list(prepared), args.precisions.split(","), compile_settings):
+            cfg, data, graphs, baseline = prepared[model_name]
+            report["runs"].append(guarded_measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline))
+            if args.output:
+                write_json(Path(args.output), report)
     print(json.dumps(report, indent=2))
     failed = [run for run in report["runs"] if "error" in run]
     if failed:
         sys.exit(f"{len(failed)} of {len(report['runs'])} measurements failed; their errors are in the JSON")
+
+
+def measurement_order(models: list[str], precisions: list[str], compile_settings: list[bool]) -> list[tuple[str, str, bool]]:
+    """(model, precision, compiled) in the order measured: compiled settings first, and every model within each setting,
+    so a run stopped at its time limit holds each model's fastest settings rather than all of one model's."""
+    return [(model, precision, compiled) for compiled in sorted(compile_settings, reverse=True) for precision in precisions for model in models]
 
 
 def guarded_measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline) -> dict:

@@ -57,6 +57,13 @@ def test_benchmark_reports_throughput_memory_and_baseline_ratio(tmp_path):
     assert report["runs"][0]["baseline_pyg_dataloader_crystals_per_s"] != report["runs"][1]["baseline_pyg_dataloader_crystals_per_s"]
 
 
+def test_compiled_settings_are_measured_first_for_every_model():
+    """A benchmark stopped at its time limit keeps each model's compiled rows, not all of CGCNN's and none of SchNet's."""
+    order = _load_benchmark_module().measurement_order(["cgcnn", "schnet"], ["32", "bf16"], [False, True])
+    assert order[:4] == [("cgcnn", "32", True), ("schnet", "32", True), ("cgcnn", "bf16", True), ("schnet", "bf16", True)]
+    assert sorted(order) == sorted((m, p, c) for m in ("cgcnn", "schnet") for p in ("32", "bf16") for c in (False, True))
+
+
 def test_help_documents_every_flag_and_shows_the_example_as_written():
     completed = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True)
     for flag in ("--snapshot", "--limit", "--device", "--models", "--precisions", "--compile", "--batch-size", "--no-baseline"):
