@@ -253,3 +253,13 @@ def test_isolated_atoms_counts_only_atoms_without_neighbours():
         np.array([[0.1, 0.1, 0.1], [0.115, 0.1, 0.1], [0.6, 0.6, 0.6]]),
     )
     assert build_graph(crystal, GraphSettings(cutoff=3.0, max_neighbors=None)).isolated_atoms == 1
+
+
+def test_image_offsets_place_the_neighbour_at_its_distance_for_coordinates_far_outside_the_cell():
+    """A fractional coordinate of 200.5 needs translations near -200, beyond what 8-bit offsets hold."""
+    lattice = np.eye(3) * 3.0
+    frac = np.array([[0.0, 0.0, 0.0], [200.5, 0.5, 0.5]])
+    graph = build_graph(Crystal(id="far", lattice=lattice, numbers=np.array([29, 29]), frac_coords=frac), GraphSettings(8.0, 12))
+    j, i = graph.edge_index
+    vectors = (frac[j] + graph.images - frac[i]) @ lattice
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), graph.distances, rtol=0, atol=1e-9)

@@ -39,7 +39,7 @@ class CrystalGraph:
     numbers: np.ndarray  # (n,) int64
     edge_index: np.ndarray  # (2, E) int64
     distances: np.ndarray  # (E,) float64
-    images: np.ndarray  # (E, 3) int8 lattice translation of the neighbour
+    images: np.ndarray  # (E, 3) int32 lattice translation of the neighbour (relative to the coordinates as given)
 
     @property
     def isolated_atoms(self) -> int:
@@ -88,7 +88,7 @@ def build_graph(crystal: Crystal, settings: GraphSettings) -> CrystalGraph:
         numbers=np.asarray(crystal.numbers, dtype=np.int64),
         edge_index=np.stack([neighbors, centers]).astype(np.int64),
         distances=distances.astype(np.float64),
-        images=images.astype(np.int8),
+        images=images.astype(np.int32),
     )
 
 
