@@ -27,11 +27,12 @@ def checkpoint_paths(ckpt) -> list[Path]:
     paths = [Path(str(p)).expanduser() for p in (ckpt if isinstance(ckpt, (list, tuple, ListConfig)) else [ckpt])]
     if not paths:
         raise ValueError("ckpt=[]: give at least one checkpoint")
-    seen: dict[Path, Path] = {}
+    spelled: dict[Path, Path] = {}  # each file, as first written
     for path in paths:
-        earlier = seen.setdefault(path.resolve(), path)
-        if earlier is not path:
-            raise ValueError(f"ckpt lists {earlier} and {path}, the same file: an ensemble's checkpoints must differ")
+        resolved = path.resolve()
+        if resolved in spelled:
+            raise ValueError(f"ckpt lists {spelled[resolved]} and {path}, the same file: an ensemble's checkpoints must differ")
+        spelled[resolved] = path
     return paths
 
 
