@@ -56,6 +56,16 @@ def cif_text(structure: Structure) -> str:
     return str(CifWriter(structure))
 
 
+def cif_folder(parent: Path, names: set[str] | None = None) -> Path:
+    """parent/cifs holding a CIF file for each good structure (or those in `names`), named by its id."""
+    folder = parent / "cifs"
+    folder.mkdir()
+    for item_id, structure in good_structures().items():
+        if names is None or item_id in names:
+            (folder / f"{item_id}.cif").write_text(cif_text(structure))
+    return folder
+
+
 @pytest.fixture
 def write_csv(tmp_path):
     """write_csv(rows, name): a CSV snapshot in tmp_path from dicts with material_id, cif, targets (and split)."""

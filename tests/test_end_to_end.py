@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from config_utils import compose_config
-from conftest import DEMO_OVERRIDES, cif_text, good_structures
+from conftest import DEMO_OVERRIDES, cif_folder, cif_text, good_structures
 from pymatgen.core.operations import SymmOp
 
 from crystal_train.cli.evaluate import evaluate
@@ -108,10 +108,7 @@ def test_eval_and_predict_skip_elements_missing_from_the_checkpoints_own_table(d
     with open(tmp_path / "skipped.csv", newline="") as handle:
         assert [(row["id"], row["reason"]) for row in csv.DictReader(handle)] == [("mp-nacl", "element outside the feature table: Na")]
 
-    folder = tmp_path / "cifs"
-    folder.mkdir()
-    for item_id, structure in good_structures().items():
-        (folder / f"{item_id}.cif").write_text(cif_text(structure))
+    folder = cif_folder(tmp_path)
     output = run_predict(compose_config("predict", [f"ckpt={no_sodium}", f"input={folder}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
     with open(output, newline="") as handle:
         assert sorted(row["id"] for row in csv.DictReader(handle)) == ["mp-cscl", "mp-cu", "mp-mgo", "mp-si"]
@@ -228,10 +225,7 @@ def test_checkpoint_records_training_elements_and_predict_warns_outside_them(dem
     run_dir, _, _ = demo_run
     ckpt = run_dir / "checkpoints" / "best.pt"
     assert load_checkpoint(ckpt)["training_elements"] == [13, 28, 29, 46, 47, 78, 79]  # the demo's Al Ni Cu Pd Ag Pt Au
-    folder = tmp_path / "cifs"
-    folder.mkdir()
-    for item_id, structure in good_structures().items():
-        (folder / f"{item_id}.cif").write_text(cif_text(structure))
+    folder = cif_folder(tmp_path)
     with caplog.at_level("WARNING"):
         run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
     assert "4 of 5 crystals hold elements absent from the model's training split" in caplog.text

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 from config_utils import compose_config
-from conftest import cif_text, good_structures
+from conftest import cif_folder
 
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.cli.predict import run_predict
@@ -46,15 +46,6 @@ def _rows(path):
         return list(csv.DictReader(handle))
 
 
-def _cif_folder(tmp_path, names=None) -> Path:
-    folder = tmp_path / "cifs"
-    folder.mkdir()
-    for item_id, structure in good_structures().items():
-        if names is None or item_id in names:
-            (folder / f"{item_id}.cif").write_text(cif_text(structure))
-    return folder
-
-
 @pytest.mark.slow
 def test_eval_of_two_checkpoints_scores_their_mean_and_reports_each(two_members, tmp_path):
     first, second = two_members
@@ -83,7 +74,7 @@ def test_eval_of_two_checkpoints_scores_their_mean_and_reports_each(two_members,
 @pytest.mark.slow
 def test_predict_with_two_checkpoints_writes_their_mean_and_spread(two_members, tmp_path):
     first, second = two_members
-    folder = _cif_folder(tmp_path)
+    folder = cif_folder(tmp_path)
     alone = [
         _rows(run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path / ckpt.name}.csv", "device=cpu"])))
         for ckpt in two_members
@@ -105,7 +96,7 @@ def test_unseen_elements_are_those_any_member_never_trained_on(two_members, tmp_
     checkpoint = load_checkpoint(second)
     assert 29 in checkpoint["training_elements"]
     no_copper = _variant(checkpoint, tmp_path / "no_copper.pt", training_elements=[z for z in checkpoint["training_elements"] if z != 29])
-    folder = _cif_folder(tmp_path, names={"mp-cu"})
+    folder = cif_folder(tmp_path, names={"mp-cu"})
     rows = _rows(run_predict(compose_config("predict", [f"ckpt=[{first},{no_copper}]", f"input={folder}", f"output={tmp_path / 'p.csv'}", "device=cpu"])))
     assert rows[0]["unseen_elements"] == "Cu"
     unrecorded = tmp_path / "unrecorded.pt"
