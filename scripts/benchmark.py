@@ -174,6 +174,7 @@ def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
                 z=torch.as_tensor(store.numbers[n0:n1], dtype=torch.long),
                 edge_index=torch.as_tensor(store.edge_index[:, e0:e1], dtype=torch.long),
                 edge_attr=torch.as_tensor(store.distances[e0:e1]),
+                edge_weight=torch.as_tensor(store.edge_weights[e0:e1]),
                 y=torch.tensor([store.targets[i]], dtype=torch.float32),
                 num_nodes=int(n1 - n0),
             )
@@ -186,7 +187,7 @@ def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
     def batches():
         for pyg in loader:
             pyg = pyg.to(device)
-            yield GraphBatch(pyg.z, pyg.edge_index, pyg.edge_attr, pyg.batch, pyg.num_graphs, pyg.y)
+            yield GraphBatch(pyg.z, pyg.edge_index, pyg.edge_attr, pyg.edge_weight, pyg.batch, pyg.num_graphs, pyg.y)
 
     return batches
 

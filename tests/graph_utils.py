@@ -25,6 +25,7 @@ def make_batch(crystals: list[Crystal], settings: GraphSettings, dtype: torch.dt
         atomic_numbers=torch.from_numpy(np.concatenate([g.numbers for g in graphs])),
         edge_index=torch.from_numpy(np.concatenate([g.edge_index + o for g, o in zip(graphs, offsets)], axis=1)),
         distances=torch.from_numpy(np.concatenate([g.distances for g in graphs])).to(dtype),
+        edge_weights=torch.from_numpy(np.concatenate([g.weights for g in graphs])).to(dtype),
         batch=torch.from_numpy(np.concatenate([np.full(len(g.numbers), i) for i, g in enumerate(graphs)])),
         num_graphs=len(crystals),
         targets=None if None in targets else torch.tensor(targets, dtype=dtype),

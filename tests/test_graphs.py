@@ -94,16 +94,25 @@ def assert_all_edges(crystal: Crystal, cutoff: float, centres=None) -> dict:
 
 
 def assert_nearest(crystal: Crystal, cutoff: float, k: int, centres=None) -> None:
-    """Each centre keeps exactly min(k, available) real neighbours, and their distances are the k smallest."""
-    built = edges_of(build_graph(crystal, GraphSettings(cutoff=cutoff, max_neighbors=k)))
+    """Each centre keeps every real neighbour no farther than its k-th nearest; those nearer weigh 1,
+    those at the k-th distance share what is left of k, so the weights sum to min(k, available)."""
+    graph = build_graph(crystal, GraphSettings(cutoff=cutoff, max_neighbors=k))
+    built = edges_of(graph)
+    weights = dict(zip(built, graph.weights))
     expected = brute_force(crystal, cutoff, centres)
     for i in range(crystal.num_atoms) if centres is None else centres:
         kept = {key: d for key, d in built.items() if key[0] == i}
         for key, d in kept.items():
             assert key in expected
             assert d == pytest.approx(expected[key], abs=1e-9)
-        reference = sorted(d for key, d in expected.items() if key[0] == i)[:k]
-        np.testing.assert_allclose(sorted(kept.values()), reference, rtol=0, atol=1e-9)
+        available = sorted(d for key, d in expected.items() if key[0] == i)
+        if not available:
+            assert not kept
+            continue
+        kth = available[min(k, len(available)) - 1]
+        np.testing.assert_allclose(sorted(kept.values()), [d for d in available if d <= kth + 1e-6], rtol=0, atol=1e-9)
+        assert sum(weights[key] for key in kept) == pytest.approx(min(k, len(available)), abs=1e-9)
+        assert all(weights[key] == 1.0 for key, d in kept.items() if d < kth - 1e-6)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -169,31 +178,49 @@ def test_fewer_neighbours_than_max_keeps_all():
     assert edges_of(every) == edges_of(capped)
 
 
-def test_ties_at_the_neighbour_cap_are_broken_by_element_then_index_and_image():
-    # bcc: 8 neighbours at a*sqrt(3)/2, then 6 at a, so k=12 must choose 4 of the 6 tied ones.
+def neighbourhoods(crystal: Crystal, settings: GraphSettings, original: np.ndarray) -> dict[int, list]:
+    """{original centre index: sorted (original neighbour index, distance, weight)} of crystal's graph."""
+    graph = build_graph(crystal, settings)
+    j, i = graph.edge_index
+    result: dict[int, list] = {}
+    for a, b, d, w in zip(i, j, graph.distances, graph.weights):
+        result.setdefault(int(original[a]), []).append((int(original[b]), round(float(d), 6), round(float(w), 9)))
+    return {key: sorted(value) for key, value in result.items()}
+
+
+def test_a_shell_cut_by_the_neighbour_cap_is_kept_whole_with_shared_weights():
+    # bcc: 8 neighbours at a*sqrt(3)/2, then 6 at a, so k=12 leaves 4 places for the 6 tied ones.
     lattice = np.eye(3) * 2.87 * 2
     frac = np.array(
         [[x, y, z] for x in (0, 0.5) for y in (0, 0.5) for z in (0, 0.5)]
         + [[x + 0.25, y + 0.25, z + 0.25] for x in (0, 0.5) for y in (0, 0.5) for z in (0, 0.5)]
     )
     numbers = np.full(16, 26)
-    numbers[1], numbers[4] = 28, 27  # atom 0's tied second shell: atom 1 Ni, atom 2 Fe, atom 4 Co, two images each
+    numbers[1], numbers[4] = 28, 27  # atom 0's second shell: atom 1 Ni, atom 2 Fe, atom 4 Co, two images each
     settings = GraphSettings(cutoff=6.0, max_neighbors=12)
     graph = build_graph(Crystal("bcc", lattice, numbers, frac), settings)
-    tied = (graph.edge_index[1] == 0) & np.isclose(graph.distances, 2.87)
-    assert graph.edge_index[0][tied].tolist() == [2, 2, 4, 4]  # the lighter elements, Fe and Co, are kept; Ni is cut
-    assert graph.images[tied].tolist() == [[0, -1, 0], [0, 0, 0], [-1, 0, 0], [0, 0, 0]]  # each pair in image order
+    centre_0 = graph.edge_index[1] == 0
+    tied = centre_0 & np.isclose(graph.distances, 2.87)
+    assert sorted(graph.edge_index[0][tied].tolist()) == [1, 1, 2, 2, 4, 4]  # Ni, Fe and Co all kept
+    np.testing.assert_allclose(graph.weights[tied], 4 / 6)
+    np.testing.assert_array_equal(graph.weights[centre_0 & ~tied], 1.0)
+    np.testing.assert_allclose(np.bincount(graph.edge_index[1], weights=graph.weights), 12.0)
 
-    # The element decides before the index, so reordering the atoms keeps every (distance, element) neighbourhood.
     order = np.random.default_rng(0).permutation(16)
-    shuffled = build_graph(Crystal("bcc", lattice, numbers[order], frac[order]), settings)
+    shuffled = Crystal("bcc", lattice, numbers[order], frac[order])
+    assert neighbourhoods(shuffled, settings, order) == neighbourhoods(Crystal("bcc", lattice, numbers, frac), settings, np.arange(16))
 
-    def neighbourhood(g, atom_numbers, atom):
-        mask = g.edge_index[1] == atom
-        return sorted(zip(np.round(g.distances[mask], 6).tolist(), atom_numbers[g.edge_index[0][mask]].tolist()))
 
-    for new, old in enumerate(order):
-        assert neighbourhood(shuffled, numbers[order], new) == neighbourhood(graph, numbers, old)
+def test_atom_order_cannot_choose_between_inequivalent_sites_at_the_cut():
+    """Ti has three O at 2.0 Å on two inequivalent sites and room for two: each O edge weighs 2/3 in either order."""
+    frac = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 1 / 3, 0.0]])
+    numbers = np.array([22, 8, 8])
+    settings = GraphSettings(cutoff=8.0, max_neighbors=2)
+    listed = neighbourhoods(Crystal("TiO2", np.diag([4.0, 6.0, 20.0]), numbers, frac), settings, np.arange(3))
+    assert listed[0] == [(1, 2.0, round(2 / 3, 9)), (1, 2.0, round(2 / 3, 9)), (2, 2.0, round(2 / 3, 9))]
+    order = np.array([2, 1, 0])
+    reordered = Crystal("TiO2", np.diag([4.0, 6.0, 20.0]), numbers[order], frac[order])
+    assert neighbourhoods(reordered, settings, order) == listed
 
 
 def test_permuted_atom_order_keeps_each_centres_neighbour_shells():
@@ -203,15 +230,7 @@ def test_permuted_atom_order_keeps_each_centres_neighbour_shells():
     permuted = Crystal("p", crystal.lattice, crystal.numbers[perm], crystal.frac_coords[perm])
     settings = GraphSettings(cutoff=6.0, max_neighbors=12)
 
-    def shells(c: Crystal, original: np.ndarray) -> dict[int, list]:
-        g = build_graph(c, settings)
-        j, i = g.edge_index
-        result: dict[int, list] = {}
-        for a, b, d in zip(i, j, g.distances):
-            result.setdefault(int(original[a]), []).append((int(c.numbers[b]), round(float(d), 6)))
-        return {key: sorted(value) for key, value in result.items()}
-
-    assert shells(crystal, np.arange(crystal.num_atoms)) == shells(permuted, perm)
+    assert neighbourhoods(crystal, settings, np.arange(crystal.num_atoms)) == neighbourhoods(permuted, settings, perm)
 
 
 def test_store_gives_each_crystal_the_same_graph_whatever_the_input_order():
@@ -226,6 +245,7 @@ def test_store_gives_each_crystal_the_same_graph_whatever_the_input_order():
             cid: (
                 store.edge_index[:, store.edge_ptr[n] : store.edge_ptr[n + 1]].tolist(),
                 store.distances[store.edge_ptr[n] : store.edge_ptr[n + 1]].tolist(),
+                store.edge_weights[store.edge_ptr[n] : store.edge_ptr[n + 1]].tolist(),
             )
             for n, cid in enumerate(store.ids)
         }

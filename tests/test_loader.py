@@ -31,6 +31,7 @@ def test_batches_equal_collating_the_same_crystals(crystals_and_store, resident)
     torch.testing.assert_close(got.atomic_numbers, want.atomic_numbers.long())
     torch.testing.assert_close(got.edge_index, want.edge_index.long())
     torch.testing.assert_close(got.distances, want.distances)
+    torch.testing.assert_close(got.edge_weights, want.edge_weights)
     torch.testing.assert_close(got.batch, want.batch.long())
     torch.testing.assert_close(got.targets, want.targets)
     assert got.num_graphs == 3
@@ -43,7 +44,7 @@ def test_non_resident_graphs_stay_on_the_host_and_batches_move_to_the_device(cry
     assert not graphs.resident and graphs.distances.device.type == "cpu"
     reference = DeviceGraphs(store, "cpu").batch(np.arange(4))
     batch = graphs.batch(np.arange(4))
-    for name in ("atomic_numbers", "edge_index", "distances", "batch", "targets"):
+    for name in ("atomic_numbers", "edge_index", "distances", "edge_weights", "batch", "targets"):
         moved, expected = getattr(batch, name), getattr(reference, name)
         assert moved.device.type == "meta" and moved.shape == expected.shape and moved.dtype == expected.dtype, name
 
@@ -61,7 +62,7 @@ def test_graph_tensor_bytes_counts_what_device_graphs_holds(crystals_and_store):
     _, store = crystals_and_store
     graphs = DeviceGraphs(store, "cpu")
     held = [graphs.numbers, graphs.node_ptr, graphs.edge_ptr, graphs.node_count_t, graphs.edge_count_t,
-            graphs.edge_index, graphs.distances, graphs.targets]
+            graphs.edge_index, graphs.distances, graphs.edge_weights, graphs.targets]
     assert graph_tensor_bytes(store) == sum(t.numel() * t.element_size() for t in held)
 
 

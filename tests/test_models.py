@@ -17,6 +17,7 @@ from crystal_train.data.batch import GraphBatch
 from crystal_train.data.crystal import Crystal
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.models import CGCNN, SchNet
+from crystal_train.models.schnet import cosine_cutoff
 
 CHECKPOINT = Path("/work/shared/datasets/cgcnn_pretrained/formation-energy-per-atom.pth.tar")
 SETTINGS = {"cgcnn": GraphSettings(cutoff=8.0, max_neighbors=12), "schnet": GraphSettings(cutoff=8.0, max_neighbors=24)}
@@ -110,6 +111,27 @@ def test_prediction_invariant(eval_model, transform):
     torch.testing.assert_close(after, before, rtol=0, atol=1e-8)
 
 
+def shell_cut_among_inequivalent_sites() -> Crystal:
+    """Ti with three O at 2.0 Å: two images of O (1/2, 0, 0) along x, one of O (0, 1/3, 0) along y.
+
+    With two neighbours per atom the cap cuts that shell, and the two O sites are not equivalent
+    (different surroundings), so keeping "the first two" would depend on which O is listed first.
+    """
+    frac = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 1 / 3, 0.0]])
+    return Crystal("TiO2-cut", np.diag([4.0, 6.0, 20.0]), np.array([22, 8, 8]), frac, target=0.0)
+
+
+@pytest.mark.parametrize("transform", [permuted, supercell, other_cell])
+def test_prediction_invariant_when_the_neighbour_cap_cuts_a_shell_of_inequivalent_sites(eval_model, transform):
+    name, model = eval_model
+    settings = GraphSettings(cutoff=8.0, max_neighbors=2)
+    crystal = shell_cut_among_inequivalent_sites()
+    with torch.no_grad():
+        before = model(make_batch([crystal], settings))
+        after = model(make_batch([transform(crystal, np.random.default_rng(1)), crystal], settings))
+    torch.testing.assert_close(after, before.repeat(2), rtol=0, atol=1e-8)
+
+
 def test_prediction_depends_on_geometry(eval_model):
     """Control for the invariance tests: a strained crystal gets a different prediction."""
     name, model = eval_model
@@ -150,9 +172,10 @@ def test_gradients_reach_every_parameter(name):
 
 def first_layer(name: str, model, x, edge_index, distances):
     """The model's first message-passing layer, including its residual."""
+    weights = torch.ones_like(distances)
     if name == "cgcnn":
-        return model.convs[0](x, edge_index, model.gaussian(distances))
-    return x + model.interactions[0](x, edge_index, distances, model.distance_expansion(distances))
+        return model.convs[0](x, edge_index, model.gaussian(distances), weights)
+    return x + model.interactions[0](x, edge_index, cosine_cutoff(distances, model.cutoff), model.distance_expansion(distances))
 
 
 def test_messages_flow_from_row_0_to_row_1(eval_model):
@@ -171,7 +194,7 @@ def test_messages_flow_from_row_0_to_row_1(eval_model):
 
 
 def random_graph_batch(rng: np.random.Generator, num_graphs: int = 3) -> GraphBatch:
-    """Random directed edges and distances: no symmetry that could hide a swapped edge direction."""
+    """Random directed edges, distances and edge weights: no symmetry that could hide a swapped edge direction."""
     sizes = rng.integers(3, 6, num_graphs)
     offsets = np.cumsum(np.r_[0, sizes[:-1]])
     edge_index = np.concatenate([o + rng.integers(0, n, (2, 4 * n)) for n, o in zip(sizes, offsets)], axis=1)
@@ -179,6 +202,7 @@ def random_graph_batch(rng: np.random.Generator, num_graphs: int = 3) -> GraphBa
         atomic_numbers=torch.from_numpy(rng.choice(ELEMENTS, sizes.sum())),
         edge_index=torch.from_numpy(edge_index),
         distances=torch.from_numpy(rng.uniform(1.0, 7.5, edge_index.shape[1])),
+        edge_weights=torch.from_numpy(rng.uniform(0.2, 1.0, edge_index.shape[1])),
         batch=torch.from_numpy(np.repeat(np.arange(num_graphs), sizes)),
         num_graphs=num_graphs,
     )
@@ -197,7 +221,7 @@ def naive_cgcnn(model: CGCNN, batch) -> torch.Tensor:
     for conv in model.convs:
         z = conv.fc_full(torch.cat([x[dst], x[src], edge_attr], dim=1))
         z_filter, z_core = conv.bn1(z).chunk(2, dim=1)
-        messages = torch.sigmoid(z_filter) * F.softplus(z_core)
+        messages = torch.sigmoid(z_filter) * F.softplus(z_core) * batch.edge_weights[:, None]
         x = F.softplus(x + conv.bn2(torch.zeros_like(x).index_add_(0, dst, messages)))
     crys = F.softplus(model.conv_to_fc(F.softplus(mean_per_graph(x, batch))))
     if model.n_h > 1:
@@ -212,7 +236,7 @@ def naive_schnet(model: SchNet, batch) -> torch.Tensor:
     d = batch.distances
     centers = torch.linspace(0.0, model.cutoff, model.distance_expansion.offset.numel(), dtype=d.dtype)
     rbf = torch.exp(-0.5 * ((d[:, None] - centers) / (centers[1] - centers[0])) ** 2)
-    envelope = 0.5 * (torch.cos(torch.pi * d / model.cutoff) + 1.0)
+    envelope = 0.5 * (torch.cos(torch.pi * d / model.cutoff) + 1.0) * batch.edge_weights
     src, dst = batch.edge_index
     for block in model.interactions:
         messages = block.conv.lin1(h)[src] * block.conv.nn(rbf) * envelope[:, None]
@@ -236,6 +260,22 @@ def test_schnet_equals_written_out_cfconv():
     batch = random_graph_batch(np.random.default_rng(12))
     with torch.no_grad():
         torch.testing.assert_close(model(batch), naive_schnet(model, batch), rtol=0, atol=1e-5)
+
+
+def test_schnet_interaction_with_unit_weights_is_pygs_interaction_block():
+    from torch_geometric.nn.models.schnet import InteractionBlock
+
+    model = make_model("schnet")
+    ours = model.interactions[0]
+    pyg = InteractionBlock(16, 20, 16, model.cutoff).double()
+    pyg.load_state_dict(ours.state_dict())
+    batch = random_graph_batch(np.random.default_rng(13))
+    h = model.embedding(batch.atomic_numbers)
+    rbf = model.distance_expansion(batch.distances)
+    with torch.no_grad():
+        expected = pyg(h, batch.edge_index, batch.distances, rbf)
+        got = ours(h, batch.edge_index, cosine_cutoff(batch.distances, model.cutoff), rbf)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
 
 
 def reference_parameter_count(orig: int, nbr: int, atom: int, n_conv: int, h: int, n_h: int) -> int:

@@ -12,12 +12,14 @@ class GraphBatch:
     """A batch of periodic crystal graphs, concatenated.
 
     edge_index follows PyG: row 0 is the neighbour j (message source), row 1 the centre atom i
-    (where messages are summed). distances are |r_j + image - r_i| in Å, one per edge.
+    (where messages are summed). distances are |r_j + image - r_i| in Å, one per edge; each
+    message is multiplied by its edge weight (1 except at a shell cut by the neighbour cap).
     """
 
     atomic_numbers: torch.Tensor  # (N,) long
     edge_index: torch.Tensor  # (2, E) long, global indices into the batch's atoms
     distances: torch.Tensor  # (E,) float
+    edge_weights: torch.Tensor  # (E,) float
     batch: torch.Tensor  # (N,) long, graph index of each atom
     num_graphs: int
     targets: torch.Tensor | None = None  # (G,) float, normalised or raw as the caller decides
@@ -30,6 +32,7 @@ class GraphBatch:
             atomic_numbers=move(self.atomic_numbers),
             edge_index=move(self.edge_index),
             distances=move(self.distances),
+            edge_weights=move(self.edge_weights),
             batch=move(self.batch),
             num_graphs=self.num_graphs,
             targets=move(self.targets),

@@ -16,7 +16,7 @@ from crystal_train.data.store import GraphStore
 log = logging.getLogger(__name__)
 
 # Bump when the layout of cached graphs or the way they are built changes.
-CACHE_FORMAT_VERSION = 3
+CACHE_FORMAT_VERSION = 4
 
 
 def cache_key(**parts) -> str:

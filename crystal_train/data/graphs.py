@@ -10,8 +10,7 @@ from pymatgen.optimization.neighbors import find_points_in_spheres
 
 from crystal_train.data.crystal import Crystal
 
-# Distances equal to within this many Å count as a tie; ties are then broken by the
-# neighbour's atomic number, its index and its image, so the choice is deterministic.
+# Distances equal to within this many decimals of an Å count as a tie at the neighbour cap.
 TIE_DECIMALS = 6
 
 
@@ -39,6 +38,7 @@ class CrystalGraph:
     numbers: np.ndarray  # (n,) int64
     edge_index: np.ndarray  # (2, E) int64
     distances: np.ndarray  # (E,) float64
+    weights: np.ndarray  # (E,) float64: 1, or a share of the places left at the neighbour cap (see build_graph)
     images: np.ndarray  # (E, 3) int32 lattice translation of the neighbour (relative to the coordinates as given)
 
     @property
@@ -51,7 +51,11 @@ def build_graph(crystal: Crystal, settings: GraphSettings) -> CrystalGraph:
     """All neighbours j of each atom i with |r_j + T - r_i| <= cutoff over all lattice translations T.
 
     Periodic images of the atom itself are included; only the zero-distance self pair is not.
-    With max_neighbors set, each atom keeps its k nearest, ties broken deterministically.
+    With max_neighbors=k, each atom keeps the neighbours no farther than its k-th nearest. When
+    the k-th distance is shared (a shell cut by the cap), every neighbour at it is kept with the
+    weight (k - closer) / tied, the others weigh 1: the weights sum to k, and no atom index decides
+    which neighbours count, so the graph does not depend on atom order or on the choice of cell.
+    Edges are ordered by centre, then distance.
     """
     lattice = np.ascontiguousarray(crystal.lattice, dtype=np.float64)
     cart = np.ascontiguousarray(crystal.frac_coords @ lattice, dtype=np.float64)
@@ -64,47 +68,42 @@ def build_graph(crystal: Crystal, settings: GraphSettings) -> CrystalGraph:
         tol=1e-8,
     )
     keep = distances > 1e-8
-    if settings.max_neighbors is not None:
-        keep &= _not_beyond_kth(centers, distances, keep, len(crystal.numbers), settings.max_neighbors)
     centers, neighbors, images, distances = centers[keep], neighbors[keep], images[keep], distances[keep]
-    images = np.rint(images).astype(np.int64)
-    order = np.lexsort(
-        (
-            images[:, 2],
-            images[:, 1],
-            images[:, 0],
-            neighbors,
-            crystal.numbers[neighbors],
-            np.round(distances, TIE_DECIMALS),
-            centers,
-        )
-    )
-    centers, neighbors, images, distances = centers[order], neighbors[order], images[order], distances[order]
+    ticks = np.rint(distances * 10.0**TIE_DECIMALS).astype(np.int64)
+    weights = np.ones(distances.size)
     if settings.max_neighbors is not None:
-        rank = _rank_within_group(centers)
-        keep = rank < settings.max_neighbors
+        weights = _nearest_weights(centers, ticks, len(crystal.numbers), settings.max_neighbors)
+        keep = weights > 0
         centers, neighbors, images, distances = centers[keep], neighbors[keep], images[keep], distances[keep]
+        ticks, weights = ticks[keep], weights[keep]
+    order = np.lexsort((ticks, centers))
     return CrystalGraph(
         numbers=np.asarray(crystal.numbers, dtype=np.int64),
-        edge_index=np.stack([neighbors, centers]).astype(np.int64),
-        distances=distances.astype(np.float64),
-        images=images.astype(np.int32),
+        edge_index=np.stack([neighbors[order], centers[order]]).astype(np.int64),
+        distances=distances[order].astype(np.float64),
+        weights=weights[order],
+        images=np.rint(images[order]).astype(np.int32),
     )
 
 
-def _not_beyond_kth(centers: np.ndarray, distances: np.ndarray, valid: np.ndarray, num_atoms: int, k: int) -> np.ndarray:
-    """Edges no farther than their centre's k-th nearest (rounded as in the tie-break): the
-    only candidates for the k nearest, found with one integer sort so the full tie-breaking sort
-    runs on ~k edges per atom rather than on everything within the cutoff."""
-    ticks = np.rint(distances * 10.0**TIE_DECIMALS).astype(np.int64)
-    key = np.where(valid, centers.astype(np.int64) << 40 | ticks, -1)
-    ranked = np.sort(key)
-    ranked = ranked[ranked >= 0]
+def _nearest_weights(centers: np.ndarray, ticks: np.ndarray, num_atoms: int, k: int) -> np.ndarray:
+    """Each edge's weight under a cap of k neighbours per centre: 1 nearer than the centre's k-th
+    distance, (k - nearer) / tied at it, 0 beyond (distances compared in integer ticks).
+
+    The k-th distance comes from one sort of (centre, ticks) packed into single integers.
+    """
+    ranked = np.sort(centers.astype(np.int64) << 40 | ticks)
     sorted_centers = ranked >> 40
     at_k = _rank_within_group(sorted_centers) == k - 1
     kth = np.full(num_atoms, np.iinfo(np.int64).max)
     kth[sorted_centers[at_k]] = ranked[at_k] & ((1 << 40) - 1)
-    return ticks <= kth[centers]
+    kth_of_edge = kth[centers]
+    nearer, tied = ticks < kth_of_edge, ticks == kth_of_edge
+    nearer_count = np.bincount(centers[nearer], minlength=num_atoms)
+    tied_count = np.bincount(centers[tied], minlength=num_atoms)
+    weights = nearer.astype(np.float64)
+    weights[tied] = (k - nearer_count[centers[tied]]) / tied_count[centers[tied]]
+    return weights
 
 
 def _rank_within_group(sorted_groups: np.ndarray) -> np.ndarray:

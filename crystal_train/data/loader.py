@@ -59,6 +59,7 @@ class DeviceGraphs:
         self.edge_count_t = put(self.edge_counts, torch.long)
         self.edge_index = put(store.edge_index, torch.int32)  # local indices; widened per batch
         self.distances = put(store.distances, torch.float32)
+        self.edge_weights = put(store.edge_weights, torch.float32)
         self.targets = put(np.nan_to_num(store.targets, nan=0.0), torch.float32)
 
     @property
@@ -85,20 +86,28 @@ class DeviceGraphs:
         edge_ids, edge_owner = _concat_ranges(self.edge_ptr[index], edge_counts, num_edges)
         first_node = torch.cumsum(node_counts, 0) - node_counts
         edge_index = self.edge_index[:, edge_ids].long() + first_node[edge_owner]
-        tensors = (self.numbers[node_ids], edge_index, self.distances[edge_ids], node_owner, self.targets[index])
+        tensors = (
+            self.numbers[node_ids], edge_index, self.distances[edge_ids], self.edge_weights[edge_ids], node_owner, self.targets[index]
+        )
         if not self.resident:
             pin = self.device.type == "cuda"  # an asynchronous copy needs page-locked memory
             tensors = tuple((tensor.pin_memory() if pin else tensor).to(self.device, non_blocking=True) for tensor in tensors)
-        numbers, edge_index, distances, owner, targets = tensors
+        numbers, edge_index, distances, weights, owner, targets = tensors
         return GraphBatch(
-            atomic_numbers=numbers, edge_index=edge_index, distances=distances, batch=owner, num_graphs=len(indices), targets=targets
+            atomic_numbers=numbers,
+            edge_index=edge_index,
+            distances=distances,
+            edge_weights=weights,
+            batch=owner,
+            num_graphs=len(indices),
+            targets=targets,
         )
 
 
 def graph_tensor_bytes(store: GraphStore) -> int:
     """Bytes DeviceGraphs takes for `store`: int64 atoms, pointers and counts, int32 edges, float32 rest."""
     crystals, atoms, edges = len(store), len(store.numbers), int(store.edge_ptr[-1])
-    return 8 * atoms + 8 * 4 * crystals + 4 * 2 * edges + 4 * edges + 4 * crystals
+    return 8 * atoms + 8 * 4 * crystals + 4 * 2 * edges + 4 * 2 * edges + 4 * crystals
 
 
 def _concat_ranges(starts: torch.Tensor, counts: torch.Tensor, total: int):

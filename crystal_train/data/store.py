@@ -30,6 +30,7 @@ class GraphStore:
     edge_index: np.ndarray  # (2, E) int32, local atom indices within each crystal
     edge_ptr: np.ndarray  # (G+1,) int64
     distances: np.ndarray  # (E,) float32
+    edge_weights: np.ndarray  # (E,) float32, see CrystalGraph.weights
     skipped: list[tuple[str, str]] = field(default_factory=list)
     isolated_atoms: int = 0
 
@@ -60,6 +61,7 @@ class GraphStore:
             "edge_index": torch.from_numpy(self.edge_index),
             "edge_ptr": torch.from_numpy(self.edge_ptr),
             "distances": torch.from_numpy(self.distances),
+            "edge_weights": torch.from_numpy(self.edge_weights),
             "skipped": [list(pair) for pair in self.skipped],
             "isolated_atoms": self.isolated_atoms,
         }
@@ -138,6 +140,7 @@ class _StoredGraph(NamedTuple):
     numbers: np.ndarray
     edge_index: np.ndarray
     distances: np.ndarray
+    weights: np.ndarray
     isolated_atoms: int
 
 
@@ -147,13 +150,14 @@ def _compact(graph: CrystalGraph) -> _StoredGraph:
         numbers=graph.numbers.astype(np.int16),
         edge_index=graph.edge_index.astype(np.int32),
         distances=graph.distances.astype(np.float32),
+        weights=graph.weights.astype(np.float32),
         isolated_atoms=graph.isolated_atoms,
     )
 
 
 def _assemble(results: Iterable) -> GraphStore:
     ids, targets, splits, skipped = [], [], [], []
-    numbers, distances = _Column(np.int16, (0,)), _Column(np.float32, (0,))
+    numbers, distances, weights = _Column(np.int16, (0,)), _Column(np.float32, (0,)), _Column(np.float32, (0,))
     edge_index = _Column(np.int32, (2, 0), axis=1)
     node_counts, edge_counts = [], []
     isolated = 0
@@ -170,6 +174,7 @@ def _assemble(results: Iterable) -> GraphStore:
         numbers.append(graph.numbers)
         edge_index.append(graph.edge_index)
         distances.append(graph.distances)
+        weights.append(graph.weights)
     return GraphStore(
         ids=ids,
         targets=np.array(targets, dtype=np.float64),
@@ -179,6 +184,7 @@ def _assemble(results: Iterable) -> GraphStore:
         edge_index=edge_index.join(),
         edge_ptr=np.r_[0, np.cumsum(edge_counts, dtype=np.int64)],
         distances=distances.join(),
+        edge_weights=weights.join(),
         skipped=skipped,
         isolated_atoms=isolated,
     )

@@ -9,7 +9,9 @@ as a buffer so that checkpoints carry it. The Gaussian centres are a non-persist
 Differences from the reference: neighbours come as an edge list, so an atom with fewer than
 ``max_neighbors`` neighbours gets only its real ones (the reference pads with fake neighbours
 at ``radius + 1`` Å that still send messages), and BatchNorm ``bn1`` normalises over the real
-edges. With every atom having the full neighbour count the two agree exactly.
+edges. With every atom having the full neighbour count the two agree exactly. A neighbour shell
+cut by the cap is kept whole with fractional edge weights (the reference keeps whichever of its
+members come first); where those members are equivalent, as in most crystals, the sums agree.
 """
 
 from __future__ import annotations
@@ -44,9 +46,10 @@ class GaussianDistance(nn.Module):
 
 
 class ConvLayer(nn.Module):
-    """Gated graph convolution: v_i <- softplus(v_i + bn2(sum_j sigmoid(z_f) * softplus(z_c))).
+    """Gated graph convolution: v_i <- softplus(v_i + bn2(sum_j w_ij sigmoid(z_f) * softplus(z_c))).
 
-    z_ij = bn1(fc_full(v_i ⊕ v_j ⊕ u_ij)), split into filter z_f and core z_c halves.
+    z_ij = bn1(fc_full(v_i ⊕ v_j ⊕ u_ij)), split into filter z_f and core z_c halves; w_ij is the
+    edge weight (1 except at a neighbour shell cut by the cap, ``crystal_train.data.graphs``).
     """
 
     def __init__(self, atom_fea_len: int, nbr_fea_len: int):
@@ -60,8 +63,8 @@ class ConvLayer(nn.Module):
         self.bn2 = nn.BatchNorm1d(atom_fea_len)
         self.softplus2 = nn.Softplus()
 
-    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor) -> Tensor:
-        """x (N, atom_fea_len); edge_index row 0 neighbour j, row 1 centre i; edge_attr (E, nbr_fea_len)."""
+    def forward(self, x: Tensor, edge_index: Tensor, edge_attr: Tensor, edge_weights: Tensor) -> Tensor:
+        """x (N, atom_fea_len); edge_index row 0 neighbour j, row 1 centre i; edge_attr (E, nbr_fea_len); edge_weights (E,)."""
         a = self.atom_fea_len
         # fc_full(v_i ⊕ v_j ⊕ u_ij) = W_i v_i + W_j v_j + W_u u_ij + b: the atom terms once per atom.
         # index_select rather than x[index]: its backward is an index_add, cheaper on CPU than the
@@ -75,6 +78,7 @@ class ConvLayer(nn.Module):
         )
         z_filter, z_core = self.bn1(z).chunk(2, dim=-1)
         messages = self.sigmoid(z_filter) * self.softplus1(z_core)
+        messages = messages * edge_weights.to(messages.dtype).unsqueeze(-1)
         summed = scatter(messages, dst, dim=0, dim_size=x.size(0), reduce="sum")
         return self.softplus2(x + self.bn2(summed))
 
@@ -123,7 +127,7 @@ class CGCNN(nn.Module):
         x = self.embedding(self.atom_features[batch.atomic_numbers])
         edge_attr = self.gaussian(batch.distances.to(self.embedding.weight.dtype))
         for conv in self.convs:
-            x = conv(x, batch.edge_index, edge_attr)
+            x = conv(x, batch.edge_index, edge_attr, batch.edge_weights)
         # Pooling and head in the weights' dtype under bf16 autocast: a bf16 mean rounds its sum and atom count.
         with torch.autocast(x.device.type, enabled=False):
             crys = scatter(x.to(self.fc_out.weight.dtype), batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")

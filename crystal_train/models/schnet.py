@@ -4,7 +4,9 @@ PyG's ``SchNet`` builds its own graph with ``radius_graph`` (no periodic images)
 reuses its ``InteractionBlock``/``GaussianSmearing``/``ShiftedSoftplus`` and feeds them the
 precomputed periodic edges and distances of a GraphBatch. Module names follow PyG's ``SchNet``.
 PyG's ``CFConv`` passes messages source-to-target (x_j from ``edge_index[0]``, summed at
-``edge_index[1]``), the same convention as GraphBatch, so edges are passed unchanged.
+``edge_index[1]``), the same convention as GraphBatch, so edges are passed unchanged. Its
+forward computes the cosine cutoff itself and has no place for an edge weight, so
+``PeriodicInteraction`` runs the same layers with each filter scaled by cutoff × edge weight.
 
 Defaults and why:
 
@@ -29,6 +31,8 @@ Defaults and why:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor, nn
 from torch_geometric.nn.models.schnet import GaussianSmearing, InteractionBlock, ShiftedSoftplus
@@ -43,6 +47,22 @@ class TruncatedGaussianSmearing(GaussianSmearing):
 
     def forward(self, dist: Tensor) -> Tensor:
         return truncated_gaussians(dist, self.offset, -self.coeff)
+
+
+class PeriodicInteraction(InteractionBlock):
+    """PyG's ``InteractionBlock`` (same layers and parameter names) taking a per-edge filter scale:
+    the message x_j ⊙ W(rbf_ij) of ``CFConv`` is multiplied by ``filter_scale`` instead of its cosine cutoff."""
+
+    def forward(self, x: Tensor, edge_index: Tensor, filter_scale: Tensor, edge_attr: Tensor) -> Tensor:
+        conv = self.conv
+        filters = conv.nn(edge_attr) * filter_scale.unsqueeze(-1)
+        x = conv.lin2(conv.propagate(edge_index, x=conv.lin1(x), W=filters))
+        return self.lin(self.act(x))
+
+
+def cosine_cutoff(distances: Tensor, cutoff: float) -> Tensor:
+    """0.5 (cos(pi d / cutoff) + 1), as PyG's ``CFConv``; 0 at the cutoff."""
+    return 0.5 * (torch.cos(distances * math.pi / cutoff) + 1.0)
 
 
 class SchNet(nn.Module):
@@ -63,7 +83,7 @@ class SchNet(nn.Module):
         self.distance_expansion = TruncatedGaussianSmearing(0.0, self.cutoff, num_gaussians)
         self.interactions = nn.ModuleList(
             [
-                InteractionBlock(hidden_channels, num_gaussians, num_filters, self.cutoff)
+                PeriodicInteraction(hidden_channels, num_gaussians, num_filters, self.cutoff)
                 for _ in range(num_interactions)
             ]
         )
@@ -86,8 +106,9 @@ class SchNet(nn.Module):
         h = self.embedding(batch.atomic_numbers)
         distances = batch.distances.to(self.lin1.weight.dtype).clamp(max=self.cutoff)
         rbf = self.distance_expansion(distances)
+        filter_scale = cosine_cutoff(distances, self.cutoff) * batch.edge_weights.to(distances.dtype)
         for interaction in self.interactions:
-            h = h + interaction(h, batch.edge_index, distances, rbf)
+            h = h + interaction(h, batch.edge_index, filter_scale, rbf)
         # Output head and pooling in the weights' dtype under bf16 autocast: a bf16 mean rounds its sum and atom count.
         with torch.autocast(h.device.type, enabled=False):
             h = self.lin2(self.act(self.lin1(h.to(self.lin1.weight.dtype))))
