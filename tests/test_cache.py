@@ -118,6 +118,16 @@ def test_cache_key_depends_on_every_part():
     assert key not in keys and len(keys) == len(variants)
 
 
+def test_cache_key_changes_with_the_graph_version(monkeypatch):
+    """Graphs built by an older build_graph are never loaded as current ones."""
+    from crystal_train.data import cache
+
+    parts = dict(source="abc", target="formation_energy_per_atom", graph=GraphSettings(8.0, 12).key())
+    key = cache_key(**parts)
+    monkeypatch.setattr(cache, "GRAPH_VERSION", cache.GRAPH_VERSION - 1)
+    assert cache_key(**parts) != key
+
+
 def _tiny_store(tag: float) -> GraphStore:
     crystal = Crystal("c", np.eye(3) * 3.0, np.array([26]), np.zeros((1, 3)), target=tag)
     return build_store([crystal], lambda c: c, GraphSettings(4.0, 12), num_workers=1, progress=False)

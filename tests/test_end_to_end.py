@@ -18,7 +18,8 @@ from pymatgen.core.operations import SymmOp
 
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.cli.predict import file_ids, run_predict
-from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
+from crystal_train.data.graphs import GRAPH_VERSION
+from crystal_train.training.checkpoint import load_checkpoint, load_model, save_checkpoint
 from crystal_train.training.run import train
 
 RUN_FILES = (
@@ -218,6 +219,21 @@ def test_missing_mandatory_setting_is_a_usage_line_not_a_traceback(tmp_path, com
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+@pytest.mark.slow
+def test_a_checkpoint_trained_on_older_graphs_is_loaded_with_a_warning_naming_the_change(demo_run, tmp_path, caplog):
+    run_dir, _, _ = demo_run
+    current = load_checkpoint(run_dir / "checkpoints" / "best.pt")
+    assert current["graph_version"] == GRAPH_VERSION
+    old = tmp_path / "old.pt"
+    save_checkpoint(old, **{key: value for key, value in current.items() if key != "graph_version"})
+    with caplog.at_level("WARNING"):
+        load_model(run_dir / "checkpoints" / "best.pt")
+        assert "trained on graphs of version" not in caplog.text
+        load_model(old)
+    assert f"{old} was trained on graphs of version 1; this crystal-train builds version {GRAPH_VERSION}" in caplog.text
+    assert "kept whole with shared edge weights" in caplog.text
 
 
 @pytest.mark.slow

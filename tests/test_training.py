@@ -24,6 +24,7 @@ import crystal_train.training.loop as loop
 from crystal_train.atomic_file import held_or_refused
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.data.dataset import graph_settings, prepare_data
+from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.train import torchrun_arguments
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, save_checkpoint
 from crystal_train.training.resume import ABSENT, ResumeConfigError, check_same_lr_scale, check_same_training, config_changes
@@ -195,6 +196,20 @@ def test_kill_between_last_and_best_writes_is_repaired_on_resume(small_cfg, tmp_
     assert sorted(p.name for p in checkpoints.iterdir()) == ["best.pt", "last.pt"]
     assert "Rewrote" in caplog.text and "cut short" in caplog.text
     assert not list(run_dir.glob(".*.tmp")) and ".history.csv.a1b2c3.tmp, left by a write that was cut short" in caplog.text
+
+
+@pytest.mark.slow
+def test_resuming_a_run_trained_on_older_graphs_warns_and_continues(small_cfg, tmp_path, caplog):
+    run_dir = tmp_path / "run"
+    last = run_dir / "checkpoints" / "last.pt"
+    train(small_cfg("trainer.max_epochs=1"), run_dir)
+    saved = load_checkpoint(last)
+    save_checkpoint(last, **{key: value for key, value in saved.items() if key != "graph_version"})  # as written before the record
+    with caplog.at_level(logging.WARNING):
+        train(small_cfg("trainer.max_epochs=2"), run_dir)
+    assert f"{last} was trained on graphs of version 1; this crystal-train builds version {GRAPH_VERSION}" in caplog.text
+    resumed = load_checkpoint(last)
+    assert resumed["train_state"]["epoch"] == 2 and resumed["graph_version"] == GRAPH_VERSION
 
 
 def test_resume_keeps_and_warns_about_a_best_checkpoint_it_cannot_restore(tmp_path, caplog):

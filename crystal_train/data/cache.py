@@ -11,17 +11,18 @@ from typing import Callable
 import torch
 
 from crystal_train.atomic_file import atomic_torch_save, exclusive_lock
+from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.data.store import GraphStore
 
 log = logging.getLogger(__name__)
 
-# Bump when the layout of cached graphs or the way they are built changes.
+# Bump when the layout of cached graphs changes (how they are built is graphs.GRAPH_VERSION).
 CACHE_FORMAT_VERSION = 4
 
 
 def cache_key(**parts) -> str:
     """A stable hash of JSON-serialisable parts (source fingerprint, target, graph settings...)."""
-    payload = json.dumps({"cache_format": CACHE_FORMAT_VERSION, **parts}, sort_keys=True, default=str)
+    payload = json.dumps({"cache_format": CACHE_FORMAT_VERSION, "graph_version": GRAPH_VERSION, **parts}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:20]
 
 

@@ -13,6 +13,13 @@ from crystal_train.data.crystal import Crystal
 # Distances equal to within this many decimals of an Å count as a tie at the neighbour cap.
 TIE_DECIMALS = 6
 
+# Bump when build_graph gives other graphs for the same settings; checkpoints record the version
+# they were trained on. What each version changed:
+GRAPH_VERSION_CHANGES = {
+    2: "a neighbour shell cut by max_neighbors is kept whole with shared edge weights, not its first members by atom index",
+}
+GRAPH_VERSION = max(GRAPH_VERSION_CHANGES)
+
 
 @dataclass(frozen=True)
 class GraphSettings:

@@ -17,6 +17,7 @@ import torch
 from omegaconf import OmegaConf
 
 from crystal_train.data.features import MAX_Z, load_atom_init_json
+from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.models.cgcnn import CGCNN
 from crystal_train.training.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 
@@ -69,6 +70,7 @@ def convert_reference_checkpoint(path: Path, atom_init: Path) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
+        "graph_version": GRAPH_VERSION,  # equals the reference's graphs wherever its own choice at the cap is well defined
         "model_state": state,
         "normalizer": {"mean": float(normalizer["mean"]), "std": float(normalizer["std"])},
         "config": {"model": model_cfg, "graph": dict(REFERENCE_GRAPH), "data": _data_config()},

@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from crystal_train.atomic_file import atomic_torch_save, remove_unfinished_writes
+from crystal_train.data.graphs import GRAPH_VERSION, GRAPH_VERSION_CHANGES
 
 CHECKPOINT_FORMAT = "crystal-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -65,6 +66,18 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return checkpoint
 
 
+def warn_if_older_graphs(checkpoint: dict, path: Path) -> None:
+    """Log what changed in graph building since the checkpoint was trained (no record: version 1)."""
+    trained_on = int(checkpoint.get("graph_version", 1))
+    changes = [change for version, change in GRAPH_VERSION_CHANGES.items() if version > trained_on]
+    if changes:
+        log.warning(
+            "%s was trained on graphs of version %d; this crystal-train builds version %d (%s), so the graphs of "
+            "some crystals, and their predictions, differ from those it trained on",
+            path, trained_on, GRAPH_VERSION, "; ".join(changes),
+        )
+
+
 def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     """Rebuild the model from the checkpoint's config and load its weights."""
     model_cfg = OmegaConf.create(checkpoint["config"]["model"])
@@ -92,4 +105,5 @@ def load_model(path: Path, atom_init: str | None = None) -> tuple[dict, torch.nn
         checkpoint = convert_reference_checkpoint(path, Path(atom_init))
     else:
         checkpoint = load_checkpoint(path)
+        warn_if_older_graphs(checkpoint, path)
     return checkpoint, model_from_checkpoint(checkpoint)

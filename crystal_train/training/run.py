@@ -15,12 +15,13 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crystal_train.atomic_file import held_or_refused, remove_unfinished_writes
 from crystal_train.data.dataset import PreparedData, graph_settings, prepare_data
+from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.data.loader import BatchIterator, DeviceGraphs, graph_tensor_bytes
 from crystal_train.data.splits import split_ids
 from crystal_train.data.store import GraphStore
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
-from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves
+from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, warn_if_older_graphs
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
 from crystal_train.training.ema import checked_decay
 from crystal_train.training.inference import PRECISIONS, predict, resolve_device
@@ -75,6 +76,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     if resume:
         check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last)
         check_same_lr_scale(saved.get("world_size"), context.world_size, cfg.trainer, last)
+        warn_if_older_graphs(saved, last)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
     model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
@@ -133,6 +135,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             "training_elements": data.store.elements(data.splits["train"]),
             "launch_dir": str(Path.cwd()),  # where a relative data.snapshot is found
             "world_size": context.world_size,  # the ranks trainer.lr_scaling scaled the learning rate for
+            "graph_version": GRAPH_VERSION,
         },
         on_epoch_end=lambda state: _log_epoch(run_dir, state, loggers),
         context=context,
