@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter
-from fnmatch import fnmatch
 from pathlib import Path
 
 import hydra
@@ -13,7 +12,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from crystal_train.cli import require_settings
-from crystal_train.data.cif import structure_file_id
+from crystal_train.data.cif import STRUCTURE_FILE_PATTERNS, is_structure_file_name, structure_file_id
 from crystal_train.data.dataset import graph_settings, report_skipped
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, to_crystal
@@ -25,22 +24,18 @@ from crystal_train.training.inference import resolve_device
 
 log = logging.getLogger(__name__)
 
-STRUCTURE_PATTERNS = ("*.cif", "*.vasp", "*POSCAR*", "*CONTCAR*")  # matched case-insensitively, as pymatgen does
-
-
 def structure_files(path: Path) -> list[Path]:
     """The structure files at `path`: the file itself, or the matching files in a folder."""
     if path.is_dir():
-        patterns = [pattern.lower() for pattern in STRUCTURE_PATTERNS]
         entries = sorted(path.iterdir())
-        files = [f for f in entries if f.is_file() and any(fnmatch(f.name.lower(), p) for p in patterns)]
+        files = [f for f in entries if f.is_file() and is_structure_file_name(f.name)]
         if not files:
-            raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_PATTERNS)}) in {path}")
+            raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_FILE_PATTERNS)}) in {path}")
         ignored = [f.name for f in entries if f not in files and not f.is_dir()]
         if ignored:
             log.warning(
                 "Ignored %d file(s) in %s that are not structure files (%s) or cannot be opened: %s",
-                len(ignored), path, ", ".join(STRUCTURE_PATTERNS), ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""),
+                len(ignored), path, ", ".join(STRUCTURE_FILE_PATTERNS), ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""),
             )
         return files
     if not path.exists():

@@ -43,7 +43,10 @@ _FORMULA_ELEMENT = re.compile(r"[A-Z][a-z]?")
 _SYMOP_LOOP = frozenset({"_symmetry_equiv_pos_site_id", "_symmetry_equiv_pos_as_xyz"})
 _SITE_REQUIRED = ("_atom_site_type_symbol", "_atom_site_label") + tuple(f"_atom_site_fract_{x}" for x in "xyz")
 _SITE_LOOP = frozenset(_SITE_REQUIRED + ("_atom_site_symmetry_multiplicity", "_atom_site_occupancy"))
-_STRUCTURE_FILE_WORDS = ("POSCAR", "CONTCAR")
+# Structure files crystal-predict reads from a folder, by name, in any case (as pymatgen does):
+STRUCTURE_FILE_SUFFIXES = (".cif", ".vasp")
+STRUCTURE_FILE_WORDS = ("POSCAR", "CONTCAR")  # anywhere in the name
+STRUCTURE_FILE_PATTERNS = tuple(f"*{suffix}" for suffix in STRUCTURE_FILE_SUFFIXES) + tuple(f"*{word}*" for word in STRUCTURE_FILE_WORDS)
 
 
 def parse_cif(text: str, item_id: str) -> Crystal:
@@ -62,8 +65,13 @@ def structure_file_id(path: Path) -> str:
     return path.name if _is_poscar_name(path.name) else path.stem
 
 
+def is_structure_file_name(name: str) -> bool:
+    """Whether a file of this name is read as a structure (STRUCTURE_FILE_PATTERNS, any case)."""
+    return name.lower().endswith(STRUCTURE_FILE_SUFFIXES) or _is_poscar_name(name)
+
+
 def _is_poscar_name(name: str) -> bool:
-    return any(word in name.upper() for word in _STRUCTURE_FILE_WORDS)  # as crystal-predict lists them: *POSCAR*, any case
+    return any(word in name.upper() for word in STRUCTURE_FILE_WORDS)
 
 
 def read_structure_file(path: str | Path) -> Crystal:
