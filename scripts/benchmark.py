@@ -165,7 +165,7 @@ class Baseline:
 
 def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
     """The baseline: a torch_geometric DataLoader over one Data object per crystal."""
-    data_list = []
+    data_list, edge_weights = [], store.edge_weights()
     for i in indices:
         n0, n1 = store.node_ptr[i], store.node_ptr[i + 1]
         e0, e1 = store.edge_ptr[i], store.edge_ptr[i + 1]
@@ -174,7 +174,7 @@ def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
                 z=torch.as_tensor(store.numbers[n0:n1], dtype=torch.long),
                 edge_index=torch.as_tensor(store.edge_index[:, e0:e1], dtype=torch.long),
                 edge_attr=torch.as_tensor(store.distances[e0:e1]),
-                edge_weight=torch.as_tensor(store.edge_weights[e0:e1]),
+                edge_weight=torch.as_tensor(edge_weights[e0:e1]),
                 y=torch.tensor([store.targets[i]], dtype=torch.float32),
                 num_nodes=int(n1 - n0),
             )

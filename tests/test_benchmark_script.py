@@ -149,7 +149,7 @@ def test_the_baseline_never_trains_on_a_lone_last_crystal(crystals, batch_size, 
     store = SimpleNamespace(
         node_ptr=np.arange(crystals + 1), edge_ptr=np.arange(crystals + 1), numbers=np.full(crystals, 3, dtype=np.int16),
         edge_index=np.zeros((2, crystals), dtype=np.int32), distances=np.full(crystals, 3.0, dtype=np.float32),
-        edge_weights=np.ones(crystals, dtype=np.float32),
+        edge_weights=lambda: np.ones(crystals, dtype=np.float32),
         targets=np.zeros(crystals),
     )
     batches = _load_benchmark_module().pyg_batches(store, np.arange(crystals), batch_size, torch.device("cpu"), shuffle=True)

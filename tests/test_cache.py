@@ -195,7 +195,7 @@ def _assert_stores_equal(a: GraphStore, b: GraphStore) -> None:
     assert a.ids == b.ids
     assert a.skipped == b.skipped
     assert a.isolated_atoms == b.isolated_atoms
-    for name in ("targets", "split_codes", "numbers", "node_ptr", "edge_index", "edge_ptr", "distances", "edge_weights"):
+    for name in ("targets", "split_codes", "numbers", "node_ptr", "edge_index", "edge_ptr", "distances", "fractional_edges", "fractional_weights"):
         left, right = getattr(a, name), getattr(b, name)
         assert left.dtype == right.dtype, name
         np.testing.assert_array_equal(left, right, err_msg=name)
@@ -219,6 +219,7 @@ def test_load_or_build_returns_equal_store_when_loading(tmp_path):
     loaded = load_or_build(tmp_path, "k", lambda: pytest.fail("built twice"))
     _assert_stores_equal(loaded, built)
     assert loaded.splits == ["train", "val", "test", "val"]
+    assert loaded.fractional_edges.size == 0 and (loaded.edge_weights() == 1).all()  # no cap, no weights stored
 
 
 def test_store_assembly_matches_each_graph_whatever_the_block_size(monkeypatch):
@@ -227,7 +228,8 @@ def test_store_assembly_matches_each_graph_whatever_the_block_size(monkeypatch):
     monkeypatch.setattr(store_module._Column, "BLOCK_BYTES", 64)  # a new block every few crystals
     store = build_store(crystals, lambda c: c, settings, num_workers=1, progress=False)
     assert (store.numbers.dtype, store.edge_index.dtype, store.distances.dtype) == (np.int16, np.int32, np.float32)
-    assert store.edge_weights.dtype == np.float32 and (store.edge_weights < 1).any()
+    assert (store.fractional_edges.dtype, store.fractional_weights.dtype) == (np.int64, np.float32)
+    assert (store.edge_weights() < 1).any()
     for n, crystal in enumerate(crystals):
         graph = build_graph(crystal, settings)
         nodes = slice(store.node_ptr[n], store.node_ptr[n + 1])
@@ -235,7 +237,7 @@ def test_store_assembly_matches_each_graph_whatever_the_block_size(monkeypatch):
         np.testing.assert_array_equal(store.numbers[nodes], graph.numbers)
         np.testing.assert_array_equal(store.edge_index[:, edges], graph.edge_index)
         np.testing.assert_allclose(store.distances[edges], graph.distances, rtol=1e-7)
-        np.testing.assert_allclose(store.edge_weights[edges], graph.weights, rtol=1e-7)
+        np.testing.assert_allclose(store.edge_weights()[edges], graph.weights, rtol=1e-7)
 
 
 def test_building_in_process_keeps_torch_thread_count():

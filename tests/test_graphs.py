@@ -245,7 +245,7 @@ def test_store_gives_each_crystal_the_same_graph_whatever_the_input_order():
             cid: (
                 store.edge_index[:, store.edge_ptr[n] : store.edge_ptr[n + 1]].tolist(),
                 store.distances[store.edge_ptr[n] : store.edge_ptr[n + 1]].tolist(),
-                store.edge_weights[store.edge_ptr[n] : store.edge_ptr[n + 1]].tolist(),
+                store.edge_weights()[store.edge_ptr[n] : store.edge_ptr[n + 1]].tolist(),
             )
             for n, cid in enumerate(store.ids)
         }

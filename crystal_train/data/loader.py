@@ -59,7 +59,7 @@ class DeviceGraphs:
         self.edge_count_t = put(self.edge_counts, torch.long)
         self.edge_index = put(store.edge_index, torch.int32)  # local indices; widened per batch
         self.distances = put(store.distances, torch.float32)
-        self.edge_weights = put(store.edge_weights, torch.float32)
+        self.edge_weights = put(store.edge_weights(), torch.float32)
         self.targets = put(np.nan_to_num(store.targets, nan=0.0), torch.float32)
 
     @property

@@ -30,7 +30,10 @@ class GraphStore:
     edge_index: np.ndarray  # (2, E) int32, local atom indices within each crystal
     edge_ptr: np.ndarray  # (G+1,) int64
     distances: np.ndarray  # (E,) float32
-    edge_weights: np.ndarray  # (E,) float32, see CrystalGraph.weights
+    # Edge weights (CrystalGraph.weights) are 1 but for a few edges at a neighbour shell cut by the
+    # cap (4 % of them at 12 neighbours, none without a cap), so only those are kept:
+    fractional_edges: np.ndarray  # (F,) int64 positions in the edge arrays
+    fractional_weights: np.ndarray  # (F,) float32 their weights
     skipped: list[tuple[str, str]] = field(default_factory=list)
     isolated_atoms: int = 0
 
@@ -40,6 +43,12 @@ class GraphStore:
     @property
     def splits(self) -> list[str | None]:
         return [SPLIT_NAMES[int(code)] for code in self.split_codes]
+
+    def edge_weights(self) -> np.ndarray:
+        """(E,) float32 weight of every edge."""
+        weights = np.ones(self.distances.size, dtype=np.float32)
+        weights[self.fractional_edges] = self.fractional_weights
+        return weights
 
     def crystal_elements(self, index: int) -> np.ndarray:
         """The sorted distinct atomic numbers of crystal `index`."""
@@ -61,7 +70,8 @@ class GraphStore:
             "edge_index": torch.from_numpy(self.edge_index),
             "edge_ptr": torch.from_numpy(self.edge_ptr),
             "distances": torch.from_numpy(self.distances),
-            "edge_weights": torch.from_numpy(self.edge_weights),
+            "fractional_edges": torch.from_numpy(self.fractional_edges),
+            "fractional_weights": torch.from_numpy(self.fractional_weights),
             "skipped": [list(pair) for pair in self.skipped],
             "isolated_atoms": self.isolated_atoms,
         }
@@ -140,27 +150,31 @@ class _StoredGraph(NamedTuple):
     numbers: np.ndarray
     edge_index: np.ndarray
     distances: np.ndarray
-    weights: np.ndarray
+    fractional_edges: np.ndarray  # positions within this graph's edges
+    fractional_weights: np.ndarray
     isolated_atoms: int
 
 
 def _compact(graph: CrystalGraph) -> _StoredGraph:
     """The graph in the store's dtypes, so workers pickle back and the parent holds half as many bytes."""
+    fractional = np.flatnonzero(graph.weights != 1.0)
     return _StoredGraph(
         numbers=graph.numbers.astype(np.int16),
         edge_index=graph.edge_index.astype(np.int32),
         distances=graph.distances.astype(np.float32),
-        weights=graph.weights.astype(np.float32),
+        fractional_edges=fractional.astype(np.int32),
+        fractional_weights=graph.weights[fractional].astype(np.float32),
         isolated_atoms=graph.isolated_atoms,
     )
 
 
 def _assemble(results: Iterable) -> GraphStore:
     ids, targets, splits, skipped = [], [], [], []
-    numbers, distances, weights = _Column(np.int16, (0,)), _Column(np.float32, (0,)), _Column(np.float32, (0,))
+    numbers, distances = _Column(np.int16, (0,)), _Column(np.float32, (0,))
+    fractional_edges, fractional_weights = _Column(np.int64, (0,)), _Column(np.float32, (0,))
     edge_index = _Column(np.int32, (2, 0), axis=1)
     node_counts, edge_counts = [], []
-    isolated = 0
+    isolated, edges_before = 0, 0
     for item_id, target, split, graph, reason in results:
         if graph is None:
             skipped.append((item_id, reason))
@@ -171,10 +185,12 @@ def _assemble(results: Iterable) -> GraphStore:
         node_counts.append(len(graph.numbers))
         edge_counts.append(graph.distances.size)
         isolated += graph.isolated_atoms
+        fractional_edges.append(graph.fractional_edges + np.int64(edges_before))
+        fractional_weights.append(graph.fractional_weights)
+        edges_before += graph.distances.size
         numbers.append(graph.numbers)
         edge_index.append(graph.edge_index)
         distances.append(graph.distances)
-        weights.append(graph.weights)
     return GraphStore(
         ids=ids,
         targets=np.array(targets, dtype=np.float64),
@@ -184,7 +200,8 @@ def _assemble(results: Iterable) -> GraphStore:
         edge_index=edge_index.join(),
         edge_ptr=np.r_[0, np.cumsum(edge_counts, dtype=np.int64)],
         distances=distances.join(),
-        edge_weights=weights.join(),
+        fractional_edges=fractional_edges.join(),
+        fractional_weights=fractional_weights.join(),
         skipped=skipped,
         isolated_atoms=isolated,
     )
