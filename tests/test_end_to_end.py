@@ -222,18 +222,25 @@ def test_missing_mandatory_setting_is_a_usage_line_not_a_traceback(tmp_path, com
 
 
 @pytest.mark.slow
-def test_a_checkpoint_trained_on_older_graphs_is_loaded_with_a_warning_naming_the_change(demo_run, tmp_path, caplog):
+def test_a_checkpoint_trained_on_other_graphs_is_loaded_with_a_warning_naming_the_change(demo_run, tmp_path, caplog):
     run_dir, _, _ = demo_run
     current = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert current["graph_version"] == GRAPH_VERSION
-    old = tmp_path / "old.pt"
-    save_checkpoint(old, **{key: value for key, value in current.items() if key != "graph_version"})
+    unrecorded = {key: value for key, value in current.items() if key != "graph_version"}
+    old, old_uncapped, newer = tmp_path / "old.pt", tmp_path / "old_uncapped.pt", tmp_path / "newer.pt"
+    save_checkpoint(old, **unrecorded)
+    uncapped_config = {**current["config"], "graph": {**current["config"]["graph"], "max_neighbors": None}}
+    save_checkpoint(old_uncapped, **{**unrecorded, "config": uncapped_config})  # version 2 changed capped graphs only
+    save_checkpoint(newer, **{**current, "graph_version": GRAPH_VERSION + 1})
     with caplog.at_level("WARNING"):
         load_model(run_dir / "checkpoints" / "best.pt")
-        assert "trained on graphs of version" not in caplog.text
+        load_model(old_uncapped)
+        assert "graphs of version" not in caplog.text
         load_model(old)
-    assert f"{old} was trained on graphs of version 1; this crystal-train builds version {GRAPH_VERSION}" in caplog.text
-    assert "kept whole with shared edge weights" in caplog.text
+        assert f"{old} was trained on graphs of version 1; this crystal-train builds version {GRAPH_VERSION}" in caplog.text
+        assert "kept whole with shared edge weights" in caplog.text
+        load_model(newer)
+    assert f"{newer} was trained by a newer crystal-train, on graphs of version {GRAPH_VERSION + 1}" in caplog.text
 
 
 @pytest.mark.slow

@@ -223,6 +223,24 @@ def test_atom_order_cannot_choose_between_inequivalent_sites_at_the_cut():
     assert neighbourhoods(reordered, settings, order) == listed
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_ties_are_found_near_the_kth_distance_not_on_a_fixed_grid(seed):
+    """The three O sit at 2.0000005 Å, half-way between two 1e-6 Å steps: rounding each distance to a step
+    would split the tie one way or the other with the rounding noise of a rotation, translation or supercell."""
+    rng = np.random.default_rng(seed)
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    lattice = np.diag([4.000001, 6.0000015, 20.0]) * rng.choice([1, 2], size=(3, 1)) @ rotation
+    repeats = np.abs(np.round(np.linalg.norm(lattice, axis=1) / np.array([4.000001, 6.0000015, 20.0]))).astype(int)
+    cells = np.array(list(itertools.product(*(range(r) for r in repeats))))
+    base = np.array([[0.0, 0.0, 0.0], [0.5, 0.0, 0.0], [0.0, 1 / 3, 0.0]]) + rng.random(3)
+    frac = ((base[None] + cells[:, None]) / repeats).reshape(-1, 3)
+    crystal = Crystal("TiO2", lattice, np.tile([22, 8, 8], len(cells)), frac)
+    graph = build_graph(crystal, GraphSettings(cutoff=8.0, max_neighbors=2))
+    titanium = graph.edge_index[1] % 3 == 0
+    np.testing.assert_allclose(graph.distances[titanium], 2.0000005, atol=1e-9)
+    np.testing.assert_allclose(graph.weights[titanium], 2 / 3, rtol=1e-12)
+
+
 def test_permuted_atom_order_keeps_each_centres_neighbour_shells():
     rng = np.random.default_rng(3)
     crystal = supercell(repeats=2)

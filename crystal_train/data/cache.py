@@ -17,7 +17,7 @@ from crystal_train.data.store import GraphStore
 log = logging.getLogger(__name__)
 
 # Bump when the layout of cached graphs changes (how they are built is graphs.GRAPH_VERSION).
-CACHE_FORMAT_VERSION = 4
+CACHE_FORMAT_VERSION = 5
 
 
 def cache_key(**parts) -> str:

@@ -10,15 +10,27 @@ from pymatgen.optimization.neighbors import find_points_in_spheres
 
 from crystal_train.data.crystal import Crystal
 
-# Distances equal to within this many decimals of an Å count as a tie at the neighbour cap.
-TIE_DECIMALS = 6
+# Neighbours within this distance (Å) of an atom's k-th nearest are tied with it at the cap.
+TIE_TOLERANCE = 1e-6
 
 # Bump when build_graph gives other graphs for the same settings; checkpoints record the version
-# they were trained on. What each version changed:
+# they were trained on. What each version changed, and whether graphs without a cap changed too:
 GRAPH_VERSION_CHANGES = {
-    2: "a neighbour shell cut by max_neighbors is kept whole with shared edge weights, not its first members by atom index",
+    2: (
+        "a neighbour shell cut by max_neighbors is kept whole with shared edge weights, "
+        "rather than its first members by element and atom index",
+        False,
+    ),
 }
 GRAPH_VERSION = max(GRAPH_VERSION_CHANGES)
+
+
+def graph_changes_since(version: int, settings: "GraphSettings") -> list[str]:
+    """What changed in graphs of these settings after graph version `version`."""
+    return [
+        change for number, (change, uncapped_too) in GRAPH_VERSION_CHANGES.items()
+        if number > version and (uncapped_too or settings.max_neighbors is not None)
+    ]
 
 
 @dataclass(frozen=True)
@@ -59,10 +71,10 @@ def build_graph(crystal: Crystal, settings: GraphSettings) -> CrystalGraph:
 
     Periodic images of the atom itself are included; only the zero-distance self pair is not.
     With max_neighbors=k, each atom keeps the neighbours no farther than its k-th nearest. When
-    the k-th distance is shared (a shell cut by the cap), every neighbour at it is kept with the
-    weight (k - closer) / tied, the others weigh 1: the weights sum to k, and no atom index decides
-    which neighbours count, so the graph does not depend on atom order or on the choice of cell.
-    Edges are ordered by centre, then distance.
+    others lie at the k-th distance too (within TIE_TOLERANCE: a shell cut by the cap), all of
+    them are kept with the weight (k - nearer) / tied, the nearer ones weigh 1: the weights sum to
+    min(k, neighbours), and no atom index decides which neighbours count, so the graph does not
+    depend on atom order or on the choice of cell. Edges are ordered by centre, then distance.
     """
     lattice = np.ascontiguousarray(crystal.lattice, dtype=np.float64)
     cart = np.ascontiguousarray(crystal.frac_coords @ lattice, dtype=np.float64)
@@ -75,15 +87,13 @@ def build_graph(crystal: Crystal, settings: GraphSettings) -> CrystalGraph:
         tol=1e-8,
     )
     keep = distances > 1e-8
-    centers, neighbors, images, distances = centers[keep], neighbors[keep], images[keep], distances[keep]
-    ticks = np.rint(distances * 10.0**TIE_DECIMALS).astype(np.int64)
-    weights = np.ones(distances.size)
+    weights = np.ones(int(keep.sum()))
     if settings.max_neighbors is not None:
-        weights = _nearest_weights(centers, ticks, len(crystal.numbers), settings.max_neighbors)
-        keep = weights > 0
-        centers, neighbors, images, distances = centers[keep], neighbors[keep], images[keep], distances[keep]
-        ticks, weights = ticks[keep], weights[keep]
-    order = np.lexsort((ticks, centers))
+        weights = _nearest_weights(centers[keep], distances[keep], len(crystal.numbers), settings.max_neighbors)
+        keep[keep] = weights > 0
+        weights = weights[weights > 0]
+    centers, neighbors, images, distances = centers[keep], neighbors[keep], images[keep], distances[keep]
+    order = np.lexsort((distances, centers))
     return CrystalGraph(
         numbers=np.asarray(crystal.numbers, dtype=np.int64),
         edge_index=np.stack([neighbors[order], centers[order]]).astype(np.int64),
@@ -93,19 +103,28 @@ def build_graph(crystal: Crystal, settings: GraphSettings) -> CrystalGraph:
     )
 
 
-def _nearest_weights(centers: np.ndarray, ticks: np.ndarray, num_atoms: int, k: int) -> np.ndarray:
-    """Each edge's weight under a cap of k neighbours per centre: 1 nearer than the centre's k-th
-    distance, (k - nearer) / tied at it, 0 beyond (distances compared in integer ticks).
+def _nearest_weights(centers: np.ndarray, distances: np.ndarray, num_atoms: int, k: int) -> np.ndarray:
+    """Each edge's weight under a cap of k neighbours per centre, with d_k the centre's k-th
+    smallest distance: 1 below d_k - TIE_TOLERANCE, (k - nearer) / tied within TIE_TOLERANCE of
+    d_k, 0 beyond.
 
-    The k-th distance comes from one sort of (centre, ticks) packed into single integers.
+    One integer sort of (centre, distance in TIE_TOLERANCE steps) packed into single integers finds
+    each centre's k-th step; the exact d_k is then found among the few edges up to one step past it.
     """
-    ranked = np.sort(centers.astype(np.int64) << 40 | ticks)
+    steps = np.floor(distances / TIE_TOLERANCE).astype(np.int64)
+    ranked = np.sort(centers.astype(np.int64) << 40 | steps)
     sorted_centers = ranked >> 40
     at_k = _rank_within_group(sorted_centers) == k - 1
-    kth = np.full(num_atoms, np.iinfo(np.int64).max)
-    kth[sorted_centers[at_k]] = ranked[at_k] & ((1 << 40) - 1)
+    kth_step = np.full(num_atoms, np.iinfo(np.int64).max)
+    kth_step[sorted_centers[at_k]] = ranked[at_k] & ((1 << 40) - 1)
+    candidates = np.flatnonzero(steps - 1 <= kth_step[centers])  # every edge within TIE_TOLERANCE past d_k
+    candidates = candidates[np.lexsort((distances[candidates], centers[candidates]))]
+    at_k = _rank_within_group(centers[candidates]) == k - 1
+    kth = np.full(num_atoms, np.inf)
+    kth[centers[candidates[at_k]]] = distances[candidates[at_k]]
     kth_of_edge = kth[centers]
-    nearer, tied = ticks < kth_of_edge, ticks == kth_of_edge
+    nearer = distances < kth_of_edge - TIE_TOLERANCE
+    tied = ~nearer & (distances <= kth_of_edge + TIE_TOLERANCE)
     nearer_count = np.bincount(centers[nearer], minlength=num_atoms)
     tied_count = np.bincount(centers[tied], minlength=num_atoms)
     weights = nearer.astype(np.float64)

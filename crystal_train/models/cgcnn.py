@@ -11,7 +11,8 @@ Differences from the reference: neighbours come as an edge list, so an atom with
 at ``radius + 1`` Å that still send messages), and BatchNorm ``bn1`` normalises over the real
 edges. With every atom having the full neighbour count the two agree exactly. A neighbour shell
 cut by the cap is kept whole with fractional edge weights (the reference keeps whichever of its
-members come first); where those members are equivalent, as in most crystals, the sums agree.
+members come first); where those members are equivalent, as in most crystals, the sums agree in
+eval mode, to rounding. In training, ``bn1``'s batch statistics count the extra tied edges too.
 """
 
 from __future__ import annotations
@@ -78,7 +79,8 @@ class ConvLayer(nn.Module):
         )
         z_filter, z_core = self.bn1(z).chunk(2, dim=-1)
         messages = self.sigmoid(z_filter) * self.softplus1(z_core)
-        messages = messages * edge_weights.to(messages.dtype).unsqueeze(-1)
+        # in the parameters' dtype, also under bf16 autocast: 2/3 in bf16 is 0.668
+        messages = messages * edge_weights.to(self.fc_full.weight.dtype).unsqueeze(-1)
         summed = scatter(messages, dst, dim=0, dim_size=x.size(0), reduce="sum")
         return self.softplus2(x + self.bn2(summed))
 

@@ -70,7 +70,7 @@ def convert_reference_checkpoint(path: Path, atom_init: Path) -> dict:
     return {
         "format": CHECKPOINT_FORMAT,
         "version": CHECKPOINT_VERSION,
-        "graph_version": GRAPH_VERSION,  # equals the reference's graphs wherever its own choice at the cap is well defined
+        "graph_version": GRAPH_VERSION,  # gives the reference's predictions where the neighbours tied at its cap are equivalent
         "model_state": state,
         "normalizer": {"mean": float(normalizer["mean"]), "std": float(normalizer["std"])},
         "config": {"model": model_cfg, "graph": dict(REFERENCE_GRAPH), "data": _data_config()},

@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 
 from crystal_train.atomic_file import atomic_torch_save, remove_unfinished_writes
-from crystal_train.data.graphs import GRAPH_VERSION, GRAPH_VERSION_CHANGES
+from crystal_train.data.dataset import graph_settings
+from crystal_train.data.graphs import GRAPH_VERSION, graph_changes_since
 
 CHECKPOINT_FORMAT = "crystal-train-checkpoint"
 CHECKPOINT_VERSION = 1
@@ -66,10 +67,17 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return checkpoint
 
 
-def warn_if_older_graphs(checkpoint: dict, path: Path) -> None:
-    """Log what changed in graph building since the checkpoint was trained (no record: version 1)."""
+def warn_if_other_graphs(checkpoint: dict, path: Path) -> None:
+    """Log when the checkpoint was trained on graphs other than those this crystal-train builds (no record: version 1)."""
     trained_on = int(checkpoint.get("graph_version", 1))
-    changes = [change for version, change in GRAPH_VERSION_CHANGES.items() if version > trained_on]
+    if trained_on > GRAPH_VERSION:
+        log.warning(
+            "%s was trained by a newer crystal-train, on graphs of version %d; this one builds version %d, so the graphs "
+            "of some crystals may differ from those it trained on: upgrade crystal-train to use it as trained",
+            path, trained_on, GRAPH_VERSION,
+        )
+        return
+    changes = graph_changes_since(trained_on, graph_settings(checkpoint["config"]["graph"]))
     if changes:
         log.warning(
             "%s was trained on graphs of version %d; this crystal-train builds version %d (%s), so the graphs of "
@@ -105,5 +113,5 @@ def load_model(path: Path, atom_init: str | None = None) -> tuple[dict, torch.nn
         checkpoint = convert_reference_checkpoint(path, Path(atom_init))
     else:
         checkpoint = load_checkpoint(path)
-        warn_if_older_graphs(checkpoint, path)
+        warn_if_other_graphs(checkpoint, path)
     return checkpoint, model_from_checkpoint(checkpoint)

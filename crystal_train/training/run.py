@@ -21,7 +21,7 @@ from crystal_train.data.splits import split_ids
 from crystal_train.data.store import GraphStore
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
-from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, warn_if_older_graphs
+from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, warn_if_other_graphs
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
 from crystal_train.training.ema import checked_decay
 from crystal_train.training.inference import PRECISIONS, predict, resolve_device
@@ -76,7 +76,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     if resume:
         check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last)
         check_same_lr_scale(saved.get("world_size"), context.world_size, cfg.trainer, last)
-        warn_if_older_graphs(saved, last)
+        warn_if_other_graphs(saved, last)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
     model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
@@ -135,7 +135,8 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             "training_elements": data.store.elements(data.splits["train"]),
             "launch_dir": str(Path.cwd()),  # where a relative data.snapshot is found
             "world_size": context.world_size,  # the ranks trainer.lr_scaling scaled the learning rate for
-            "graph_version": GRAPH_VERSION,
+            # a resumed run trained partly on its earlier graphs, so it keeps their version when older
+            "graph_version": min(GRAPH_VERSION, int(saved.get("graph_version", 1))) if resume else GRAPH_VERSION,
         },
         on_epoch_end=lambda state: _log_epoch(run_dir, state, loggers),
         context=context,
