@@ -119,16 +119,18 @@ def _nearest_weights(centers: np.ndarray, distances: np.ndarray, num_atoms: int,
     kth_step[sorted_centers[at_k]] = ranked[at_k] & ((1 << 40) - 1)
     candidates = np.flatnonzero(steps - 1 <= kth_step[centers])  # every edge within TIE_TOLERANCE past d_k
     candidates = candidates[np.lexsort((distances[candidates], centers[candidates]))]
-    at_k = _rank_within_group(centers[candidates]) == k - 1
+    owner, distance = centers[candidates], distances[candidates]
+    at_k = _rank_within_group(owner) == k - 1
     kth = np.full(num_atoms, np.inf)
-    kth[centers[candidates[at_k]]] = distances[candidates[at_k]]
-    kth_of_edge = kth[centers]
-    nearer = distances < kth_of_edge - TIE_TOLERANCE
-    tied = ~nearer & (distances <= kth_of_edge + TIE_TOLERANCE)
-    nearer_count = np.bincount(centers[nearer], minlength=num_atoms)
-    tied_count = np.bincount(centers[tied], minlength=num_atoms)
-    weights = nearer.astype(np.float64)
-    weights[tied] = (k - nearer_count[centers[tied]]) / tied_count[centers[tied]]
+    kth[owner[at_k]] = distance[at_k]
+    nearer = distance < kth[owner] - TIE_TOLERANCE
+    tied = ~nearer & (distance <= kth[owner] + TIE_TOLERANCE)
+    nearer_count = np.bincount(owner[nearer], minlength=num_atoms)
+    tied_count = np.bincount(owner[tied], minlength=num_atoms)
+    candidate_weights = nearer.astype(np.float64)
+    candidate_weights[tied] = (k - nearer_count[owner[tied]]) / tied_count[owner[tied]]
+    weights = np.zeros(distances.size)
+    weights[candidates] = candidate_weights
     return weights
 
 
