@@ -109,7 +109,7 @@ def _nearest_weights(centers: np.ndarray, distances: np.ndarray, num_atoms: int,
     d_k, 0 beyond.
 
     One integer sort of (centre, distance in TIE_TOLERANCE steps) packed into single integers finds
-    each centre's k-th step; the exact d_k is then found among the few edges up to one step past it.
+    each centre's k-th step; the exact d_k is then found among the few edges up to two steps past it.
     """
     steps = np.floor(distances / TIE_TOLERANCE).astype(np.int64)
     ranked = np.sort(centers.astype(np.int64) << 40 | steps)
@@ -117,7 +117,8 @@ def _nearest_weights(centers: np.ndarray, distances: np.ndarray, num_atoms: int,
     at_k = _rank_within_group(sorted_centers) == k - 1
     kth_step = np.full(num_atoms, np.iinfo(np.int64).max)
     kth_step[sorted_centers[at_k]] = ranked[at_k] & ((1 << 40) - 1)
-    candidates = np.flatnonzero(steps - 1 <= kth_step[centers])  # every edge within TIE_TOLERANCE past d_k
+    # every edge within TIE_TOLERANCE past d_k is at most one step past its step; two allow for rounding
+    candidates = np.flatnonzero(steps - 2 <= kth_step[centers])
     candidates = candidates[np.lexsort((distances[candidates], centers[candidates]))]
     owner, distance = centers[candidates], distances[candidates]
     at_k = _rank_within_group(owner) == k - 1
