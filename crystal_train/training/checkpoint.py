@@ -67,9 +67,14 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     return checkpoint
 
 
+def trained_graph_version(checkpoint: dict) -> int:
+    """The graph version the checkpoint was trained on; checkpoints from before the record hold version 1."""
+    return int(checkpoint.get("graph_version", 1))
+
+
 def warn_if_other_graphs(checkpoint: dict, path: Path) -> None:
-    """Log when the checkpoint was trained on graphs other than those this crystal-train builds (no record: version 1)."""
-    trained_on = int(checkpoint.get("graph_version", 1))
+    """Log when the checkpoint was trained on graphs other than those this crystal-train builds."""
+    trained_on = trained_graph_version(checkpoint)
     if trained_on > GRAPH_VERSION:
         log.warning(
             "%s was trained by a newer crystal-train, on graphs of version %d; this one builds version %d, so the graphs "

@@ -21,7 +21,7 @@ from crystal_train.data.splits import split_ids
 from crystal_train.data.store import GraphStore
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
-from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, warn_if_other_graphs
+from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, trained_graph_version, warn_if_other_graphs
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
 from crystal_train.training.ema import checked_decay
 from crystal_train.training.inference import PRECISIONS, predict, resolve_device
@@ -136,7 +136,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             "launch_dir": str(Path.cwd()),  # where a relative data.snapshot is found
             "world_size": context.world_size,  # the ranks trainer.lr_scaling scaled the learning rate for
             # a resumed run trained partly on its earlier graphs, so it keeps their version when older
-            "graph_version": min(GRAPH_VERSION, int(saved.get("graph_version", 1))) if resume else GRAPH_VERSION,
+            "graph_version": min(GRAPH_VERSION, trained_graph_version(saved)) if resume else GRAPH_VERSION,
         },
         on_epoch_end=lambda state: _log_epoch(run_dir, state, loggers),
         context=context,
