@@ -6,7 +6,7 @@ and device memory, for each model × precision × compile setting, plus the same
 from a plain torch_geometric DataLoader over a list of Data objects, and the speed-up ratio. The
 baseline runs the model uncompiled at each row's precision (measured once per model and
 precision). Peak host memory is per setting and per graph build where the kernel can reset it
-(Linux), else null. The defaults measure float32 uncompiled; --precisions 32,bf16 --compile both
+(Linux), else null. The defaults measure float32 uncompiled; --precisions 32,tf32,bf16 --compile both
 gives the whole matrix.
 It also times batch formation alone (one pass over the training split with no model, batches
 moved to the device): the ceiling that the data path puts on training speed, for both paths.
@@ -41,7 +41,7 @@ from crystal_train.data.batch import GraphBatch
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
 from crystal_train.training.artifacts import write_json
-from crystal_train.training.inference import PRECISIONS, precision_context, resolve_device
+from crystal_train.training.inference import PRECISIONS, float32_matmul_precision, precision_context, resolve_device
 from crystal_train.training.metrics import Normalizer
 
 
@@ -52,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--target", default="formation_energy_per_atom", help="target column")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--models", default="cgcnn,schnet", help="comma-separated model configs")
-    parser.add_argument("--precisions", default="32", help="comma-separated: 32, bf16")
+    parser.add_argument("--precisions", default="32", help="comma-separated: 32, tf32 (TensorFloat-32 matrix products on CUDA), bf16")
     parser.add_argument("--compile", choices=("off", "on", "both"), default="off", help="torch.compile settings to measure")
     parser.add_argument("--batch-size", type=int, default=64, help="training batch size (crystals)")
     parser.add_argument("--eval-batch-size", type=int, default=64, help="inference batch size")
@@ -207,6 +207,12 @@ def measure_batching(graphs, train_idx, baseline, args, device) -> dict:
 
 
 def measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline: Baseline | None) -> dict:
+    with float32_matmul_precision(precision):
+        return measure_setting(cfg, model_name, data, args, device, precision, compiled, graphs, baseline)
+
+
+def measure_setting(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline: Baseline | None) -> dict:
+    """Training and inference speed of one (model, precision, compile) setting, and of the baseline at that precision."""
     host_reset = reset_peak_host_memory()
     torch.manual_seed(0)
     model = hydra.utils.instantiate(cfg.model).to(device)

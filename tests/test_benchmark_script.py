@@ -71,7 +71,7 @@ def test_help_documents_every_flag_and_shows_the_example_as_written():
     # The example keeps its line continuation, so it can be pasted as shown.
     assert "mp2018_megnet_with_structures.csv.xz \\\n        --limit 2000 --device cpu" in completed.stdout
     refused = subprocess.run([sys.executable, str(SCRIPT), "--precisions", "32,fp16"], capture_output=True, text=True)
-    assert refused.returncode == 2 and "--precisions: fp16 not among 32, bf16" in refused.stderr
+    assert refused.returncode == 2 and "--precisions: fp16 not among 32, tf32, bf16" in refused.stderr
 
 
 def test_graph_benchmark_reports_a_failing_phase_instead_of_waiting_forever(tmp_path):

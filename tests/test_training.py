@@ -690,7 +690,7 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
     [
         ("trainer.loss=mae", "trainer.loss must be one of mse, l1, huber, not 'mae'"),
         ("trainer.lr_scaling=sqrt-root", "trainer.lr_scaling must be one of none, linear, sqrt, not 'sqrt-root'"),
-        ("trainer.precision=16", "trainer.precision must be one of 32, bf16, not '16'"),
+        ("trainer.precision=16", "trainer.precision must be one of 32, tf32, bf16, not '16'"),
         ("trainer.ema_decay=1", "trainer.ema_decay must be null \\(off\\) or lie strictly between 0 and 1, such as 0.999; not 1"),
     ],
 )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
 from crystal_train.training.metrics import Normalizer
 
-PRECISIONS = ("32", "bf16")  # trainer.precision
+PRECISIONS = ("32", "tf32", "bf16")  # trainer.precision
 
 
 @torch.no_grad()
@@ -17,22 +19,38 @@ def predict(
 ) -> np.ndarray:
     """Model predictions (denormalised, float64) for the crystals at `indices`, in that order.
 
-    `precision="bf16"` runs the model under bf16 autocast, as training validated it.
+    The model runs in the precision training validated it in (trainer.precision).
     """
     model.eval()
     device_type = graphs.device.type
     outputs = []
-    for batch in BatchIterator(graphs, indices, batch_size):
-        with precision_context(device_type, precision):
-            outputs.append(model(batch).float())
+    with float32_matmul_precision(precision):
+        for batch in BatchIterator(graphs, indices, batch_size):
+            with precision_context(device_type, precision):
+                outputs.append(model(batch).float())
     if not outputs:
         return np.zeros(0)
     return normalizer.denormalize(torch.cat(outputs).double().cpu().numpy())
 
 
 def precision_context(device_type: str, precision: str):
-    """bf16 autocast for `precision="bf16"`, a no-op context for "32" (trainer.precision)."""
+    """bf16 autocast around a forward pass for `precision="bf16"`, a no-op context for "32" and "tf32" (trainer.precision)."""
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=str(precision) == "bf16")
+
+
+@contextmanager
+def float32_matmul_precision(precision: str):
+    """Float32 matrix products for the whole of a training or inference pass, backward included:
+    TensorFloat-32 on CUDA for `precision="tf32"`, full float32 otherwise; the previous setting is restored on exit.
+
+    CPUs have no TensorFloat-32, so there "tf32" computes as "32".
+    """
+    previous = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("high" if str(precision) == "tf32" else "highest")
+    try:
+        yield
+    finally:
+        torch.set_float32_matmul_precision(previous)
 
 
 def resolve_device(name: str) -> torch.device:

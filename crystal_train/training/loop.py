@@ -17,7 +17,7 @@ from crystal_train.data.loader import BatchIterator
 from crystal_train.training.checkpoint import save_checkpoint
 from crystal_train.training.distributed import DistributedContext
 from crystal_train.training.ema import WeightAverage
-from crystal_train.training.inference import precision_context
+from crystal_train.training.inference import float32_matmul_precision, precision_context
 from crystal_train.training.metrics import Normalizer
 
 log = logging.getLogger(__name__)
@@ -114,6 +114,11 @@ class Trainer:
 
     # ----- epochs -----------------------------------------------------------------------
     def fit(self) -> TrainState:
+        """Train to max_epochs or early stopping, with float32 matrix products in trainer.precision's mode throughout."""
+        with float32_matmul_precision(self.precision):
+            return self._run_epochs()
+
+    def _run_epochs(self) -> TrainState:
         max_epochs = int(self.cfg.max_epochs)
         patience = int(self.cfg.patience)
         min_delta = float(self.cfg.get("min_delta", 0.0))
