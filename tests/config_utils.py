@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from importlib.resources import files
+
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
+
+# Every packaged `experiment=` overlay, by name.
+EXPERIMENTS = sorted(p.name.removesuffix(".yaml") for p in files("crystal_train.configs").joinpath("experiment").iterdir() if p.name.endswith(".yaml"))
 
 
 def compose_config(config_name: str, overrides: list[str]):

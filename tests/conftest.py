@@ -13,6 +13,10 @@ from pymatgen.io.cif import CifWriter
 from config_utils import compose_config
 from crystal_train.training.run import train
 
+# The shared datasets folder beside the checkout (CI has it; tests that read it skip without it).
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+MP2018_SNAPSHOT = SHARED_DATASETS / "mp2018_megnet" / "mp2018_megnet_with_structures.csv.xz"
+
 DEMO_OVERRIDES = ["data=demo", "data.num_crystals=120", "model.n_conv=2", "trainer.batch_size=32", "seed=7"]
 
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED_DATASETS
 from graph_utils import make_batch
 from omegaconf import OmegaConf
 
@@ -38,7 +39,6 @@ from crystal_train.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint
 from config_utils import compose_config
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 SAMPLE = SHARED_DATASETS / "cgcnn_sample" / "sample-regression"
 ATOM_INIT = SAMPLE / "atom_init.json"
 PRETRAINED = SHARED_DATASETS / "cgcnn_pretrained"

@@ -1,18 +1,15 @@
 """Tests for CIF parsing (fast P1 path and pymatgen fallback) and structure-file reading."""
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import MP2018_SNAPSHOT
 from pymatgen.core import Structure
 
 from crystal_train.data import cif
 from crystal_train.data.cif import parse_cif, read_structure_file
 from crystal_train.data.crystal import SkippedItem
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-MP_CSV = SHARED / "mp2018_megnet" / "mp2018_megnet_with_structures.csv.xz"
 
 P1_HEADER = """# generated using pymatgen
 data_test
@@ -75,11 +72,11 @@ def fallback_calls(monkeypatch):
 
 
 def test_fast_path_matches_pymatgen_on_materials_project_cifs(fallback_calls):
-    if not MP_CSV.exists():
+    if not MP2018_SNAPSHOT.exists():
         pytest.skip("shared mp2018_megnet dataset not available")
     import pandas as pd
 
-    rows = pd.read_csv(MP_CSV, keep_default_na=False, nrows=300, usecols=["material_id", "cif"])
+    rows = pd.read_csv(MP2018_SNAPSHOT, keep_default_na=False, nrows=300, usecols=["material_id", "cif"])
     for material_id, text in zip(rows.material_id, rows.cif):
         crystal = parse_cif(text, material_id)
         assert crystal.id == material_id

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from importlib.resources import files
-
 import hydra
 import pytest
 import torch
 
-from config_utils import compose_config
-
-CONFIGS = files("crystal_train.configs")
-EXPERIMENTS = sorted(p.name.removesuffix(".yaml") for p in CONFIGS.joinpath("experiment").iterdir() if p.name.endswith(".yaml"))
+from config_utils import EXPERIMENTS, compose_config
 
 
 @pytest.mark.parametrize("model", ["cgcnn", "schnet"])

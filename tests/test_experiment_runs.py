@@ -10,19 +10,16 @@ from __future__ import annotations
 import csv
 import json
 import math
-from importlib.resources import files
 from pathlib import Path
 
 import pytest
 
-from config_utils import compose_config
+from config_utils import EXPERIMENTS, compose_config
+from conftest import MP2018_SNAPSHOT
 from crystal_train.training.run import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SNAPSHOT = REPO_ROOT.parent / "shared" / "datasets" / "mp2018_megnet" / "mp2018_megnet_with_structures.csv.xz"
-MP2018_EXPERIMENTS = sorted(
-    p.name.removesuffix(".yaml") for p in files("crystal_train.configs").joinpath("experiment").iterdir() if p.name.startswith("mp2018")
-)
+MP2018_EXPERIMENTS = [name for name in EXPERIMENTS if name.startswith("mp2018")]
 UNITS = {"formation_energy_per_atom": "eV/atom", "band_gap": "eV"}
 
 
@@ -32,7 +29,7 @@ def slice_cache(tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not SNAPSHOT.is_file(), reason=f"{SNAPSHOT} is absent")
+@pytest.mark.skipif(not MP2018_SNAPSHOT.is_file(), reason=f"{MP2018_SNAPSHOT} is absent")
 @pytest.mark.parametrize("experiment", MP2018_EXPERIMENTS)
 def test_overlay_trains_on_a_slice_of_the_shared_split(experiment, slice_cache, tmp_path, monkeypatch):
     monkeypatch.chdir(REPO_ROOT)  # where the overlays' default ../shared/datasets path resolves, as in the docs

@@ -3,10 +3,10 @@
 import json
 import math
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
+from conftest import SHARED_DATASETS
 from pymatgen.core import Element
 
 from crystal_train.data.features import (
@@ -16,8 +16,7 @@ from crystal_train.data.features import (
     supported_elements,
 )
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-REFERENCE = SHARED / "cgcnn_sample" / "sample-regression" / "atom_init.json"
+REFERENCE = SHARED_DATASETS / "cgcnn_sample" / "sample-regression" / "atom_init.json"
 
 
 def _segments(table: torch.Tensor) -> dict[str, torch.Tensor]:

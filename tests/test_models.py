@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import itertools
 from dataclasses import replace
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SHARED_DATASETS
 from graph_utils import make_batch
 
 from crystal_train.data.batch import GraphBatch
@@ -19,7 +19,7 @@ from crystal_train.data.graphs import GraphSettings
 from crystal_train.models import CGCNN, SchNet
 from crystal_train.models.schnet import cosine_cutoff
 
-CHECKPOINT = Path("/work/shared/datasets/cgcnn_pretrained/formation-energy-per-atom.pth.tar")
+CHECKPOINT = SHARED_DATASETS / "cgcnn_pretrained" / "formation-energy-per-atom.pth.tar"
 SETTINGS = {"cgcnn": GraphSettings(cutoff=8.0, max_neighbors=12), "schnet": GraphSettings(cutoff=8.0, max_neighbors=24)}
 ELEMENTS = np.array([3, 8, 14, 26])
 

@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import SHARED_DATASETS
 from pymatgen.core import Lattice, Structure
 
 from crystal_train.data.crystal import SkippedItem
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
 from crystal_train.data.sources import RawItem, content_fingerprint, load_source, to_crystal
-
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
 
 def _structures() -> dict[str, Structure]:
@@ -323,7 +322,7 @@ def test_unknown_paths_and_layouts(tmp_path):
 
 
 def test_shared_cgcnn_sample_regression():
-    folder = SHARED / "cgcnn_sample" / "sample-regression"
+    folder = SHARED_DATASETS / "cgcnn_sample" / "sample-regression"
     if not (folder / "id_prop.csv").is_file():
         pytest.skip(f"shared dataset not present at {folder}")
     data = load_source(folder, "dummy")
