@@ -15,7 +15,7 @@ import pytest
 from conftest import SHARED_DATASETS
 from pymatgen.core import Lattice, Structure
 
-from crystal_train.data.crystal import SkippedItem
+from crystal_train.data.crystal import SkippedItem, cell_thickness
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
 from crystal_train.data.sources import RawItem, content_fingerprint, load_source, to_crystal
@@ -272,10 +272,28 @@ def test_to_crystal_rejects_bad_structures():
         to_crystal(RawItem("x", 1.0, None, structure=bad_arrays))
     with pytest.raises(SkippedItem, match="malformed structure"):
         to_crystal(RawItem("x", 1.0, None, structure={"sites": "nonsense"}))
+    singular = {"lattice": [[3, 0, 0], [0, 4, 0], [3, 4, 0]], "numbers": [1], "frac_coords": [[0, 0, 0]]}
+    with pytest.raises(SkippedItem, match="degenerate cell: 0 Å thick"):
+        to_crystal(RawItem("x", 1.0, None, structure=singular))
+    flat = {"lattice": [[5, 0, 0], [0, 5, 0], [0, 0, 0.005]], "numbers": [1], "frac_coords": [[0, 0, 0]]}
+    with pytest.raises(SkippedItem, match="degenerate cell: 0.005 Å thick"):
+        to_crystal(RawItem("x", 1.0, None, structure=flat))
+    stacked = {"lattice": np.diag([5.0, 5.0, 5.0]).tolist(), "numbers": [3, 8, 3], "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5], [1 - 1e-6, 0, 0]]}
+    with pytest.raises(SkippedItem, match=r"sites 0 and 2 \(counting from 0\) are at the same position"):
+        to_crystal(RawItem("x", 1.0, None, structure=stacked))
+    left_handed = {"lattice": [[5, 0, 0], [0, 5, 0], [0, 0, -5]], "numbers": [3, 8], "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]]}
+    assert to_crystal(RawItem("x", 1.0, None, structure=left_handed)).num_atoms == 2
     with pytest.raises(SkippedItem, match="no structure"):
         to_crystal(RawItem("x", 1.0, None))
     with pytest.raises(SkippedItem, match="malformed CIF"):
         to_crystal(RawItem("x", 1.0, None, cif_text="data_x\n_not a cif\n"))
+
+
+def test_cell_thickness_is_the_smallest_spacing_of_the_cell_faces():
+    lattice = Lattice.from_parameters(3.0, 4.5, 7.0, 70.0, 100.0, 115.0)
+    spacings = [lattice.d_hkl(hkl) for hkl in ((1, 0, 0), (0, 1, 0), (0, 0, 1))]
+    assert cell_thickness(lattice.matrix) == pytest.approx(min(spacings), rel=1e-12)
+    assert cell_thickness(-lattice.matrix) == pytest.approx(min(spacings), rel=1e-12)
 
 
 def test_fingerprint_tracks_content_target_and_columns_not_folder_or_mtime(tmp_path):

@@ -17,12 +17,10 @@ from typing import Callable
 
 import numpy as np
 
-from crystal_train.data.crystal import Crystal, SkippedItem
+from crystal_train.data.crystal import MIN_CELL_THICKNESS, Crystal, SkippedItem, coinciding_sites
 
 # pymatgen CifParser defaults that the fast path reproduces
-_SITE_TOLERANCE = 1e-4  # sites closer than this (per fractional component) are merged
 _FRAC_TOLERANCE = 1e-4  # coordinates this close to 1/3 or 2/3 are snapped to them
-_MIN_THICKNESS = 0.01  # Å; thinner cells are rejected
 # the CifBlock tokenizer of pymatgen: bare words, or quoted strings ending before whitespace
 _TOKEN = re.compile(r"""([^'"\s][\S]*)|'(.*?)'(?!\S)|"(.*?)"(?!\S)""")
 _COMMENT = re.compile(r"(\s|^)#.*$", flags=re.MULTILINE)
@@ -190,7 +188,7 @@ def _parse_p1(text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     if any(v is None for column in coords for v in column):
         return None
     frac = _snap_thirds(np.array(coords, dtype=np.float64).T)
-    if not np.isfinite(frac).all() or _has_overlapping_sites(frac):
+    if not np.isfinite(frac).all() or coinciding_sites(frac) is not None:  # pymatgen would merge them
         return None
     # pymatgen groups sites by element and then sorts them by (electronegativity, symbol), keeping file order
     order = sorted(range(len(symbols)), key=lambda i: (elements[symbols[i]][1], symbols[i]))
@@ -276,14 +274,6 @@ def _snap_thirds(frac: np.ndarray) -> np.ndarray:
     return frac
 
 
-def _has_overlapping_sites(frac: np.ndarray) -> bool:
-    """True if two sites coincide within pymatgen's site tolerance (it would merge them)."""
-    diff = frac[:, None, :] - frac[None, :, :]
-    diff -= np.round(diff)
-    close = np.all(np.abs(diff) < _SITE_TOLERANCE, axis=2)
-    return bool(close.sum() > len(frac))
-
-
 def _lattice_from_parameters(a, b, c, alpha, beta, gamma) -> np.ndarray | None:
     """Cell vectors as rows, in the convention of pymatgen's ``Lattice.from_parameters``; None if degenerate."""
     angles = np.radians([alpha, beta, gamma])
@@ -306,7 +296,7 @@ def _lattice_from_parameters(a, b, c, alpha, beta, gamma) -> np.ndarray | None:
     volume = a * b * c * math.sqrt(volume_factor)
     sines = [math.sqrt(1 - x * x) for x in cosines]
     areas = [b * c * sines[0], a * c * sines[1], a * b * sines[2]]
-    if not volume > 0 or any(not area > 0 or volume / area < _MIN_THICKNESS for area in areas):
+    if not volume > 0 or any(not area > 0 or volume / area < MIN_CELL_THICKNESS for area in areas):
         return None
     return matrix
 

@@ -6,6 +6,25 @@ from dataclasses import dataclass
 
 import numpy as np
 
+SITE_TOLERANCE = 1e-4  # sites closer than this in every fractional component coincide (pymatgen's CIF merge tolerance)
+MIN_CELL_THICKNESS = 0.01  # Å; thinner cells are rejected, as pymatgen does
+
+
+def coinciding_sites(frac_coords: np.ndarray) -> tuple[int, int] | None:
+    """The first pair of sites (i < j) that coincide within SITE_TOLERANCE under periodic boundaries, or None."""
+    diff = frac_coords[:, None, :] - frac_coords[None, :, :]
+    diff -= np.round(diff)
+    close = np.all(np.abs(diff) < SITE_TOLERANCE, axis=2)
+    pairs = np.argwhere(np.triu(close, k=1))
+    return (int(pairs[0, 0]), int(pairs[0, 1])) if len(pairs) else None
+
+
+def cell_thickness(lattice: np.ndarray) -> float:
+    """The smallest interplanar spacing of the cell (volume over the largest face), 0 for a singular cell."""
+    volume = abs(float(np.linalg.det(lattice)))
+    largest_face = max(float(np.linalg.norm(np.cross(lattice[i - 2], lattice[i - 1]))) for i in range(3))
+    return volume / largest_face if largest_face > 0 else 0.0
+
 
 @dataclass
 class Crystal:
