@@ -283,6 +283,39 @@ def test_eval_finds_a_relative_snapshot_from_another_directory(write_csv, good_r
         evaluate(compose_config("eval", [f"ckpt={without_launch_dir}", f"output={elsewhere}", "device=cpu"]))
 
 
+def test_eval_from_another_directory_needs_no_relative_split_file_unless_it_scores_the_files_split(
+    write_csv, good_rows, tmp_path, monkeypatch
+):
+    """Trained with data.split.file=split.json: the checkpoint's saved split replaces the file, and split_from=data
+    looks for it where training ran, as data.snapshot is."""
+    write_csv(good_rows)
+    ids = [row["material_id"] for row in good_rows]
+    (tmp_path / "split.json").write_text(json.dumps({"train": ids[:3], "val": [ids[3]], "test": [ids[4]]}))
+    monkeypatch.chdir(tmp_path)
+    tiny = ["model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "trainer.batch_size=2", "trainer.max_epochs=1", "seed=0"]
+    cfg = compose_config(
+        "train",
+        ["data.snapshot=data.csv", "data.split.file=split.json", f"data.cache_dir={tmp_path / 'cache'}",
+         "trainer.device=cpu", "trainer.progress_bar=false", *tiny],
+    )
+    train(cfg, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+
+    def scored(*overrides: str) -> dict:
+        return evaluate(compose_config("eval", [f"ckpt={ckpt}", f"output={elsewhere}", "device=cpu", "split=all", *overrides]))
+
+    expected = {name: len(members) for name, members in json.loads((tmp_path / "split.json").read_text()).items()}
+    assert {name: scored()[name]["n"] for name in expected} == expected
+    assert {name: scored("split_from=data")[name]["n"] for name in expected} == expected
+    (tmp_path / "split.json").unlink()
+    assert {name: scored()[name]["n"] for name in expected} == expected  # the saved split needs no file
+    with pytest.raises(FileNotFoundError, match=r"best\.pt was trained on split\.json, relative to .*: run crystal-eval there, or give data\.split\.file=PATH"):
+        scored("split_from=data")
+
+
 def test_eval_of_a_copy_of_the_training_data_scores_the_saved_split(write_csv, good_rows, tmp_path, caplog):
     """data.snapshot=<the training file> split=test must score the run's own test crystals, not a redrawn split."""
     snapshot = write_csv(good_rows)

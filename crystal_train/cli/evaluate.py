@@ -41,14 +41,15 @@ def evaluate(cfg: DictConfig) -> dict:
     other_source = cfg.data.get("snapshot") is not None
     whole_source = other_source and cfg.get("split") is None
     names = (WHOLE_SOURCE,) if whole_source else _split_names(str(cfg.get("split") or "test"))
+    saved = checkpoint.get("split_ids")
     if other_source:
         train_cfg.data.snapshot = str(cfg.data.snapshot)
         train_cfg.data.limit = None
         train_cfg.data.split.file = None
     else:
-        _find_training_snapshot(train_cfg.data, checkpoint.get("launch_dir"), checkpoint_path)
+        use_saved_split = bool(saved) and split_from != "data"
+        _find_training_files(train_cfg.data, checkpoint.get("launch_dir"), checkpoint_path, use_saved_split)
     data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=ensemble.elements())
-    saved = checkpoint.get("split_ids")
     if whole_source:
         data.splits = {WHOLE_SOURCE: np.arange(len(data.store))}
     elif saved and split_from != "data" and (not other_source or _holds_every_id(data.store, saved)):
@@ -88,17 +89,28 @@ def evaluate(cfg: DictConfig) -> dict:
     return report
 
 
-def _find_training_snapshot(data_cfg: DictConfig, launch_dir: str | None, checkpoint_path: Path) -> None:
-    """Point a relative data.snapshot at the directory training ran in when it is not found from here."""
-    snapshot = data_cfg.get("snapshot")
-    if snapshot is None or Path(snapshot).expanduser().is_absolute() or Path(snapshot).exists():
-        return
-    if launch_dir is not None and (Path(launch_dir) / snapshot).exists():
-        data_cfg.snapshot = str(Path(launch_dir) / snapshot)
-        return
+def _find_training_files(data_cfg: DictConfig, launch_dir: str | None, checkpoint_path: Path, use_saved_split: bool) -> None:
+    """Point the training run's relative data.snapshot and data.split.file at the directory training ran in
+    when they are not found from here; the split file is not read at all when the checkpoint's saved split replaces it."""
+    if data_cfg.get("snapshot") is not None:
+        data_cfg.snapshot = _training_path(
+            str(data_cfg.snapshot), launch_dir, checkpoint_path, "give data.snapshot=PATH (with split=test for its test split)"
+        )
+    if use_saved_split:
+        data_cfg.split.file = None
+    elif data_cfg.split.get("file") is not None:
+        data_cfg.split.file = _training_path(str(data_cfg.split.file), launch_dir, checkpoint_path, "give data.split.file=PATH")
+
+
+def _training_path(path: str, launch_dir: str | None, checkpoint_path: Path, hint: str) -> str:
+    """`path` itself when found from here (or absolute), else the same relative path in the directory training ran in."""
+    if Path(path).expanduser().is_absolute() or Path(path).exists():
+        return path
+    if launch_dir is not None and (Path(launch_dir) / path).exists():
+        return str(Path(launch_dir) / path)
     raise FileNotFoundError(
-        f"{checkpoint_path} was trained on {snapshot}, relative to {launch_dir or 'the directory training ran in'}, "
-        "and it is not found from here: run crystal-eval there, or give data.snapshot=PATH (with split=test for its test split)"
+        f"{checkpoint_path} was trained on {path}, relative to {launch_dir or 'the directory training ran in'}, "
+        f"and it is not found from here: run crystal-eval there, or {hint}"
     )
 
 
