@@ -332,6 +332,32 @@ def test_a_resumed_run_that_dies_leaves_no_results_of_the_run_before(small_cfg, 
 
 
 @pytest.mark.slow
+def test_starting_over_moves_the_training_before_aside_and_a_death_leaves_none_of_it(small_cfg, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    train(small_cfg("trainer.max_epochs=2"), run_dir)
+    earlier = {name: (run_dir / name).read_bytes() for name in ("metrics.json", "history.csv", "checkpoints/best.pt", "config.yaml")}
+
+    def dies(self):
+        raise MemoryError("killed (simulated)")
+
+    monkeypatch.setattr(loop.Trainer, "fit", dies)
+    with pytest.raises(MemoryError):
+        train(small_cfg("trainer.max_epochs=1", "trainer.resume=false", "optim.lr=0.01"), run_dir)
+    left = [name for name in (*FINAL_RESULTS, "history.csv", "checkpoints/last.pt", "checkpoints/best.pt") if (run_dir / name).exists()]
+    assert left == []  # nothing of the training before is taken for this one's, nor resumed by trainer.resume=auto
+    assert {name: (run_dir / "previous-1" / name).read_bytes() for name in earlier} == earlier
+    assert OmegaConf.load(run_dir / "config.yaml").optim.lr == 0.01
+
+    monkeypatch.undo()
+    train(small_cfg("trainer.max_epochs=1", "trainer.resume=false", "optim.lr=0.01"), run_dir)
+    assert not (run_dir / "previous-2").exists()  # the run that died had trained nothing to keep
+    assert [int(row["epoch"]) for row in _history(run_dir)] == [1] and _metrics(run_dir)["epochs"] == 1
+    train(small_cfg("trainer.max_epochs=1", "trainer.resume=false", "optim.lr=0.02"), run_dir)
+    assert OmegaConf.load(run_dir / "previous-2" / "config.yaml").optim.lr == 0.01
+    assert _metrics(run_dir / "previous-2")["epochs"] == 1 and OmegaConf.load(run_dir / "config.yaml").optim.lr == 0.02
+
+
+@pytest.mark.slow
 def test_resume_refuses_a_changed_seed_and_may_raise_the_patience_of_a_stopped_run(small_cfg, tmp_path):
     # min_delta larger than any val MAE: only epoch 1 improves, so patience=1 stops after epoch 2.
     stopping = ("trainer.max_epochs=10", "trainer.min_delta=1000")

@@ -114,6 +114,22 @@ def keep_old_config(run_dir: Path) -> None:
         old.rename(run_dir / f"config.previous-{number}.yaml")
 
 
+def set_aside_earlier_run(run_dir: Path, names: tuple[str, ...], trained: tuple[str, ...]) -> Path | None:
+    """Before a run that starts over (no last.pt, or trainer.resume=false) writes its files: if run_dir holds any of
+    `trained` (what an earlier training leaves), move its `names` into run_dir/previous-N and return that folder."""
+    if not any((run_dir / name).exists() for name in trained):
+        return None
+    number = 1
+    while (run_dir / f"previous-{number}").exists():
+        number += 1
+    aside = run_dir / f"previous-{number}"
+    aside.mkdir()
+    for path in [run_dir / name for name in names] + sorted(run_dir.glob("config.previous-*.yaml")):
+        if path.exists():
+            path.rename(aside / path.name)
+    return aside
+
+
 def _flatten(config, prefix: str = "") -> dict:
     if not isinstance(config, dict) or not config:
         return {prefix: config}

@@ -30,7 +30,9 @@ from crystal_train.training.loop import LOSSES, Trainer, seed_everything
 from crystal_train.training.lr_scaling import RULES, lr_scale, scale_learning_rate
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.plots import learning_curve_plot, parity_plot
-from crystal_train.training.resume import check_same_data, check_same_lr_scale, check_same_training, keep_old_config, should_resume
+from crystal_train.training.resume import (
+    check_same_data, check_same_lr_scale, check_same_training, keep_old_config, set_aside_earlier_run, should_resume,
+)
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +40,11 @@ RUN_LOCK = ".crystal-train.lock"
 # Files a finished run writes at its end: a resumed run removes them, so that until it finishes
 # again none of them describes a model its checkpoints no longer hold.
 FINAL_RESULTS = ("metrics.json", "predictions_test.csv", "parity_test.png", "learning_curve.png")
+# Everything a training writes into its run directory (beside Hydra's own files): a run that starts
+# over where an earlier one trained (left any of TRAINED_MARKS) moves that one's files into
+# previous-N, so neither is lost nor mixed with the other.
+RUN_FILES = (*FINAL_RESULTS, "checkpoints", "history.csv", "config.yaml", "split.json", "skipped.csv", "tensorboard")
+TRAINED_MARKS = ("checkpoints/last.pt", "checkpoints/best.pt", "history.csv", "metrics.json")
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
@@ -94,6 +101,10 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             keep_old_config(run_dir)
             for name in FINAL_RESULTS:
                 (run_dir / name).unlink(missing_ok=True)
+        else:
+            aside = set_aside_earlier_run(run_dir, RUN_FILES, TRAINED_MARKS)
+            if aside is not None:
+                log.info("Starting over in %s: the files of the training before are moved to %s", run_dir, aside)
         artifacts.write_config(run_dir / "config.yaml", cfg)
         artifacts.write_json(run_dir / "split.json", ids_by_split)
         artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)
