@@ -283,11 +283,11 @@ def test_eval_finds_a_relative_snapshot_from_another_directory(write_csv, good_r
         evaluate(compose_config("eval", [f"ckpt={without_launch_dir}", f"output={elsewhere}", "device=cpu"]))
 
 
-def test_eval_from_another_directory_needs_no_relative_split_file_unless_it_scores_the_files_split(
+def test_eval_from_another_directory_finds_the_training_runs_relative_split_file_and_graph_cache(
     write_csv, good_rows, tmp_path, monkeypatch
 ):
-    """Trained with data.split.file=split.json: the checkpoint's saved split replaces the file, and split_from=data
-    looks for it where training ran, as data.snapshot is."""
+    """Trained with data.split.file=split.json and data.cache_dir=cache: the checkpoint's saved split replaces the
+    file, split_from=data looks for it where training ran, as data.snapshot is, and the graphs are read from that cache."""
     write_csv(good_rows)
     ids = [row["material_id"] for row in good_rows]
     (tmp_path / "split.json").write_text(json.dumps({"train": ids[:3], "val": [ids[3]], "test": [ids[4]]}))
@@ -295,7 +295,7 @@ def test_eval_from_another_directory_needs_no_relative_split_file_unless_it_scor
     tiny = ["model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "trainer.batch_size=2", "trainer.max_epochs=1", "seed=0"]
     cfg = compose_config(
         "train",
-        ["data.snapshot=data.csv", "data.split.file=split.json", f"data.cache_dir={tmp_path / 'cache'}",
+        ["data.snapshot=data.csv", "data.split.file=split.json", "data.cache_dir=cache",
          "trainer.device=cpu", "trainer.progress_bar=false", *tiny],
     )
     train(cfg, tmp_path / "run")
@@ -310,6 +310,7 @@ def test_eval_from_another_directory_needs_no_relative_split_file_unless_it_scor
     expected = {name: len(members) for name, members in json.loads((tmp_path / "split.json").read_text()).items()}
     assert {name: scored()[name]["n"] for name in expected} == expected
     assert {name: scored("split_from=data")[name]["n"] for name in expected} == expected
+    assert not (elsewhere / "cache").exists()  # the relative cache_dir is the one training filled, not a new one here
     (tmp_path / "split.json").unlink()
     assert {name: scored()[name]["n"] for name in expected} == expected  # the saved split needs no file
     with pytest.raises(FileNotFoundError, match=r"best\.pt was trained on split\.json, relative to .*: run crystal-eval there, or give data\.split\.file=PATH"):

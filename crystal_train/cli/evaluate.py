@@ -91,7 +91,11 @@ def evaluate(cfg: DictConfig) -> dict:
 
 def _find_training_files(data_cfg: DictConfig, launch_dir: str | None, checkpoint_path: Path, use_saved_split: bool) -> None:
     """Point the training run's relative data.snapshot and data.split.file at the directory training ran in
-    when they are not found from here; the split file is not read at all when the checkpoint's saved split replaces it."""
+    when they are not found from here (the split file is not read at all when the checkpoint's saved split
+    replaces it), and a relative data.cache_dir at the one training used, so its graphs are not built again."""
+    cache_dir = data_cfg.get("cache_dir")
+    if cache_dir is not None and launch_dir is not None and (Path(launch_dir) / str(cache_dir)).is_dir():
+        data_cfg.cache_dir = str(Path(launch_dir) / str(cache_dir))
     if data_cfg.get("snapshot") is not None:
         data_cfg.snapshot = _training_path(
             str(data_cfg.snapshot), launch_dir, checkpoint_path, "give data.snapshot=PATH (with split=test for its test split)"
