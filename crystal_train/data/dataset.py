@@ -200,7 +200,8 @@ def _identity(item):
 
 
 def _limit(items: Sequence, limit: int | None, seed: int) -> Sequence:
-    """A seeded subset of exactly `limit` items, drawn within each source split in proportion to its size."""
+    """A seeded subset of exactly `limit` items, drawn within each source split in proportion to its size
+    (before the structures are read, so the ones that cannot be are skipped from it)."""
     if limit is None or limit >= len(items):
         return items
     rng = np.random.default_rng(seed)
