@@ -640,6 +640,17 @@ def test_torchrun_arguments_share_one_run_dir_and_quiet_other_ranks():
     assert not any(a.startswith("hydra.run.dir=") for a in given) and "hydra.output_subdir=null" in given
 
 
+def test_each_job_of_a_sweep_gets_its_own_deterministic_setting():
+    """Hydra runs a sweep's jobs in one process: one job's trainer.deterministic=true must not carry over to the next."""
+    try:
+        loop.seed_everything(0, deterministic=True)
+        assert torch.are_deterministic_algorithms_enabled()
+        loop.seed_everything(0, deterministic=False)
+        assert not torch.are_deterministic_algorithms_enabled()
+    finally:
+        torch.use_deterministic_algorithms(False)
+
+
 def _train_lrs(cfg, run_dir: Path) -> list[float]:
     run_dir.mkdir()
     train(cfg, run_dir)
