@@ -161,15 +161,17 @@ def test_prediction_ids_stay_unique_when_a_whole_file_name_equals_another_files_
 
 
 @pytest.mark.slow
-def test_same_settings_reuse_the_graph_cache(demo_run, tmp_path):
+def test_same_settings_reuse_the_graph_cache(demo_run, tmp_path, caplog):
     _, cache, _ = demo_run
-    caches = sorted(cache.glob("graphs/graphs-*.pt"))
+    caches = {path: path.stat().st_mtime_ns for path in cache.glob("graphs/graphs-*.pt")}
     cfg = compose_config(
         "train",
         [*DEMO_OVERRIDES, f"data.cache_dir={cache}", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=1"],
     )
-    train(cfg, tmp_path)
-    assert sorted(cache.glob("graphs/graphs-*.pt")) == caches
+    with caplog.at_level("INFO", logger="crystal_train.data.cache"):
+        train(cfg, tmp_path)
+    assert {path: path.stat().st_mtime_ns for path in cache.glob("graphs/graphs-*.pt")} == caches  # none rewritten or added
+    assert "Graph cache loaded" in caplog.text and "Graph cache built" not in caplog.text
 
 
 def test_installed_cli_prints_composed_config_from_any_directory(tmp_path):

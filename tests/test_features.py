@@ -87,6 +87,18 @@ def test_supported_elements():
     assert supported_elements(cgcnn_feature_table()) == frozenset(range(1, 101))
 
 
+# Elements whose one-hot bin differs from the reference atom_init.json by more than one bin: its property
+# data are not pymatgen's (e.g. electron affinities of lanthanides, volumes of actinides). Every other
+# element is in the same bin or the next one, and the four segments absent here agree exactly.
+FURTHER_THAN_ONE_BIN_FROM_REFERENCE = {
+    "electronegativity": {36, 74, 82, 86, 95, 96, 97, 98, 99, 100},
+    "valence_electrons": {46},  # Pd: 12 in the reference, 10 by the group rule used for every d-block element
+    "electron_affinity": {7, 54, 60, 61, 62, 64, 65, 67, 68, 70, 90, 91, 92, 93, 95, 96, 100},
+    "atomic_volume": {61, 86, 93, 94, 97, 98, 99},
+}
+EXACT_SEGMENTS = ("group", "period", "block", "ionization_energy")
+
+
 def test_agreement_with_reference_atom_init():
     if not REFERENCE.exists():
         pytest.skip("shared CGCNN atom_init.json not available")
@@ -94,12 +106,13 @@ def test_agreement_with_reference_atom_init():
     ours = cgcnn_feature_table()
     assert reference.shape[1] == ours.shape[1]
     zs = sorted(supported_elements(reference))
-    differing = (ours[zs] != reference[zs]).sum(dim=1).float()
-    assert (differing == 0).float().mean() >= 0.25  # measured 0.32
-    assert differing.mean() <= 2.0  # measured 1.56 of 92 positions
+    assert zs == list(range(1, 101))
     ref_segments, our_segments = _segments(reference), _segments(ours)
-    for name in ("group", "period", "block", "ionization_energy"):
+    for name in EXACT_SEGMENTS:
         assert torch.equal(ref_segments[name][zs], our_segments[name][zs]), name
+    for name in ref_segments:
+        bins_apart = {z: abs(_hot_index(ref_segments[name][z]) - _hot_index(our_segments[name][z])) for z in zs}
+        assert {z for z, apart in bins_apart.items() if apart > 1} == FURTHER_THAN_ONE_BIN_FROM_REFERENCE.get(name, set()), name
 
 
 def test_load_atom_init_json_round_trip(tmp_path):

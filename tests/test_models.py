@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import itertools
 from dataclasses import replace
 
@@ -364,16 +365,33 @@ def test_distance_basis_tails_are_zeros_not_denormals(name):
     assert (values[torch.from_numpy(exponent > 61.0)] == 0).all()
 
 
-@pytest.mark.parametrize("name", ["cgcnn", "schnet"])
-def test_pooling_and_head_stay_float32_under_bf16_autocast(name):
-    """A bf16 per-crystal mean would round its sum and atom count (on CUDA the count stops at 256)."""
+@pytest.mark.parametrize(
+    ("name", "inner", "head"), [("cgcnn", "embedding", ("conv_to_fc", "fc_out")), ("schnet", "interactions.0.lin", ("lin1", "lin2"))]
+)
+def test_pooling_and_head_stay_float32_under_bf16_autocast(name, inner, head, monkeypatch):
+    """A bf16 per-crystal mean would round its sum and atom count (on CUDA the count stops at 256): under autocast
+    the layers before pooling run in bf16, the pooling's input and the head's layers in float32."""
     model = warmed_up(name).float()
-    crystals = [random_crystal(np.random.default_rng(5), i) for i in range(3)]
-    batch = make_batch(crystals, SETTINGS[name])
+    rng = np.random.default_rng(5)
+    batch = make_batch([random_crystal(rng, i) for i in range(3)], SETTINGS[name])
     batch = replace(batch, distances=batch.distances.float())
+    module = importlib.import_module(f"crystal_train.models.{name}")
+    scatter, pooled, layers = module.scatter, [], {}
+
+    def recording_scatter(src, *args, **kwargs):
+        pooled.append(src.dtype)
+        return scatter(src, *args, **kwargs)
+
+    monkeypatch.setattr(module, "scatter", recording_scatter)
+    def record(layer):
+        def hook(_, __, output):
+            layers[layer] = output.dtype
+
+        return hook
+
+    for layer in (inner, *head):
+        model.get_submodule(layer).register_forward_hook(record(layer))
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         output = model(batch)
-    assert output.dtype == torch.float32
-    with torch.no_grad():
-        reference = model(batch)
-    torch.testing.assert_close(output, reference, rtol=0, atol=0.05)
+    assert layers == {inner: torch.bfloat16} | {layer: torch.float32 for layer in head}
+    assert pooled[-1] == torch.float32 and output.dtype == torch.float32  # the last scatter is the pooling (CGCNN's convs scatter too)

@@ -51,11 +51,11 @@ def _history(epochs):
 
 
 def test_parity_annotation_formats_regression_metrics():
-    metrics = regression_metrics(np.array([0.0, 1.0, 2.0, 4.0]), np.array([0.1, 0.8, 2.3, 3.9]))
-    text = parity_annotation(metrics, "eV/atom")
-    assert f"MAE = {metrics['mae']:#.3g} eV/atom" in text
-    assert f"RMSE = {metrics['rmse']:#.3g} eV/atom" in text
-    assert f"R² = {metrics['r2']:#.3g}" in text
+    # errors 0.1, -0.2, 0.3, -0.1: MAE 0.175, RMSE sqrt(0.15 / 4) = 0.194; R² = 1 - 0.15 / 8.75 (targets' mean 1.75) = 0.983
+    text = parity_annotation(regression_metrics(np.array([0.0, 1.0, 2.0, 4.0]), np.array([0.1, 0.8, 2.3, 3.9])), "eV/atom")
+    assert "MAE = 0.175 eV/atom" in text
+    assert "RMSE = 0.194 eV/atom" in text
+    assert "R² = 0.983" in text
     assert "n = 4" in text
     assert "R² = n/a" in parity_annotation({"mae": 0.0, "rmse": 0.0, "r2": None, "n": 1}, "eV")
 
