@@ -260,21 +260,27 @@ def test_checkpoint_records_training_elements_and_predict_warns_outside_them(dem
     assert marked == {"mp-cscl": "Cl Cs", "mp-cu": "", "mp-mgo": "O Mg", "mp-nacl": "Na Cl", "mp-si": "Si"}
 
 
+def _train_tiny_cgcnn(tmp_path: Path, *data_overrides: str) -> Path:
+    """One epoch of a tiny CGCNN on CPU into tmp_path/run; returns its best.pt."""
+    tiny = ["model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "trainer.batch_size=2", "trainer.max_epochs=1", "seed=0"]
+    train(compose_config("train", [*data_overrides, "trainer.device=cpu", "trainer.progress_bar=false", *tiny]), tmp_path / "run")
+    return tmp_path / "run" / "checkpoints" / "best.pt"
+
+
+def _move_elsewhere(tmp_path: Path, monkeypatch) -> Path:
+    """Change into a new folder beside the run, as a user scoring it from another directory."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    return elsewhere
+
+
 def test_eval_finds_a_relative_snapshot_from_another_directory(write_csv, good_rows, tmp_path, monkeypatch):
     """Trained with data.snapshot=data.csv in one directory, scored with crystal-eval ckpt=... from another."""
     write_csv(good_rows)
     monkeypatch.chdir(tmp_path)
-    tiny = ["model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "trainer.batch_size=2", "trainer.max_epochs=1", "seed=0"]
-    cfg = compose_config(
-        "train",
-        ["data.snapshot=data.csv", "data.split.fractions=[0.6,0.2,0.2]", f"data.cache_dir={tmp_path / 'cache'}",
-         "trainer.device=cpu", "trainer.progress_bar=false", *tiny],
-    )
-    train(cfg, tmp_path / "run")
-    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
+    ckpt = _train_tiny_cgcnn(tmp_path, "data.snapshot=data.csv", "data.split.fractions=[0.6,0.2,0.2]", f"data.cache_dir={tmp_path / 'cache'}")
+    elsewhere = _move_elsewhere(tmp_path, monkeypatch)
 
     report = evaluate(compose_config("eval", [f"ckpt={ckpt}", f"output={elsewhere}", "device=cpu"]))
     assert report["test"]["mae"] == pytest.approx(json.loads((tmp_path / "run" / "metrics.json").read_text())["test"]["mae"], abs=1e-6)
@@ -294,17 +300,8 @@ def test_eval_from_another_directory_finds_the_training_runs_relative_split_file
     ids = [row["material_id"] for row in good_rows]
     (tmp_path / "split.json").write_text(json.dumps({"train": ids[:3], "val": [ids[3]], "test": [ids[4]]}))
     monkeypatch.chdir(tmp_path)
-    tiny = ["model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "trainer.batch_size=2", "trainer.max_epochs=1", "seed=0"]
-    cfg = compose_config(
-        "train",
-        ["data.snapshot=data.csv", "data.split.file=split.json", "data.cache_dir=cache",
-         "trainer.device=cpu", "trainer.progress_bar=false", *tiny],
-    )
-    train(cfg, tmp_path / "run")
-    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
+    ckpt = _train_tiny_cgcnn(tmp_path, "data.snapshot=data.csv", "data.split.file=split.json", "data.cache_dir=cache")
+    elsewhere = _move_elsewhere(tmp_path, monkeypatch)
 
     def scored(*overrides: str) -> dict:
         return evaluate(compose_config("eval", [f"ckpt={ckpt}", f"output={elsewhere}", "device=cpu", "split=all", *overrides]))
@@ -322,14 +319,7 @@ def test_eval_from_another_directory_finds_the_training_runs_relative_split_file
 def test_eval_of_a_copy_of_the_training_data_scores_the_saved_split(write_csv, good_rows, tmp_path, caplog):
     """data.snapshot=<the training file> split=test must score the run's own test crystals, not a redrawn split."""
     snapshot = write_csv(good_rows)
-    tiny = ["model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "trainer.batch_size=2", "trainer.max_epochs=1", "seed=0"]
-    cfg = compose_config(
-        "train",
-        [f"data.snapshot={snapshot}", "data.split.fractions=[0.6,0.2,0.2]", f"data.cache_dir={tmp_path / 'cache'}",
-         "trainer.device=cpu", "trainer.progress_bar=false", *tiny],
-    )
-    train(cfg, tmp_path / "run")
-    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    ckpt = _train_tiny_cgcnn(tmp_path, f"data.snapshot={snapshot}", "data.split.fractions=[0.6,0.2,0.2]", f"data.cache_dir={tmp_path / 'cache'}")
     saved = load_checkpoint(ckpt)["split_ids"]
 
     evaluate(compose_config("eval", [f"ckpt={ckpt}", f"data.snapshot={snapshot}", "split=all", f"output={tmp_path / 'copy'}", "device=cpu"]))
