@@ -21,6 +21,7 @@ Example (CPU, 2,000 crystals of the shared MP-2018 CSV):
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import itertools
 import json
 import platform
@@ -33,6 +34,7 @@ from pathlib import Path
 
 import hydra
 import torch
+import torch_geometric
 from hydra import compose, initialize_config_module
 from torch_geometric.data import Data
 from torch_geometric.loader import DataLoader
@@ -224,6 +226,8 @@ def measure_setting(cfg, model_name, data, args, device, precision: str, compile
     ours_eval = BatchIterator(graphs, train_idx, args.eval_batch_size)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    # held before the first step: every prepared model's resident graphs and this model's weights
+    device_memory_before = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
     warmup = args.warmup_batches
     train_epoch(forward, optimizer, ours, normalizer, device, precision, warmup)  # warm-up (and compilation)
     seconds, crystals = train_epoch(forward, optimizer, ours, normalizer, device, precision)
@@ -237,6 +241,7 @@ def measure_setting(cfg, model_name, data, args, device, precision: str, compile
         "train_crystals_per_s": crystals / seconds,
         "train_epoch_s": seconds,
         "inference_crystals_per_s": infer_crystals / infer_seconds,
+        "device_memory_before_gib": device_memory_before,
         "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
     if baseline is not None:
@@ -250,6 +255,15 @@ def measure_setting(cfg, model_name, data, args, device, precision: str, compile
     return result
 
 
+def library_versions() -> dict:
+    """CUDA (null on a CPU build), PyG and Triton (null when not installed): what the GPU figures depend on besides torch."""
+    try:
+        triton = importlib.metadata.version("triton")
+    except importlib.metadata.PackageNotFoundError:
+        triton = None
+    return {"cuda": torch.version.cuda, "torch_geometric": torch_geometric.__version__, "triton": triton}
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device)
@@ -258,6 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         "limit": args.limit,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description(),
         "torch": torch.__version__,
+        "versions": library_versions(),
         "batch_size": args.batch_size,
         "warmup_batches": "one epoch" if args.warmup_batches is None else args.warmup_batches,
         "graphs": {},

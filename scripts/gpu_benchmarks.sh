@@ -19,7 +19,8 @@
 # above, e.g. "--compile off") and TRAIN_OVERRIDES (more Hydra overrides for the training run); the
 # last two are split at spaces, so no single flag or override may contain one.
 # The output holds at most six small files. A failing step is reported and the next one still runs;
-# the exit status is that of the first failure (124, a step stopped at its time limit, is not one).
+# the exit status is that of the first failure (a step stopped at its time limit is not one: 124, or
+# 137 once the limit has passed, when it outlived the grace period after SIGINT).
 set -uo pipefail -o noglob
 
 if [[ $# -ne 2 ]]; then
@@ -38,6 +39,10 @@ if [[ -n $budget ]] && { ! [[ $budget =~ ^[0-9]+$ ]] || ((budget < 300)); }; the
     echo "BUDGET_SECONDS must be at least 300 (benchmark, then 180 s for the training), not '$budget'" >&2
     exit 2
 fi
+# true when exit status $1 of a step started at second $2 under a time limit of $3 s means it was stopped there
+stopped_at_limit() {
+    (($1 == 124 || ($1 == 137 && SECONDS - $2 >= $3)))
+}
 snapshot=$(realpath "$1")
 out=$(mkdir -p "$2" && realpath "$2")
 scratch=$(mktemp -d)
@@ -55,28 +60,35 @@ cd "$(dirname "$0")/.."
 status=0
 
 benchmark_limit=()
+benchmark_seconds=0
 if [[ -n $budget ]]; then
     benchmark_seconds=$((budget - SECONDS - 180))
     benchmark_limit=(timeout --signal=INT --kill-after=15 "$benchmark_seconds")
 fi
 echo "== $(date -u +%FT%TZ) benchmark.py on $device${budget:+, for at most $benchmark_seconds s}" | tee "$out/benchmark.log"
+started=$SECONDS
 ${benchmark_limit[@]+"${benchmark_limit[@]}"} "$python" scripts/benchmark.py --snapshot "$snapshot" ${limit_args[@]+"${limit_args[@]}"} --device "$device" --models cgcnn,schnet \
     --precisions 32,bf16 --compile both --batch-size 256 --eval-batch-size 1024 --warmup-batches 50 \
     --cache-dir "$cache" --output "$out/benchmark.json" ${BENCHMARK_ARGS:-} >/dev/null 2>>"$out/benchmark.log"
 rc=$?
-echo "== $(date -u +%FT%TZ) benchmark.py exit status $rc$( ((rc == 124)) && echo " (stopped at BUDGET_SECONDS; benchmark.json keeps what it measured)")" | tee -a "$out/benchmark.log"
-((rc != 0 && rc != 124 && status == 0)) && status=$rc
+stopped=false
+[[ -n $budget ]] && stopped_at_limit $rc $started "$benchmark_seconds" && stopped=true
+echo "== $(date -u +%FT%TZ) benchmark.py exit status $rc$($stopped && echo " (stopped at BUDGET_SECONDS; benchmark.json keeps what it measured)")" | tee -a "$out/benchmark.log"
+((rc != 0 && status == 0)) && ! $stopped && status=$rc
 if [[ -n $budget ]] && ((budget - SECONDS - 45 < train_seconds)); then
     train_seconds=$((budget - SECONDS - 45))
 fi
 
 echo "== $(date -u +%FT%TZ) training for at most $train_seconds s" | tee "$out/train.log"
+started=$SECONDS
 timeout --foreground --signal=INT --kill-after=30 "$train_seconds" "$python" -m crystal_train.cli.train experiment=mp2018_cgcnn_formation \
     "data.snapshot=$snapshot" ${limit_overrides[@]+"${limit_overrides[@]}"} "data.cache_dir=$cache" "trainer.device=$device" seed=0 \
     trainer.compile=true trainer.precision=bf16 trainer.progress_bar=false "hydra.run.dir=$run_dir" ${TRAIN_OVERRIDES:-} >>"$out/train.log" 2>&1
 rc=$?
-echo "== $(date -u +%FT%TZ) training exit status $rc$( ((rc == 124)) && echo " (stopped at the time budget)")" | tee -a "$out/train.log"
-((rc != 0 && rc != 124 && status == 0)) && status=$rc
+stopped=false
+stopped_at_limit $rc $started "$train_seconds" && stopped=true
+echo "== $(date -u +%FT%TZ) training exit status $rc$($stopped && echo " (stopped at the time budget)")" | tee -a "$out/train.log"
+((rc != 0 && status == 0)) && ! $stopped && status=$rc
 for name in history.csv config.yaml metrics.json; do
     [[ -f $run_dir/$name ]] && cp "$run_dir/$name" "$out/"
 done

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch_geometric
 
 from conftest import cif_text, good_structures
 
@@ -39,6 +40,8 @@ def test_benchmark_reports_throughput_memory_and_baseline_ratio(tmp_path):
     assert batching["ours_crystals_per_s"] > 0 and batching["baseline_pyg_dataloader_crystals_per_s"] > 0
     assert batching["ratio"] == pytest.approx(batching["ours_crystals_per_s"] / batching["baseline_pyg_dataloader_crystals_per_s"])
     assert report["warmup_batches"] == 1
+    assert report["torch"] == torch.__version__
+    assert report["versions"]["cuda"] == torch.version.cuda and report["versions"]["torch_geometric"] == torch_geometric.__version__
     assert graphs["first_prepare_peak_host_memory_gib"] > 0
     cpuinfo = Path("/proc/cpuinfo")
     cpu_names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")] if cpuinfo.exists() else []
@@ -51,6 +54,7 @@ def test_benchmark_reports_throughput_memory_and_baseline_ratio(tmp_path):
         crystals_timed = run["train_crystals_per_s"] * run["train_epoch_s"]
         assert crystals_timed == pytest.approx(96, abs=1e-6)
         assert run["inference_crystals_per_s"] > 0 and run["peak_host_memory_gib"] > 0
+        assert run["device_memory_before_gib"] is None and run["peak_device_memory_gib"] is None  # CUDA figures only
         assert run["speedup_vs_baseline"] == pytest.approx(
             run["train_crystals_per_s"] / run["baseline_pyg_dataloader_crystals_per_s"]
         )
@@ -133,6 +137,32 @@ def test_gpu_benchmark_script_measures_both_steps_and_keeps_a_training_run_stopp
     assert sorted(path.name for path in out.iterdir()) == ["benchmark.json", "benchmark.log", "config.yaml", "history.csv", "train.log"]
     # The script's mktemp folder (run directory, checkpoints) is gone; torch may leave its compiler cache.
     assert [path.name for path in scratch.iterdir() if path.name.startswith("tmp.")] == []
+
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# benchmark.py succeeds at once; the training is killed by the kernel at once (as out of memory),
+# or ignores SIGINT until timeout kills it after its grace period
+[[ $1 == scripts/benchmark.py ]] && exit 0
+[[ $FAKE_TRAINING == dies ]] && kill -KILL $$
+trap '' INT
+while :; do sleep 1; done
+"""
+
+
+@pytest.mark.slow
+def test_gpu_script_counts_a_kill_after_the_time_limit_as_stopped_and_one_before_it_as_a_failure(tmp_path):
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "TRAIN_SECONDS": "2", "DEVICE": "cpu"}
+    logs = {}
+    for behaviour in ("dies", "outlives_sigint"):
+        out = tmp_path / behaviour
+        completed = subprocess.run(["bash", str(GPU_SCRIPT), str(tmp_path), str(out)], env={**env, "FAKE_TRAINING": behaviour},
+                                   capture_output=True, text=True)
+        logs[behaviour] = (completed.returncode, (out / "train.log").read_text())
+    assert logs["dies"][0] == 137 and "training exit status 137\n" in logs["dies"][1]
+    assert logs["outlives_sigint"][0] == 0 and "training exit status 137 (stopped at the time budget)" in logs["outlives_sigint"][1]
 
 
 def _load_benchmark_module():
