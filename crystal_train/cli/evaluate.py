@@ -100,10 +100,9 @@ def _find_training_files(data_cfg: DictConfig, launch_dir: str | None, checkpoin
         data_cfg.snapshot = _training_path(
             str(data_cfg.snapshot), launch_dir, checkpoint_path, "give data.snapshot=PATH (with split=test for its test split)"
         )
-    if use_saved_split:
-        data_cfg.split.file = None
-    elif data_cfg.split.get("file") is not None:
-        data_cfg.split.file = _training_path(str(data_cfg.split.file), launch_dir, checkpoint_path, "give data.split.file=PATH")
+    split_cfg = data_cfg.get("split")
+    if split_cfg is not None and split_cfg.get("file") is not None:
+        split_cfg.file = None if use_saved_split else _training_path(str(split_cfg.file), launch_dir, checkpoint_path, "give data.split.file=PATH")
 
 
 def _training_path(path: str, launch_dir: str | None, checkpoint_path: Path, hint: str) -> str:
