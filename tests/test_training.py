@@ -143,7 +143,9 @@ def test_cli_run_killed_mid_training_resumes_to_the_uninterrupted_result(tmp_pat
         _train_command(killed_dir, cache, max_epochs), cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300
     )
     assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
-    assert f"after epoch {killed_at}" in (killed_dir / "train.log").read_text()  # it resumed, it did not restart
+    log = (killed_dir / "train.log").read_text()
+    assert f"after epoch {killed_at}" in log  # it resumed, it did not restart
+    assert f"Results in {killed_dir} (metrics.json" in log and f"crystal-predict ckpt={killed_dir / 'checkpoints' / 'best.pt'} input=" in log
     assert (killed_dir / "config.previous-1.yaml").is_file()
     assert (killed_dir / "config.yaml").is_file()
 

@@ -187,6 +187,10 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             )
         else:
             log.info("Best epoch %d: val MAE %.4f %s (no test split to score)", state.best_epoch, report["val"]["mae"], data.units)
+        log.info(
+            "Results in %s (metrics.json, predictions_test.csv, parity_test.png); for new structures: crystal-predict ckpt=%s input=...",
+            run_dir, checkpoint_dir / "best.pt",
+        )
     context.barrier()
     return float(state.best_val_mae)
 
