@@ -194,6 +194,14 @@ def test_a_vasp4_poscar_without_element_names_is_skipped_not_read_with_stand_in_
         read_structure_file(path)
 
 
+def test_a_poscar_with_two_atoms_at_one_position_is_skipped_naming_them(tmp_path):
+    """pymatgen's POSCAR reader keeps both (its CIF reader would merge them): the edge between them would vanish."""
+    path = tmp_path / "POSCAR_doubled"
+    path.write_text(POSCAR.replace("  0.666667 0.333333 0.88\n", "  0.333333 0.666667 0.38\n"))
+    with pytest.raises(SkippedItem, match=r"sites 2 and 3 \(counting from 0\) are at the same position"):
+        read_structure_file(path)
+
+
 @pytest.mark.parametrize("formula", ["_chemical_formula_structural   Zn(OH)2", "_chemical_formula_sum   'Zn1 O2 H2'"])
 def test_a_cif_whose_formula_lists_elements_no_site_holds_is_skipped(formula, fallback_calls):
     text = _p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n  O  O2  1  0.2  0.3  0.4  1\n")

@@ -17,7 +17,7 @@ from typing import Callable
 
 import numpy as np
 
-from crystal_train.data.crystal import MIN_CELL_THICKNESS, Crystal, SkippedItem, coinciding_sites
+from crystal_train.data.crystal import MIN_CELL_THICKNESS, Crystal, SkippedItem, check_geometry, coinciding_sites
 
 # pymatgen CifParser defaults that the fast path reproduces
 _FRAC_TOLERANCE = 1e-4  # coordinates this close to 1/3 or 2/3 are snapped to them
@@ -123,7 +123,9 @@ def crystal_via_pymatgen(make_structure: Callable, item_id: str, failure: str) -
         raise SkippedItem(item_id, misread)
     if not structure.is_ordered:
         raise SkippedItem(item_id, "partial occupancy or disorder")
-    return Crystal.from_pymatgen(structure, item_id)
+    crystal = Crystal.from_pymatgen(structure, item_id)
+    check_geometry(crystal.lattice, crystal.frac_coords, item_id)  # pymatgen's CIF reader merges coinciding sites, others do not
+    return crystal
 
 
 def _misread_warning(caught: list[warnings.WarningMessage]) -> str | None:

@@ -26,6 +26,16 @@ def cell_thickness(lattice: np.ndarray) -> float:
     return volume / largest_face if largest_face > 0 else 0.0
 
 
+def check_geometry(lattice: np.ndarray, frac_coords: np.ndarray, item_id: str) -> None:
+    """Raise SkippedItem for a cell thinner than MIN_CELL_THICKNESS or two sites at the same position."""
+    thickness = cell_thickness(lattice)
+    if thickness < MIN_CELL_THICKNESS:
+        raise SkippedItem(item_id, f"degenerate cell: {thickness:.3g} Å thick, under {MIN_CELL_THICKNESS} Å")
+    pair = coinciding_sites(frac_coords)
+    if pair is not None:
+        raise SkippedItem(item_id, f"sites {pair[0]} and {pair[1]} (counting from 0) are at the same position")
+
+
 @dataclass
 class Crystal:
     """A periodic crystal: lattice rows are the cell vectors in Å, coordinates are fractional."""

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from crystal_train.data.cif import crystal_via_pymatgen, parse_cif, read_structure_file
-from crystal_train.data.crystal import MIN_CELL_THICKNESS, Crystal, SkippedItem, cell_thickness, coinciding_sites
+from crystal_train.data.crystal import Crystal, SkippedItem, check_geometry
 from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
 
 ID_COLUMNS = ("material_id", "id", "mbid", "name")
@@ -153,12 +153,7 @@ def _from_arrays(structure: dict, item_id: str) -> Crystal:
         )
     if not (np.isfinite(lattice).all() and np.isfinite(frac_coords).all()):
         raise SkippedItem(item_id, "non-finite lattice or coordinates")
-    thickness = cell_thickness(lattice)
-    if thickness < MIN_CELL_THICKNESS:
-        raise SkippedItem(item_id, f"degenerate cell: {thickness:.3g} Å thick, under {MIN_CELL_THICKNESS} Å")
-    pair = coinciding_sites(frac_coords)
-    if pair is not None:
-        raise SkippedItem(item_id, f"sites {pair[0]} and {pair[1]} (counting from 0) are at the same position")
+    check_geometry(lattice, frac_coords, item_id)
     return Crystal(id=item_id, lattice=lattice, numbers=numbers, frac_coords=frac_coords)
 
 
