@@ -5,7 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, open_dict
+
+from crystal_train.atomic_file import atomic_write
 
 API_KEY_ENV = "MP_API_KEY"
 REDACTED = "<redacted>"
@@ -14,8 +18,8 @@ REDACTED = "<redacted>"
 def take_api_key(cfg: DictConfig, run_dir: Path | None = None) -> None:
     """Move data.api_key into the MP_API_KEY environment variable of this process only.
 
-    The config keeps no key, and any copy Hydra already wrote (run_dir/.hydra, and a multirun's
-    multirun.yaml one level up) is redacted.
+    The config keeps no key, and any copy Hydra already wrote (its output_subdir of the run
+    directory, .hydra by default, and a multirun's multirun.yaml) is redacted.
     """
     key = cfg.get("data", {}).get("api_key") if "data" in cfg else None
     if not key:
@@ -24,8 +28,22 @@ def take_api_key(cfg: DictConfig, run_dir: Path | None = None) -> None:
     with open_dict(cfg):
         cfg.data.api_key = None
     if run_dir is not None:
-        run_dir = Path(run_dir)
-        for path in [*run_dir.glob(".hydra/*.yaml"), *run_dir.parent.glob("multirun.yaml")]:
+        for path in _hydra_copies(Path(run_dir)):
             text = path.read_text()
             if str(key) in text:
-                path.write_text(text.replace(str(key), REDACTED))
+                redacted = text.replace(str(key), REDACTED).encode()
+                atomic_write(path, lambda handle: handle.write(redacted))  # torchrun ranks may redact the same file
+
+
+def _hydra_copies(run_dir: Path) -> list[Path]:
+    """The config files Hydra wrote for this run: where its settings put them, and where they are by default."""
+    folders, sweep_files = [run_dir / ".hydra"], [run_dir.parent / "multirun.yaml"]
+    if HydraConfig.initialized():
+        hydra = HydraConfig.get()
+        if hydra.output_subdir is not None:
+            folders.append(Path(hydra.runtime.output_dir) / hydra.output_subdir)
+        if hydra.mode == RunMode.MULTIRUN:
+            sweep_files.append(Path(hydra.sweep.dir) / "multirun.yaml")
+    found = {path.resolve() for folder in folders for path in folder.glob("*.yaml")}
+    found |= {path.resolve() for path in sweep_files if path.is_file()}
+    return sorted(found)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import os
 import stat
+import subprocess
+import sys
 import threading
 import time
 from datetime import datetime
@@ -241,6 +244,25 @@ def test_training_from_mp_download_keeps_the_key_out_of_every_file(tmp_path, mon
     monkeypatch.delenv("MP_API_KEY", raising=False)
     train(compose_train_cfg(["trainer.max_epochs=1", "model.n_conv=1", "data.split.fractions=[0.34,0.33,0.33]"], tmp_path), tmp_path / "offline")
     assert (tmp_path / "offline" / "metrics.json").is_file()
+
+
+@pytest.mark.slow
+def test_the_key_is_redacted_wherever_hydra_settings_put_its_config_copies(tmp_path):
+    """crystal-train -m with hydra.output_subdir and a nested hydra.sweep.subdir: the copies Hydra writes move, the
+    redaction follows them (the demo data needs no key; the key is taken all the same)."""
+    sweep = tmp_path / "sweep"
+    command = [
+        str(Path(sys.executable).parent / "crystal-train"), "-m", "data=demo", "data.num_crystals=60", "model.n_conv=1",
+        "trainer.max_epochs=1", "trainer.device=cpu", "trainer.progress_bar=false", f"data.cache_dir={tmp_path / 'cache'}",
+        f"data.api_key={API_KEY}", "hydra.output_subdir=hydra_copies", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=jobs/${hydra.job.num}",
+    ]
+    completed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "OMP_NUM_THREADS": "1", "MP_API_KEY": ""})
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    written = [path for path in sweep.rglob("*") if path.is_file()]
+    assert sweep / "jobs" / "0" / "hydra_copies" / "overrides.yaml" in written and sweep / "multirun.yaml" in written
+    assert (sweep / "jobs" / "0" / "metrics.json").is_file()
+    assert [path for path in written if API_KEY.encode() in path.read_bytes()] == []
 
 
 def test_snapshot_is_readable_like_any_new_file(tmp_path, umask_022):
