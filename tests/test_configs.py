@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import re
+
 import hydra
 import pytest
 import torch
 
 from config_utils import EXPERIMENTS, compose_config
+import crystal_train.training.run as run_module
+from crystal_train.training.run import train
 
 
 @pytest.mark.parametrize("model", ["cgcnn", "schnet"])
@@ -30,6 +34,42 @@ def test_experiment_overlays_compose(experiment):
         assert cfg.data.snapshot.endswith("mp2018_megnet_with_structures.csv.xz")
         assert cfg.data.target == ("band_gap" if "_gap" in experiment else "formation_energy_per_atom")
         assert cfg.model._target_.endswith("SchNet" if "schnet" in experiment else "CGCNN")
+
+
+class ReachedTheData(Exception):
+    """Raised in place of reading the data: the run got past its checks of the settings."""
+
+
+def test_an_overlay_with_another_model_or_scheduler_instantiates_or_is_refused_before_any_work(tmp_path, monkeypatch):
+    """Choosing another model or scheduler than an overlay's leaves the overlay's own settings for it in the config:
+    where the chosen class cannot take them, the run stops naming them before data are read or files written."""
+    def reached_the_data(*args, **kwargs):
+        raise ReachedTheData
+
+    monkeypatch.setattr(run_module, "prepare_data", reached_the_data)
+    refused = []
+    for experiment in EXPERIMENTS:
+        for group, option in [("scheduler", "plateau"), ("scheduler", "cosine"), ("scheduler", "step"), ("model", "cgcnn"), ("model", "schnet")]:
+            cfg = compose_config("train", [f"experiment={experiment}", f"{group}={option}", f"data.cache_dir={tmp_path / 'cache'}"])
+            run_dir = tmp_path / f"{experiment}-{option}"
+            try:
+                network = hydra.utils.instantiate(cfg.model)
+                hydra.utils.instantiate(cfg.scheduler)(hydra.utils.instantiate(cfg.optim)(network.parameters()))
+            except Exception as error:  # Hydra wraps the class's TypeError
+                unexpected = re.search(r"unexpected keyword argument '(\w+)'", str(error)).group(1)
+                with pytest.raises(ValueError, match=rf"{group} \S+ takes no [\w, ]*\b{unexpected}\b.* ~{group}\.{unexpected}\b"):
+                    train(cfg, run_dir)
+                assert [path.name for path in run_dir.iterdir()] == [".crystal-train.lock"]
+                refused.append((experiment, option))
+            else:
+                with pytest.raises(ReachedTheData):
+                    train(cfg, run_dir)
+    # The GPU-sized overlays set ReduceLROnPlateau's factor and patience and their model's sizes; the _cpu ones neither.
+    gpu_overlays = [name for name in EXPERIMENTS if name.startswith("mp2018") and not name.endswith("_cpu")]
+    assert len(gpu_overlays) == 4
+    assert sorted(refused) == sorted(
+        (name, option) for name in gpu_overlays for option in ("cosine", "step", "schnet" if "cgcnn" in name else "cgcnn")
+    )
 
 
 def test_experiments_exist_for_both_models_and_targets():

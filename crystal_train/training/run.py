@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import math
 import secrets
@@ -84,6 +85,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last)
         check_same_lr_scale(saved.get("world_size"), context.world_size, cfg.trainer, last)
         warn_if_other_graphs(saved, last)
+    _check_group_settings(cfg)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
     model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
@@ -223,6 +225,26 @@ def _check_batch_size(model: torch.nn.Module, batch_size: int) -> None:
             f"trainer.batch_size={batch_size} is too small for {type(model).__name__}: its BatchNorm layers need "
             "at least 2 crystals per training batch (a one-atom crystal alone cannot be normalised)"
         )
+
+
+def _check_group_settings(cfg: DictConfig) -> None:
+    """Raise, before any data are read, if the model, optim or scheduler config holds a setting its class does not
+    take: what an experiment= overlay leaves when another option of that group is chosen (its plateau `factor`
+    under scheduler=cosine, its CGCNN sizes under model=schnet)."""
+    for group in ("model", "optim", "scheduler"):
+        group_cfg = cfg.get(group)
+        if not group_cfg or not group_cfg.get("_target_"):
+            continue
+        parameters = inspect.signature(hydra.utils.get_object(group_cfg._target_)).parameters
+        if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+            continue
+        foreign = sorted(str(key) for key in group_cfg if not str(key).startswith("_") and key not in parameters)
+        if foreign:
+            raise ValueError(
+                f"{group} {group_cfg._target_} takes no {', '.join(foreign)}, set for another {group} (by an experiment= "
+                f"overlay or an override): choose the {group} they belong to, or drop them with "
+                + " ".join(f"~{group}.{key}" for key in foreign)
+            )
 
 
 def _check_trainer_choices(trainer_cfg: DictConfig) -> None:
