@@ -6,6 +6,7 @@ import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.figure import Figure
 from matplotlib.image import imread
 
 from crystal_train.training.metrics import regression_metrics
@@ -94,6 +95,20 @@ def test_parity_plot_scatter_png(tmp_path):
     path = parity_plot(*_noisy(300), tmp_path / "plots" / "parity_test.png", "formation energy", "eV/atom")
     assert path == tmp_path / "plots" / "parity_test.png"
     _assert_real_png(path)
+
+
+def test_a_plot_cut_short_leaves_the_earlier_png_whole(tmp_path, monkeypatch):
+    path = parity_plot(*_noisy(50), tmp_path / "parity_test.png", "formation energy", "eV/atom")
+    earlier = path.read_bytes()
+
+    def killed_mid_write(self, handle, **kwargs):
+        handle.write(PNG_MAGIC + b"half a plot")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Figure, "savefig", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        parity_plot(*_noisy(80, seed=1), path, "formation energy", "eV/atom")
+    assert path.read_bytes() == earlier and [entry.name for entry in tmp_path.iterdir()] == ["parity_test.png"]
 
 
 def test_parity_plot_hexbin_png_has_count_colourbar(tmp_path):

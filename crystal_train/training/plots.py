@@ -15,6 +15,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from crystal_train.atomic_file import atomic_write
 from crystal_train.training.metrics import regression_metrics
 
 FIGSIZE = (6.0, 5.0)
@@ -32,10 +33,9 @@ def _new_figure() -> Figure:
 
 
 def _save(figure: Figure, path: Path) -> Path:
-    """Write the figure as a PNG and release its artists."""
+    """Write the figure as a PNG (atomically, like every run file) and release its artists."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, format="png")
+    atomic_write(path, lambda handle: figure.savefig(handle, dpi=DPI, format="png"))
     figure.clear()
     return path
 
