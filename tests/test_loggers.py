@@ -4,7 +4,9 @@ import sys
 
 import pytest
 
+from config_utils import compose_config
 from crystal_train.training.loggers import EpochLogger, TensorBoardLogger, make_loggers
+from crystal_train.training.run import train
 
 ROWS = [
     dict(epoch=e, lr=1e-3 / e, train_loss=1.0 / e, train_mae=0.8 / e, val_mae=0.9 / e, seconds=0.25 * e)
@@ -52,3 +54,11 @@ def test_missing_tensorboard_gives_install_hint(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.raises(ImportError, match="pip install tensorboard"):
         TensorBoardLogger(tmp_path)
+
+
+def test_a_run_with_tensorboard_missing_stops_before_reading_data(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    cfg = compose_config("train", ["data=demo", "logger=tensorboard", f"data.cache_dir={tmp_path / 'cache'}", "trainer.device=cpu"])
+    with pytest.raises(ImportError, match="pip install tensorboard"):
+        train(cfg, tmp_path / "run")
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "run" / "config.yaml").exists()

@@ -22,15 +22,8 @@ class TensorBoardLogger(EpochLogger):
     """Writes the epoch scalars as TensorBoard events under ``log_dir``."""
 
     def __init__(self, log_dir: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as error:
-            raise ImportError(
-                "logger=tensorboard needs the tensorboard package: pip install tensorboard "
-                "(or install crystal-train with the `tensorboard` extra: pip install '.[tensorboard]' from the checkout)"
-            ) from error
         self.log_dir = Path(log_dir)
-        self.writer = SummaryWriter(log_dir=str(self.log_dir))
+        self.writer = _summary_writer_class()(log_dir=str(self.log_dir))
 
     def log_epoch(self, row: dict) -> None:
         step = int(row["epoch"])
@@ -43,9 +36,27 @@ class TensorBoardLogger(EpochLogger):
         self.writer.close()
 
 
+def _summary_writer_class():
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as error:
+        raise ImportError(
+            "logger=tensorboard needs the tensorboard package: pip install tensorboard "
+            "(or install crystal-train with the `tensorboard` extra: pip install '.[tensorboard]' from the checkout)"
+        ) from error
+    return SummaryWriter
+
+
+def _tensorboard_enabled(logger_cfg: Mapping | None) -> bool:
+    return logger_cfg is not None and bool(logger_cfg.get("tensorboard", False))
+
+
+def check_loggers(logger_cfg: Mapping | None) -> None:
+    """Raise now, before a run reads its data, if an enabled logger's package is missing."""
+    if _tensorboard_enabled(logger_cfg):
+        _summary_writer_class()
+
+
 def make_loggers(logger_cfg: Mapping | None, run_dir: Path) -> list[EpochLogger]:
     """The loggers enabled in the ``logger`` config group; TensorBoard events go to ``run_dir/tensorboard``."""
-    loggers: list[EpochLogger] = []
-    if logger_cfg is not None and bool(logger_cfg.get("tensorboard", False)):
-        loggers.append(TensorBoardLogger(Path(run_dir) / "tensorboard"))
-    return loggers
+    return [TensorBoardLogger(Path(run_dir) / "tensorboard")] if _tensorboard_enabled(logger_cfg) else []

@@ -26,7 +26,7 @@ from crystal_train.training.checkpoint import load_checkpoint, recover_interrupt
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
 from crystal_train.training.ema import checked_decay
 from crystal_train.training.inference import PRECISIONS, predict, resolve_device
-from crystal_train.training.loggers import make_loggers
+from crystal_train.training.loggers import check_loggers, make_loggers
 from crystal_train.training.loop import LOSSES, Trainer, seed_everything
 from crystal_train.training.lr_scaling import RULES, lr_scale, scale_learning_rate
 from crystal_train.training.metrics import Normalizer
@@ -90,6 +90,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
     _check_trainer_choices(cfg.trainer)
+    check_loggers(cfg.get("logger"))
 
     data = prepare_data(cfg.data, graph_settings(cfg.graph), progress=bool(cfg.trainer.get("progress_bar", True)))
     _check_trainable_splits(data)
