@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import json
 import logging
@@ -263,6 +264,9 @@ def test_the_key_is_redacted_wherever_hydra_settings_put_its_config_copies(tmp_p
     assert sweep / "jobs" / "0" / "hydra_copies" / "overrides.yaml" in written and sweep / "multirun.yaml" in written
     assert (sweep / "jobs" / "0" / "metrics.json").is_file()
     assert [path for path in written if API_KEY.encode() in path.read_bytes()] == []
+    with open(sweep / "sweep_summary.csv", newline="") as handle:  # the summary finds the nested job and its overrides
+        (row,) = list(csv.DictReader(handle))
+    assert row["status"] == "ok" and "data.api_key=<redacted>" in row["overrides"] and row["run_dir"] == str(sweep / "jobs" / "0")
 
 
 def test_snapshot_is_readable_like_any_new_file(tmp_path, umask_022):

@@ -548,6 +548,22 @@ def test_sweep_summary_marks_jobs_with_an_error_failed_even_with_old_metrics(tmp
     assert rows[1]["overrides"] == "optim.lr=0.1"
 
 
+def test_sweep_summary_finds_jobs_nested_by_the_sweep_subdir_with_their_config_copies_elsewhere(tmp_path):
+    """hydra.sweep.subdir=lr_${optim.lr}/${hydra.job.num} hydra.output_subdir=configs."""
+    metrics = {split: {"mae": mae, "rmse": 1.0, "r2": 0.5} for split, mae in (("val", 0.2), ("test", 0.3))}
+    for job, lr in (("0", "0.1"), ("1", "0.3")):
+        (tmp_path / f"lr_{lr}" / job / "configs").mkdir(parents=True)
+        (tmp_path / f"lr_{lr}" / job / "configs" / "overrides.yaml").write_text(f"- optim.lr={lr}\n")
+        (tmp_path / f"lr_{lr}" / job / "previous-1").mkdir()  # an earlier training moved aside: part of the job, not one
+        (tmp_path / f"lr_{lr}" / job / "previous-1" / "metrics.json").write_text(json.dumps(metrics))
+    (tmp_path / "lr_0.1" / "0" / "metrics.json").write_text(json.dumps(metrics))
+    path, failed, jobs = summarize_sweep(tmp_path, "configs")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert (failed, jobs) == (1, 2)
+    assert [(row["overrides"], row["status"], row["val_mae"]) for row in rows] == [("optim.lr=0.1", "ok", "0.2"), ("optim.lr=0.3", "failed", "")]
+
+
 # ----- 5. torchrun ----------------------------------------------------------------------------
 
 

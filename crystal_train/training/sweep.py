@@ -20,8 +20,8 @@ SUMMARY_COLUMNS = (
 )
 
 
-def summarize_sweep(sweep_dir: Path) -> tuple[Path, int, int]:
-    """Collect each job's overrides and metrics.json into sweep_dir/sweep_summary.csv.
+def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra") -> tuple[Path, int, int]:
+    """Collect each job's overrides (from Hydra's `output_subdir`) and metrics.json into sweep_dir/sweep_summary.csv.
 
     A job that wrote error.txt (it diverged, was refused or raised) or has no metrics.json gets
     status `failed` and empty metrics (a metrics.json left by an earlier run of it is ignored),
@@ -29,10 +29,10 @@ def summarize_sweep(sweep_dir: Path) -> tuple[Path, int, int]:
     """
     sweep_dir = Path(sweep_dir)
     rows = []
-    for run_dir in sorted((path for path in sweep_dir.iterdir() if _is_job_dir(path)), key=_job_order):
+    for run_dir in sorted(_job_dirs(sweep_dir, output_subdir), key=_job_order):
         metrics_path = run_dir / "metrics.json"
-        overrides_path = run_dir / ".hydra" / "overrides.yaml"
-        overrides = OmegaConf.load(overrides_path) if overrides_path.exists() else []
+        overrides_path = run_dir / output_subdir / "overrides.yaml" if output_subdir else None
+        overrides = OmegaConf.load(overrides_path) if overrides_path is not None and overrides_path.exists() else []
         row = {"overrides": " ".join(str(o) for o in overrides), "status": "failed", "run_dir": str(run_dir)}
         if metrics_path.exists() and not (run_dir / ERROR_FILE).exists():
             metrics = json.loads(metrics_path.read_text())
@@ -55,16 +55,21 @@ def _job_order(path: Path) -> tuple:
     return (0, int(path.name), "") if path.name.isdigit() else (1, 0, path.name)
 
 
-def _is_job_dir(path: Path) -> bool:
-    """A job's directory: Hydra's .hydra/ (absent with hydra.output_subdir=null), results or an error."""
-    return path.is_dir() and any((path / name).exists() for name in (".hydra", "metrics.json", ERROR_FILE))
+def _job_dirs(folder: Path, output_subdir: str | None) -> list[Path]:
+    """The job directories under `folder`, at any depth (hydra.sweep.subdir may nest them), not searched inside."""
+    marks = [name for name in (output_subdir, "metrics.json", ERROR_FILE) if name]  # no config copies with output_subdir=null
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.is_dir():
+            found += [path] if any((path / mark).exists() for mark in marks) else _job_dirs(path, output_subdir)
+    return found
 
 
 class SweepSummaryCallback(Callback):
     """Writes sweep_summary.csv into the multirun directory when the sweep ends."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        path, failed, jobs = summarize_sweep(Path(config.hydra.sweep.dir))
+        path, failed, jobs = summarize_sweep(Path(config.hydra.sweep.dir), config.hydra.output_subdir)
         if failed:
             log.warning("%d of %d jobs failed; their errors are in each job's %s and train.log", failed, jobs, ERROR_FILE)
         log.info("Sweep summary: %s", path)
