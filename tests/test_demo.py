@@ -136,3 +136,11 @@ def test_fingerprint_tracks_settings(monkeypatch):
     assert len({key, demo.demo_fingerprint(999, 0), demo.demo_fingerprint(1000, 1)}) == 3
     monkeypatch.setattr(demo, "DEMO_VERSION", demo.DEMO_VERSION + 1)
     assert demo.demo_fingerprint(1000, 0) != key
+
+
+def test_fingerprint_tracks_the_emt_parameters_of_the_installed_ase(monkeypatch):
+    key = demo.demo_fingerprint(1000, 0)
+    changed = dict(demo.parameters)
+    changed["Cu"] = (changed["Cu"][0] + 0.01, *changed["Cu"][1:])
+    monkeypatch.setattr(demo, "parameters", changed)
+    assert demo.demo_fingerprint(1000, 0) != key

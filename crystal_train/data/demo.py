@@ -288,10 +288,12 @@ def build_demo_crystals(num_crystals: int = 1000, seed: int = 0) -> list[Crystal
 
 
 def demo_fingerprint(num_crystals: int, seed: int) -> str:
-    """Short cache key that changes with the generator's version, settings, size and seed."""
+    """Short cache key that changes with the generator's version, settings, size and seed, and with ASE's EMT
+    parameters (an ASE release that changed them would change the labels)."""
     settings = (
         DEMO_VERSION, DEMO_ELEMENTS, _ANISO_STRAIN, _ISO_STRAIN, _RATTLE, _RATTLE_CLIP,
         tuple(_RELAX_SCALES), _P_ORDERED, tuple(_P_NUM_SPECIES.items()), tuple(t.name for t in _TEMPLATES),
+        sorted((symbol, tuple(values)) for symbol, values in parameters.items()), beta, Bohr,
     )
     digest = hashlib.sha1(repr(settings).encode()).hexdigest()[:8]
     return f"emt-demo-v{DEMO_VERSION}-{digest}-n{num_crystals}-s{seed}"
