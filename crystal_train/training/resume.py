@@ -108,10 +108,7 @@ def keep_old_config(run_dir: Path) -> None:
     """Move the previous config.yaml aside (config.previous-N.yaml) before a resumed run writes its own."""
     old = run_dir / "config.yaml"
     if old.exists():
-        number = 1
-        while (run_dir / f"config.previous-{number}.yaml").exists():
-            number += 1
-        old.rename(run_dir / f"config.previous-{number}.yaml")
+        old.rename(_first_free(run_dir, "config.previous-{}.yaml"))
 
 
 def set_aside_earlier_run(run_dir: Path, names: tuple[str, ...], trained: tuple[str, ...]) -> Path | None:
@@ -119,15 +116,20 @@ def set_aside_earlier_run(run_dir: Path, names: tuple[str, ...], trained: tuple[
     `trained` (what an earlier training leaves), move its `names` into run_dir/previous-N and return that folder."""
     if not any((run_dir / name).exists() for name in trained):
         return None
-    number = 1
-    while (run_dir / f"previous-{number}").exists():
-        number += 1
-    aside = run_dir / f"previous-{number}"
+    aside = _first_free(run_dir, "previous-{}")
     aside.mkdir()
     for path in [run_dir / name for name in names] + sorted(run_dir.glob("config.previous-*.yaml")):
         if path.exists():
             path.rename(aside / path.name)
     return aside
+
+
+def _first_free(run_dir: Path, pattern: str) -> Path:
+    """run_dir / pattern.format(N) for the lowest N (from 1) that does not exist yet."""
+    number = 1
+    while (run_dir / pattern.format(number)).exists():
+        number += 1
+    return run_dir / pattern.format(number)
 
 
 def _flatten(config, prefix: str = "") -> dict:
