@@ -133,6 +133,7 @@ def test_overlapping_sites_fall_back_to_pymatgen(fallback_calls):
         ("  \n\t\n", "empty CIF"),
         ("this is not a CIF file\n", "malformed CIF"),
         (_p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  0.5\n  O  O1  1  0.5  0.5  0.5  1\n"), "partial occupancy or disorder"),
+        (_p1_cif("  X  X1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n"), "not an element: X"),  # not a made-up Z
         (  # pymatgen only warns why it dropped the block; the reason says it
             _p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  1.05\n  O  O1  1  0.5  0.5  0.5  1\n"),
             "malformed CIF: Invalid CIF file with no structures! (Occupancy 1.05 exceeded tolerance.)",

@@ -109,7 +109,7 @@ def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
 
 def crystal_via_pymatgen(make_structure: Callable, item_id: str, failure: str) -> Crystal:
     """Crystal from a pymatgen Structure built by `make_structure`; SkippedItem("<failure>: ...")
-    when pymatgen cannot build it, or for partial occupancy."""
+    when pymatgen cannot build it, for partial occupancy, or for a species that is no element."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -121,9 +121,10 @@ def crystal_via_pymatgen(make_structure: Callable, item_id: str, failure: str) -
     misread = _misread_warning(caught)
     if misread:
         raise SkippedItem(item_id, misread)
-    if not structure.is_ordered:
-        raise SkippedItem(item_id, "partial occupancy or disorder")
-    crystal = Crystal.from_pymatgen(structure, item_id)
+    try:
+        crystal = Crystal.from_pymatgen(structure, item_id)
+    except ValueError as error:  # partial occupancy, or a species that is no element
+        raise SkippedItem(item_id, str(error)) from None
     check_geometry(crystal.lattice, crystal.frac_coords, item_id)  # pymatgen's CIF reader merges coinciding sites, others do not
     return crystal
 

@@ -53,9 +53,14 @@ class Crystal:
 
     @classmethod
     def from_pymatgen(cls, structure, id: str, target: float | None = None, split: str | None = None) -> "Crystal":
-        """Build from an ordered pymatgen Structure (raises ValueError on partial occupancy)."""
+        """Build from an ordered pymatgen Structure (ValueError on partial occupancy or a dummy species such as X)."""
+        from pymatgen.core.periodic_table import DummySpecies
+
         if not structure.is_ordered:
             raise ValueError("partial occupancy or disorder")
+        dummies = sorted({species.symbol for species in structure.species if isinstance(species, DummySpecies)})
+        if dummies:  # pymatgen gives them a made-up atomic number
+            raise ValueError(f"not an element: {', '.join(dummies)}")
         return cls(
             id=str(id),
             lattice=np.array(structure.lattice.matrix, dtype=np.float64),
