@@ -222,6 +222,28 @@ def test_json_pandas_split_form_uses_the_index_as_id(tmp_path):
         load_source(path, "gap")
 
 
+def test_json_integer_ids_stay_integers_when_one_record_has_no_id(tmp_path):
+    structure = _structures()["mp-1"].as_dict()
+    records = [
+        {"id": 7, "structure": structure, "y": 1.0},
+        {"id": 12345678901234567, "structure": structure, "y": 2.0},
+        {"id": 12345678901234568, "structure": structure, "y": 3.0},  # the same as the previous one as a float
+        {"id": None, "structure": structure, "y": 4.0},
+    ]
+    (tmp_path / "ids.json").write_text(json.dumps(records))
+    data = load_source(tmp_path / "ids.json", "y")
+    assert [(i.id, i.target) for i in data.items] == [("7", 1.0), ("12345678901234567", 2.0), ("12345678901234568", 3.0)]
+    assert data.skipped == [("ids.json row 4", "missing id")]
+
+
+@pytest.mark.parametrize("labels", ["mp-1,-2.1\nmp-2,0.0,extra\n", "", b"\xff\xfe,1\n"])
+def test_an_unreadable_cgcnn_id_prop_csv_is_named_in_the_error(tmp_path, labels):
+    folder = _cgcnn_folder(tmp_path / "cgcnn")
+    (folder / "id_prop.csv").write_bytes(labels if isinstance(labels, bytes) else labels.encode())
+    with pytest.raises(ValueError, match=r"cannot read CSV .*cgcnn/id_prop.csv: "):
+        load_source(folder, "y")
+
+
 def _write_snapshot(path: Path) -> None:
     nacl, si, _ = _structures().values()
     snapshot = {

@@ -180,7 +180,7 @@ def _load_split_folder(folder: Path, target: str, id_column: str | None, cif_col
 
 def _load_cgcnn_folder(folder: Path, target: str) -> SourceData:
     labels_file = folder / CGCNN_LABELS
-    frame = pd.read_csv(labels_file, header=None, dtype=str, keep_default_na=False)
+    frame = _read_csv(labels_file, header=None)
     if frame.shape[1] != 2:
         raise ValueError(f"{labels_file} must have 2 columns (id, label) and no header; found {frame.shape[1]}")
     builder = _ItemBuilder()
@@ -208,11 +208,11 @@ def _load_json(path: Path, target: str, id_column: str | None, cif_column: str |
     if isinstance(data, dict) and data.get("format") == SNAPSHOT_FORMAT:
         return _load_snapshot(path, data, target)
     if isinstance(data, dict) and {"columns", "data"} <= data.keys():
-        frame = pd.DataFrame(data["data"], columns=data["columns"], index=data.get("index"))
+        frame = pd.DataFrame(data["data"], columns=data["columns"], index=data.get("index"), dtype=object)
         if id_column is None and not any(c in frame.columns for c in ID_COLUMNS):
             frame = frame.rename_axis("id").reset_index()
     elif isinstance(data, list) and all(isinstance(record, dict) for record in data):
-        frame = pd.DataFrame.from_records(data)
+        frame = pd.DataFrame(data, dtype=object)  # object: one missing id must not turn integer ids into floats
     else:
         raise ValueError(
             f"{path}: expected a list of records, a pandas table with 'columns'/'index'/'data', "
@@ -307,9 +307,9 @@ class _ItemBuilder:
         return SourceData(self.items, self.skipped, layout, target, metadata or {})
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, header: int | None = 0) -> pd.DataFrame:
     try:
-        return pd.read_csv(path, dtype=str, keep_default_na=False)
+        return pd.read_csv(path, header=header, dtype=str, keep_default_na=False)
     except (OSError, ValueError, EOFError) as error:  # includes pandas ParserError and empty files
         raise ValueError(f"cannot read CSV {path}: {error}") from None
 
