@@ -782,6 +782,8 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("trainer.loss=mae", "trainer.loss must be one of mse, l1, huber, not 'mae'"),
         ("trainer.lr_scaling=sqrt-root", "trainer.lr_scaling must be one of none, linear, sqrt, not 'sqrt-root'"),
         ("trainer.precision=16", "trainer.precision must be one of 32, tf32, bf16, not '16'"),
+        ("trainer.max_epochs=0", "trainer.max_epochs must be at least 1, not 0"),
+        ("trainer.patience=0", "trainer.patience must be at least 1, not 0"),
         ("trainer.ema_decay=1", "trainer.ema_decay must be null \\(off\\) or lie strictly between 0 and 1, such as 0.999; not 1"),
     ],
 )
