@@ -164,4 +164,14 @@ def test_unknown_split_kind_is_refused_even_when_the_source_has_a_split(compose_
     with caplog.at_level("INFO"):
         data = prepare_data(cfg.data, graph_settings(cfg.graph))
     assert {name: len(indices) for name, indices in data.splits.items()} == {"train": 3, "val": 1, "test": 1}
-    assert "Using the source's own split column; data.split.kind, fractions and seed do not apply" in caplog.text
+    assert "Using the source's own split column; data.split.fractions and data.seed do not apply" in caplog.text
+
+
+def test_an_explicit_composition_split_sets_the_source_split_aside(compose_train_cfg, write_csv, good_rows, tmp_path, caplog):
+    for row, name in zip(good_rows, ["train", "train", "val", "test", "train"]):
+        row["split"] = name
+    cfg = compose_train_cfg([f"data.snapshot={write_csv(good_rows)}", "data.split.kind=composition", "data.split.fractions=[0.2,0.4,0.4]"], tmp_path)
+    with caplog.at_level("INFO"):
+        data = prepare_data(cfg.data, graph_settings(cfg.graph))
+    assert {name: len(indices) for name, indices in data.splits.items()} == {"train": 1, "val": 2, "test": 2}
+    assert "data.split.kind=composition: the source's own split column is set aside" in caplog.text

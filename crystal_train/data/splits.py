@@ -27,19 +27,21 @@ def make_splits(
 ) -> dict[str, np.ndarray]:
     """Indices into `store` for train, val and test.
 
-    Order of precedence: a saved split file; the split the source carries; seeded fractions,
-    either over crystals (`kind="random"`) or over reduced compositions (`kind="composition"`,
-    all polymorphs of a composition land in one split).
+    Order of precedence: a saved split file; a split by reduced composition (`kind="composition"`,
+    all polymorphs of a composition land in one split), asked for explicitly, so it sets aside a
+    split the source carries; the split the source carries; seeded fractions over crystals.
     """
     if kind not in ("random", "composition"):
         raise ValueError(f"unknown data.split.kind {kind!r}: use random or composition")
     if file is not None:
         return _from_file(store, Path(file))
     codes = store.split_codes
-    if (codes >= 0).all() and len(codes):
-        log.info("Using the source's own split column; data.split.kind, fractions and seed do not apply")
+    if kind == "composition" and (codes >= 0).any():
+        log.info("data.split.kind=composition: the source's own split column is set aside")
+    elif (codes >= 0).all() and len(codes):
+        log.info("Using the source's own split column; data.split.fractions and data.seed do not apply (data.split.kind=composition would set it aside)")
         return {name: np.flatnonzero(codes == SPLIT_CODES[name]) for name in SPLIT_ORDER}
-    if (codes >= 0).any():
+    elif (codes >= 0).any():
         missing = [store.ids[i] for i in np.flatnonzero(codes < 0)[:5]]
         raise ValueError(f"the source's split column is empty for some crystals, e.g. {missing}")
     if len(fractions) != 3 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6) or min(fractions) < 0:
