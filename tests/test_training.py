@@ -784,6 +784,10 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("trainer.precision=16", "trainer.precision must be one of 32, tf32, bf16, not '16'"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be at least 1, not 0"),
         ("trainer.patience=0", "trainer.patience must be at least 1, not 0"),
+        ("+trainer.max_epoch=2", "unknown setting trainer.max_epoch \\(did you mean trainer.max_epochs\\?\\); the trainer settings are: batch_size, "),
+        ("+data.limt=5", "unknown setting data.limt \\(did you mean data.limit\\?\\)"),
+        ("+data.split.fraction=[0.5,0.25,0.25]", "unknown setting data.split.fraction \\(did you mean data.split.fractions\\?\\)"),
+        ("+graph.max_neighbours=8", "unknown setting graph.max_neighbours \\(did you mean graph.max_neighbors\\?\\)"),
         ("trainer.ema_decay=1", "trainer.ema_decay must be null \\(off\\) or lie strictly between 0 and 1, such as 0.999; not 1"),
     ],
 )

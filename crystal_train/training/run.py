@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import math
 import secrets
@@ -23,12 +22,12 @@ from crystal_train.data.store import GraphStore
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, trained_graph_version, warn_if_other_graphs
+from crystal_train.training.config_checks import check_settings
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
-from crystal_train.training.ema import checked_decay
-from crystal_train.training.inference import PRECISIONS, predict, resolve_device
+from crystal_train.training.inference import predict, resolve_device
 from crystal_train.training.loggers import check_loggers, make_loggers
-from crystal_train.training.loop import LOSSES, Trainer, seed_everything
-from crystal_train.training.lr_scaling import RULES, lr_scale, scale_learning_rate
+from crystal_train.training.loop import Trainer, seed_everything
+from crystal_train.training.lr_scaling import lr_scale, scale_learning_rate
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.plots import learning_curve_plot, parity_plot
 from crystal_train.training.resume import (
@@ -85,11 +84,10 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last)
         check_same_lr_scale(saved.get("world_size"), context.world_size, cfg.trainer, last)
         warn_if_other_graphs(saved, last)
-    _check_group_settings(cfg)
+    check_settings(cfg)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
     model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
-    _check_trainer_choices(cfg.trainer)
     check_loggers(cfg.get("logger"))
 
     data = prepare_data(cfg.data, graph_settings(cfg.graph), progress=bool(cfg.trainer.get("progress_bar", True)))
@@ -226,40 +224,6 @@ def _check_batch_size(model: torch.nn.Module, batch_size: int) -> None:
             f"trainer.batch_size={batch_size} is too small for {type(model).__name__}: its BatchNorm layers need "
             "at least 2 crystals per training batch (a one-atom crystal alone cannot be normalised)"
         )
-
-
-def _check_group_settings(cfg: DictConfig) -> None:
-    """Raise, before any data are read, if the model, optim or scheduler config holds a setting its class does not
-    take: what an experiment= overlay leaves when another option of that group is chosen (its plateau `factor`
-    under scheduler=cosine, its CGCNN sizes under model=schnet)."""
-    for group in ("model", "optim", "scheduler"):
-        group_cfg = cfg.get(group)
-        if not group_cfg or not group_cfg.get("_target_"):
-            continue
-        parameters = inspect.signature(hydra.utils.get_object(group_cfg._target_)).parameters
-        if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
-            continue
-        foreign = sorted(str(key) for key in group_cfg if not str(key).startswith("_") and key not in parameters)
-        if foreign:
-            raise ValueError(
-                f"{group} {group_cfg._target_} takes no {', '.join(foreign)}, set for another {group} (by an experiment= "
-                f"overlay or an override): choose the {group} they belong to, or drop them with "
-                + " ".join(f"~{group}.{key}" for key in foreign)
-            )
-
-
-def _check_trainer_choices(trainer_cfg: DictConfig) -> None:
-    """Raise, before any data are read, if trainer.loss, lr_scaling or precision names an option that does not exist,
-    max_epochs or patience is under 1, or ema_decay is out of range."""
-    for key, default, options in (("loss", "mse", tuple(LOSSES)), ("lr_scaling", "none", RULES), ("precision", "32", PRECISIONS)):
-        value = str(trainer_cfg.get(key, default))
-        if value not in options:
-            raise ValueError(f"trainer.{key} must be one of {', '.join(options)}, not {value!r}")
-    for key in ("max_epochs", "patience"):  # 0 epochs leave no best.pt; patience 0 stops after any first epoch
-        if int(trainer_cfg[key]) < 1:
-            raise ValueError(f"trainer.{key} must be at least 1, not {trainer_cfg[key]}")
-    if trainer_cfg.get("ema_decay") is not None:
-        checked_decay(trainer_cfg.ema_decay)
 
 
 def _check_training_shard(model: torch.nn.Module, store: GraphStore, train: np.ndarray, world_size: int) -> None:

@@ -1,0 +1,85 @@
+"""Checks of a composed training config that run before any data are read, so a mistake costs seconds."""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from functools import cache
+from importlib import resources
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from crystal_train.training.ema import checked_decay
+from crystal_train.training.inference import PRECISIONS
+from crystal_train.training.loop import LOSSES
+from crystal_train.training.lr_scaling import RULES
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """Raise on a key no packaged config defines, a setting its class does not take, or a trainer value out of range."""
+    check_known_keys(cfg)
+    check_group_settings(cfg)
+    check_trainer_choices(cfg.trainer)
+
+
+@cache
+def known_keys() -> dict[str, frozenset[str]]:
+    """The keys of the trainer, data, data.split and graph blocks, as the packaged configs define them."""
+    configs = resources.files("crystal_train.configs")
+
+    def keys(group: str, block: str | None = None) -> frozenset[str]:
+        found = set()
+        for file in configs.joinpath(group).iterdir():
+            if file.name.endswith(".yaml"):
+                loaded = OmegaConf.create(file.read_text())
+                found.update(str(key) for key in (loaded.get(block) or {} if block else loaded) if key != "defaults")
+        return frozenset(found)
+
+    data = OmegaConf.create(configs.joinpath("data", "mp_formation.yaml").read_text())
+    return {"trainer": keys("trainer"), "data": keys("data"), "data.split": frozenset(map(str, data.split)), "graph": keys("model", "graph")}
+
+
+def check_known_keys(cfg: DictConfig) -> None:
+    """Raise if trainer, data, data.split or graph holds a key nothing reads: a typo added with +, which would else
+    be ignored while the setting it meant keeps its default."""
+    for path, known in known_keys().items():
+        block = OmegaConf.select(cfg, path)
+        unknown = sorted(str(key) for key in (block or {}) if str(key) not in known)
+        if unknown:
+            hints = [f"{path}.{key}" + "".join(f" (did you mean {path}.{close}?)" for close in difflib.get_close_matches(key, known, n=1)) for key in unknown]
+            raise ValueError(f"unknown setting {', '.join(hints)}; the {path} settings are: {', '.join(sorted(known))}")
+
+
+def check_group_settings(cfg: DictConfig) -> None:
+    """Raise if the model, optim or scheduler config holds a setting its class does not take: what an experiment=
+    overlay leaves when another option of that group is chosen (its plateau `factor` under scheduler=cosine, its
+    CGCNN sizes under model=schnet)."""
+    for group in ("model", "optim", "scheduler"):
+        group_cfg = cfg.get(group)
+        if not group_cfg or not group_cfg.get("_target_"):
+            continue
+        parameters = inspect.signature(hydra.utils.get_object(group_cfg._target_)).parameters
+        if any(parameter.kind is inspect.Parameter.VAR_KEYWORD for parameter in parameters.values()):
+            continue
+        foreign = sorted(str(key) for key in group_cfg if not str(key).startswith("_") and key not in parameters)
+        if foreign:
+            raise ValueError(
+                f"{group} {group_cfg._target_} takes no {', '.join(foreign)}, set for another {group} (by an experiment= "
+                f"overlay or an override): choose the {group} they belong to, or drop them with "
+                + " ".join(f"~{group}.{key}" for key in foreign)
+            )
+
+
+def check_trainer_choices(trainer_cfg: DictConfig) -> None:
+    """Raise if trainer.loss, lr_scaling or precision names an option that does not exist, max_epochs or patience is
+    under 1, or ema_decay is out of range."""
+    for key, default, options in (("loss", "mse", tuple(LOSSES)), ("lr_scaling", "none", RULES), ("precision", "32", PRECISIONS)):
+        value = str(trainer_cfg.get(key, default))
+        if value not in options:
+            raise ValueError(f"trainer.{key} must be one of {', '.join(options)}, not {value!r}")
+    for key in ("max_epochs", "patience"):  # 0 epochs leave no best.pt; patience 0 stops after any first epoch
+        if int(trainer_cfg[key]) < 1:
+            raise ValueError(f"trainer.{key} must be at least 1, not {trainer_cfg[key]}")
+    if trainer_cfg.get("ema_decay") is not None:
+        checked_decay(trainer_cfg.ema_decay)
