@@ -17,7 +17,7 @@ from conftest import DEMO_OVERRIDES, cif_folder, cif_text, good_structures
 from pymatgen.core.operations import SymmOp
 
 from crystal_train.cli.evaluate import evaluate
-from crystal_train.cli.predict import file_ids, run_predict
+from crystal_train.cli.predict import file_ids, run_predict, structure_files
 from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.training.checkpoint import load_checkpoint, load_model, save_checkpoint
 from crystal_train.training.run import train
@@ -144,6 +144,12 @@ def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(d
     (folder / "broken.cif").unlink()
     run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={output}", "device=cpu"]))
     assert not stale.exists()  # the earlier list no longer applies
+    chosen = tmp_path / "chosen.csv"  # a glob and a file, as a list
+    run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input=[{folder}/mp-1.*,{folder}/si.vasp]", f"output={chosen}", "device=cpu"]))
+    with open(chosen, newline="") as handle:
+        assert {row["id"]: float(row["prediction"]) for row in csv.DictReader(handle)} == pytest.approx(
+            {"mp-1.v1": predicted["mp-1.v1"], "mp-1.v2": predicted["mp-1.v2"], "si": predicted["si.vasp"]}
+        )
 
     bad = tmp_path / "bad"
     bad.mkdir()
@@ -151,6 +157,23 @@ def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(d
     with pytest.raises(ValueError, match=r"none of the 1 structure file\(s\) in .*bad could be used"):
         run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={bad}", f"output={output}", "device=cpu"]))
     assert not output.exists() and "broken" in stale.read_text()  # no earlier predictions beside this input's skip list
+
+
+def test_predict_input_may_be_a_file_a_folder_a_glob_or_a_list_of_them(tmp_path):
+    folder = tmp_path / "in"
+    (folder / "more").mkdir(parents=True)
+    for name in ("a.cif", "b.cif", "c.vasp", "more/d.cif", "notes.txt"):
+        (folder / name).write_text("x")
+    assert structure_files(str(folder / "a.cif")) == [folder / "a.cif"]
+    assert structure_files(str(folder)) == [folder / "a.cif", folder / "b.cif", folder / "c.vasp"]
+    assert structure_files(f"{folder}/*.cif") == [folder / "a.cif", folder / "b.cif"]
+    assert structure_files([str(folder / "more"), f"{folder}/c.*"]) == [folder / "more" / "d.cif", folder / "c.vasp"]
+    with pytest.raises(ValueError, match=r"input= names .*a.cif more than once"):
+        structure_files([str(folder), str(folder / "a.cif")])
+    with pytest.raises(FileNotFoundError, match=r"input pattern .*\*.xyz matches no file"):
+        structure_files(f"{folder}/*.xyz")
+    with pytest.raises(FileNotFoundError, match=r"input not found: .*missing.cif \(give a structure file, a folder of them, a quoted glob"):
+        structure_files(str(folder / "missing.cif"))
 
 
 def test_prediction_ids_stay_unique_when_a_whole_file_name_equals_another_files_id():

@@ -1,7 +1,8 @@
-"""`crystal-predict ckpt=PATH input=FILE_OR_DIR output=preds.csv`: predictions for new structures (ckpt=[a,b,...]: their mean and spread)."""
+"""`crystal-predict ckpt=PATH input=FILE_DIR_OR_GLOB output=preds.csv`: predictions for new structures (ckpt=[a,b,...]: their mean and spread)."""
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
 from collections import Counter
@@ -24,23 +25,45 @@ from crystal_train.training.inference import resolve_device
 
 log = logging.getLogger(__name__)
 
-def structure_files(path: Path) -> list[Path]:
-    """The structure files at `path`: the file itself, or the matching files in a folder."""
+def structure_files(inputs) -> list[Path]:
+    """The structure files that `input=` names: a file, a folder (its structure files), a glob, or a list of these."""
+    entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    files = [file for entry in entries for file in _entry_files(str(entry))]
+    repeated = sorted(name for name, count in Counter(map(str, files)).items() if count > 1)
+    if repeated:
+        raise ValueError(f"input= names {', '.join(repeated[:5])} more than once")
+    return files
+
+
+def _entry_files(entry: str) -> list[Path]:
+    path = Path(entry).expanduser()
     if path.is_dir():
-        entries = sorted(path.iterdir())
-        files = [f for f in entries if f.is_file() and is_structure_file_name(f.name)]
+        return _folder_files(path)
+    if path.exists():
+        return [path]
+    if glob.has_magic(str(path)):
+        matches = sorted(Path(match) for match in glob.glob(str(path)))
+        files = [match for match in matches if match.is_file()]
         if not files:
-            raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_FILE_PATTERNS)}) in {path}")
-        ignored = [f.name for f in entries if f not in files and not f.is_dir()]
-        if ignored:
-            log.warning(
-                "Ignored %d file(s) in %s that are not structure files (%s) or cannot be opened: %s",
-                len(ignored), path, ", ".join(STRUCTURE_FILE_PATTERNS), ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""),
-            )
+            raise FileNotFoundError(f"input pattern {entry} matches no file")
         return files
-    if not path.exists():
-        raise FileNotFoundError(f"input not found: {path}")
-    return [path]
+    raise FileNotFoundError(
+        f"input not found: {entry} (give a structure file, a folder of them, a quoted glob such as 'cifs/*.cif', or a list [a.cif,b.cif])"
+    )
+
+
+def _folder_files(path: Path) -> list[Path]:
+    entries = sorted(path.iterdir())
+    files = [f for f in entries if f.is_file() and is_structure_file_name(f.name)]
+    if not files:
+        raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_FILE_PATTERNS)}) in {path}")
+    ignored = [f.name for f in entries if f not in files and not f.is_dir()]
+    if ignored:
+        log.warning(
+            "Ignored %d file(s) in %s that are not structure files (%s) or cannot be opened: %s",
+            len(ignored), path, ", ".join(STRUCTURE_FILE_PATTERNS), ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""),
+        )
+    return files
 
 
 def file_ids(files: list[Path]) -> list[str]:
@@ -66,7 +89,7 @@ def run_predict(cfg: DictConfig) -> Path:
     device = resolve_device(str(cfg.device))
     ensemble = Ensemble.load(checkpoint_paths(cfg.ckpt), device, atom_init=cfg.get("atom_init"))
     checkpoint = ensemble.checkpoint
-    files = structure_files(Path(cfg.input).expanduser())
+    files = structure_files(cfg.input)
     items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(files, file_ids(files))]
     store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), ensemble.elements())
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -79,7 +102,8 @@ def run_predict(cfg: DictConfig) -> Path:
         for item_id, reason in store.skipped:
             log.warning("Not predicted: %s (%s)", item_id, reason)
     if len(store) == 0:
-        raise ValueError(f"none of the {len(files)} structure file(s) in {cfg.input} could be used; see {skipped_path}")
+        given = cfg.input if isinstance(cfg.input, str) else ", ".join(map(str, cfg.input))
+        raise ValueError(f"none of the {len(files)} structure file(s) in {given} could be used; see {skipped_path}")
     every_crystal = np.arange(len(store))
     training_elements = ensemble.training_elements()
     unseen = warn_unseen_elements(store, every_crystal, training_elements)
