@@ -348,9 +348,12 @@ def test_folder_fingerprint_tracks_every_file_in_it(tmp_path):
     assert content_fingerprint(folder, "y") != changed
 
 
-def test_unknown_paths_and_layouts(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nowhere.csv does not exist"):
+def test_unknown_paths_and_layouts(tmp_path, monkeypatch):
+    with pytest.raises(FileNotFoundError, match="nowhere.csv does not exist; give the file or folder with data.snapshot=PATH"):
         load_source(tmp_path / "nowhere.csv", "y")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=f"data source nowhere.csv does not exist, looked for from {tmp_path}; give"):
+        load_source("nowhere.csv", "y")
     (tmp_path / "data.parquet").write_bytes(b"x")
     with pytest.raises(ValueError, match="unsupported data file .*data.parquet"):
         load_source(tmp_path / "data.parquet", "y")

@@ -72,7 +72,8 @@ def load_source(
     """Detect the layout of `path` and read its items (no structure parsing)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"data source {path} does not exist")
+        where = "" if path.is_absolute() else f", looked for from {Path.cwd()}"
+        raise FileNotFoundError(f"data source {path} does not exist{where}; give the file or folder with data.snapshot=PATH")
     if path.is_dir():
         if (path / CGCNN_LABELS).is_file():
             return _load_cgcnn_folder(path, target)
@@ -101,7 +102,8 @@ def content_fingerprint(path: str | Path, target: str, id_column: str | None = N
     """
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"data source {path} does not exist")
+        where = "" if path.is_absolute() else f", looked for from {Path.cwd()}"
+        raise FileNotFoundError(f"data source {path} does not exist{where}; give the file or folder with data.snapshot=PATH")
     files = [(path, path.name)] if path.is_file() else [(f, str(f.relative_to(path))) for f in path.rglob("*") if f.is_file()]
     return _fingerprint(files, target, {"id_column": id_column, "cif_column": cif_column})
 
