@@ -322,3 +322,15 @@ def test_non_checkpoints_rejected_without_running_code(tmp_path, content):
     with pytest.raises(ValueError, match=re.escape(f"{path} is not a CGCNN checkpoint")):
         convert_reference_checkpoint(path, atom_init)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_a_run_directory_given_as_checkpoint_points_to_its_best_pt(tmp_path):
+    run_dir = tmp_path / "run1"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    with pytest.raises(IsADirectoryError, match=re.escape(f"{run_dir} is a folder, not a checkpoint") + "$"):
+        load_checkpoint(run_dir)  # nothing in it to point to
+    (run_dir / "checkpoints" / "best.pt").write_bytes(b"")
+    with pytest.raises(IsADirectoryError, match=re.escape(f"did you mean {run_dir / 'checkpoints' / 'best.pt'}?")):
+        load_checkpoint(run_dir)
+    with pytest.raises(IsADirectoryError, match=re.escape(f"did you mean {run_dir / 'checkpoints' / 'best.pt'}?")):
+        load_checkpoint(run_dir / "checkpoints")

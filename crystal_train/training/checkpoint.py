@@ -55,6 +55,9 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.is_dir():
+        inside = path / "checkpoints" / "best.pt" if (path / "checkpoints").is_dir() else path / "best.pt"
+        raise IsADirectoryError(f"{path} is a folder, not a checkpoint" + (f": did you mean {inside}?" if inside.is_file() else ""))
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
