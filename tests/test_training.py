@@ -487,7 +487,7 @@ def test_multirun_builds_the_graph_cache_once_and_writes_a_sorted_summary(tmp_pa
         "optim.lr=1e-3,1e30", "trainer.batch_size=1,16,32", f"data.cache_dir={cache}", f"hydra.sweep.dir={sweep}",
     ]
     result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=400)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert result.returncode == 1, (result.stdout + result.stderr)[-3000:]  # every job ran, and a script can tell some failed
 
     assert len(list((cache / "graphs").glob("graphs-*.pt"))) == 1
     logs = sorted(sweep.glob("*/train.log"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -66,10 +67,12 @@ def _job_dirs(folder: Path, output_subdir: str | None) -> list[Path]:
 
 
 class SweepSummaryCallback(Callback):
-    """Writes sweep_summary.csv into the multirun directory when the sweep ends."""
+    """Writes sweep_summary.csv into the multirun directory when the sweep ends; exits with status 1 if a job failed,
+    so that a batch script can tell."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         path, failed, jobs = summarize_sweep(Path(config.hydra.sweep.dir), config.hydra.output_subdir)
+        log.info("Sweep summary: %s", path)
         if failed:
             log.warning("%d of %d jobs failed; their errors are in each job's %s and train.log", failed, jobs, ERROR_FILE)
-        log.info("Sweep summary: %s", path)
+            sys.exit(1)
