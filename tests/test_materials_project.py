@@ -139,7 +139,7 @@ def test_no_key_and_no_snapshot_says_how_to_fix(tmp_path, monkeypatch):
     with pytest.raises(mp.MissingApiKeyError) as error:
         mp.resolve_mp_snapshot(QUERY, TARGETS, tmp_path, rester_factory=_refuse)
     message = str(error.value)
-    assert "MP_API_KEY" in message and "data.snapshot=PATH" in message and str(tmp_path) in message
+    assert "MP_API_KEY" in message and "data.snapshot=PATH" in message and str(tmp_path) in message and "crystal-train data=demo" in message
 
 
 def test_runs_started_together_download_the_snapshot_once(tmp_path):

@@ -69,7 +69,7 @@ def resolve_mp_snapshot(
             f"No cached Materials Project snapshot for this query at {path} and no API key to download it. "
             f"Set the {API_KEY_VARIABLE} environment variable (export {API_KEY_VARIABLE}=<your key from "
             f"https://next-gen.materialsproject.org/api>) or train offline from an existing file with "
-            f"data.snapshot=PATH."
+            f"data.snapshot=PATH (or try the tool on its built-in offline demo data: crystal-train data=demo)."
         )
     # Runs started together (torchrun ranks, a sweep) download once: the others wait, then read it.
     with exclusive_lock(path.with_name(f"{path.name}.lock")):
