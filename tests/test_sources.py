@@ -125,7 +125,11 @@ def test_csv_bad_split_value(tmp_path):
     frame = _frame()
     frame.loc[1, "split"] = "valid"
     frame.to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"data\.csv: column 'split' has values 'valid'; expected only train, val, test"):
+    with pytest.raises(ValueError, match=r"data\.csv: column 'split' has values 'valid' \(row 2\); expected only train, val, test"):
+        load_source(path, "formation_energy_per_atom")
+    frame.loc[2, "split"] = ""
+    frame.to_csv(path, index=False)
+    with pytest.raises(ValueError, match=r"column 'split' has values '', 'valid' \(rows 2, 3\); expected"):
         load_source(path, "formation_energy_per_atom")
 
 

@@ -339,9 +339,11 @@ def _row_splits(frame: pd.DataFrame, path: Path) -> list[str | None]:
         raise ValueError(f"{path}: several split columns ({', '.join(map(repr, columns))}); keep one")
     column = columns[0]
     values = [value.strip() if isinstance(value, str) else value for value in frame[column]]
-    bad = sorted({repr(value) for value in values if value not in SPLITS})
-    if bad:
-        raise ValueError(f"{path}: column {column!r} has values {', '.join(bad[:10])}; expected only {', '.join(SPLITS)}")
+    bad_rows = [row for row, value in enumerate(values, start=1) if value not in SPLITS]
+    if bad_rows:
+        bad = sorted({repr(values[row - 1]) for row in bad_rows})
+        rows = ("rows " if len(bad_rows) > 1 else "row ") + ", ".join(map(str, bad_rows[:10])) + (", ..." if len(bad_rows) > 10 else "")
+        raise ValueError(f"{path}: column {column!r} has values {', '.join(bad[:10])} ({rows}); expected only {', '.join(SPLITS)}")
     return values
 
 
