@@ -307,6 +307,9 @@ def test_to_crystal_rejects_bad_structures():
     stacked = {"lattice": np.diag([5.0, 5.0, 5.0]).tolist(), "numbers": [3, 8, 3], "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5], [1 - 1e-6, 0, 0]]}
     with pytest.raises(SkippedItem, match=r"sites 0 and 2 \(counting from 0\) are at the same position"):
         to_crystal(RawItem("x", 1.0, None, structure=stacked))
+    for lattice, coords in (([[5, 0, 0], [0, 5, 0], [0, 0, float("inf")]], [0, 0, 0]), (np.eye(3).tolist(), [0, float("nan"), 0])):
+        with pytest.raises(SkippedItem, match=r"the cell or the atom positions hold a non-finite number \(nan or inf\)"):
+            to_crystal(RawItem("x", 1.0, None, structure={"lattice": lattice, "numbers": [1], "frac_coords": [coords]}))
     left_handed = {"lattice": [[5, 0, 0], [0, 5, 0], [0, 0, -5]], "numbers": [3, 8], "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5]]}
     assert to_crystal(RawItem("x", 1.0, None, structure=left_handed)).num_atoms == 2
     with pytest.raises(SkippedItem, match="no structure"):

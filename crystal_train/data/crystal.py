@@ -27,7 +27,10 @@ def cell_thickness(lattice: np.ndarray) -> float:
 
 
 def check_geometry(lattice: np.ndarray, frac_coords: np.ndarray, item_id: str) -> None:
-    """Raise SkippedItem for a cell thinner than MIN_CELL_THICKNESS or two sites at the same position."""
+    """Raise SkippedItem for a cell or coordinates that are not finite, a cell thinner than MIN_CELL_THICKNESS, or two
+    sites at the same position."""
+    if not (np.isfinite(lattice).all() and np.isfinite(frac_coords).all()):
+        raise SkippedItem(item_id, "the cell or the atom positions hold a non-finite number (nan or inf)")
     thickness = cell_thickness(lattice)
     if thickness < MIN_CELL_THICKNESS:
         raise SkippedItem(item_id, f"degenerate cell: {thickness:.3g} Å thick, under {MIN_CELL_THICKNESS} Å")

@@ -153,8 +153,6 @@ def _from_arrays(structure: dict, item_id: str) -> Crystal:
             f"malformed structure arrays: lattice {lattice.shape}, numbers {numbers.shape}, "
             f"frac_coords {frac_coords.shape}",
         )
-    if not (np.isfinite(lattice).all() and np.isfinite(frac_coords).all()):
-        raise SkippedItem(item_id, "non-finite lattice or coordinates")
     check_geometry(lattice, frac_coords, item_id)
     return Crystal(id=item_id, lattice=lattice, numbers=numbers, frac_coords=frac_coords)
 
