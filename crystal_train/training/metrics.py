@@ -41,8 +41,10 @@ class Normalizer:
         values = np.asarray(train_targets, dtype=np.float64)
         if values.size == 0 or not np.isfinite(values).all():
             raise ValueError("the training split needs at least one finite target to fit the normaliser")
-        std = float(values.std())
-        return cls(mean=float(values.mean()), std=std if std > 1e-12 else 1.0, minimum=None if minimum is None else float(minimum))
+        mean, std = float(values.mean()), float(values.std())
+        if not std > 1e-12 * abs(mean):  # no spread to scale by (beyond rounding): the scale of the values, or 1
+            std = abs(mean) or 1.0
+        return cls(mean=mean, std=std, minimum=None if minimum is None else float(minimum))
 
     def normalize(self, values):
         return (values - self.mean) / self.std
