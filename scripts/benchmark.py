@@ -136,7 +136,7 @@ def train_epoch(model, optimizer, batches, normalizer, device, precision: str, m
     def train_step(batch):
         with precision_context(device.type, precision):
             output = model(batch)
-        loss = torch.nn.functional.mse_loss(output.float(), normalizer.normalize(batch.targets))
+        loss = torch.nn.functional.mse_loss(output.float(), normalizer.normalize(batch.targets).float())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

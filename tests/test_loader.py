@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +13,7 @@ from crystal_train.data import loader
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.data.loader import BatchIterator, DeviceGraphs, fits_on_device, graph_tensor_bytes
 from crystal_train.data.store import build_store
+from crystal_train.training.metrics import Normalizer
 
 SETTINGS = GraphSettings(5.0, 12)
 
@@ -33,7 +36,7 @@ def test_batches_equal_collating_the_same_crystals(crystals_and_store, resident)
     torch.testing.assert_close(got.distances, want.distances)
     torch.testing.assert_close(got.edge_weights, want.edge_weights)
     torch.testing.assert_close(got.batch, want.batch.long())
-    torch.testing.assert_close(got.targets, want.targets)
+    torch.testing.assert_close(got.targets, want.targets.double())  # float64 until normalised
     assert got.num_graphs == 3
 
 
@@ -56,6 +59,20 @@ def test_iterator_covers_every_crystal_once_per_epoch(crystals_and_store):
     targets = torch.cat([batch.targets for batch in iterator])
     assert sorted(targets.tolist()) == [float(i) for i in range(len(store))]
     assert len(iterator) == 3
+
+
+def test_a_batch_size_under_one_is_refused(crystals_and_store):
+    graphs = DeviceGraphs(crystals_and_store[1], "cpu")
+    for size in (0, -1):
+        with pytest.raises(ValueError, match=f"the batch size must be at least 1, not {size}"):
+            BatchIterator(graphs, np.arange(3), batch_size=size)
+
+
+def test_targets_keep_their_spread_around_a_large_mean(crystals_and_store):
+    store = dataclasses.replace(crystals_and_store[1], targets=1e9 + np.arange(7) * 0.25)  # float32 steps are 64 apart at 1e9
+    normalizer = Normalizer.fit(store.targets)
+    (batch,) = BatchIterator(DeviceGraphs(store, "cpu"), np.arange(len(store)), batch_size=len(store))
+    np.testing.assert_allclose(normalizer.normalize(batch.targets).numpy(), normalizer.normalize(store.targets), rtol=0, atol=1e-6)
 
 
 def test_graph_tensor_bytes_counts_what_device_graphs_holds(crystals_and_store):

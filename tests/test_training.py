@@ -784,6 +784,8 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("trainer.precision=16", "trainer.precision must be one of 32, tf32, bf16, not '16'"),
         ("trainer.max_epochs=0", "trainer.max_epochs must be at least 1, not 0"),
         ("trainer.patience=0", "trainer.patience must be at least 1, not 0"),
+        ("trainer.batch_size=0", "trainer.batch_size must be at least 1, not 0"),
+        ("trainer.eval_batch_size=-1", "trainer.eval_batch_size must be at least 1, not -1"),
         ("+trainer.max_epoch=2", "unknown setting trainer.max_epoch \\(did you mean trainer.max_epochs\\?\\); the trainer settings are: batch_size, "),
         ("+data.limt=5", "unknown setting data.limt \\(did you mean data.limit\\?\\)"),
         ("+data.split.fraction=[0.5,0.25,0.25]", "unknown setting data.split.fraction \\(did you mean data.split.fractions\\?\\)"),

@@ -60,7 +60,7 @@ class DeviceGraphs:
         self.edge_index = put(store.edge_index, torch.int32)  # local indices; widened per batch
         self.distances = put(store.distances, torch.float32)
         self.edge_weights = put(store.edge_weights(), torch.float32)
-        self.targets = put(np.nan_to_num(store.targets, nan=0.0), torch.float32)
+        self.targets = put(np.nan_to_num(store.targets, nan=0.0), torch.float64)  # float32 would round away a spread around a large mean
 
     @property
     def resident(self) -> bool:
@@ -105,9 +105,10 @@ class DeviceGraphs:
 
 
 def graph_tensor_bytes(store: GraphStore) -> int:
-    """Bytes DeviceGraphs takes for `store`: int64 atoms, pointers and counts, int32 edges, float32 rest."""
+    """Bytes DeviceGraphs takes for `store`: int64 atoms, pointers and counts, int32 edges, float32 distances and
+    weights, float64 targets."""
     crystals, atoms, edges = len(store), len(store.numbers), int(store.edge_ptr[-1])
-    return 8 * atoms + 8 * 4 * crystals + 4 * 2 * edges + 4 * 2 * edges + 4 * crystals
+    return 8 * atoms + 8 * 4 * crystals + 4 * 2 * edges + 4 * 2 * edges + 8 * crystals
 
 
 def _concat_ranges(starts: torch.Tensor, counts: torch.Tensor, total: int):
@@ -140,6 +141,8 @@ class BatchIterator:
         pad: bool = True,
         fold_lone_tail: bool = False,
     ):
+        if int(batch_size) < 1:
+            raise ValueError(f"the batch size must be at least 1, not {batch_size}")
         self.graphs = graphs
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = int(batch_size)

@@ -83,6 +83,8 @@ def write_predictions(
     optional = (("target", targets), ("prediction", predictions), ("member_std", spread))
     for name, values in optional:
         if values is not None:
+            if len(values) != len(ids):  # zip would cut the file short without a word
+                raise ValueError(f"{len(ids)} ids but {len(values)} values of {name} for {path}")
             header.append(name)
             columns.append([repr(float(value)) for value in values])
     if unseen is not None:

@@ -72,13 +72,13 @@ def check_group_settings(cfg: DictConfig) -> None:
 
 
 def check_trainer_choices(trainer_cfg: DictConfig) -> None:
-    """Raise if trainer.loss, lr_scaling or precision names an option that does not exist, max_epochs or patience is
-    under 1, or ema_decay is out of range."""
+    """Raise if trainer.loss, lr_scaling or precision names an option that does not exist, max_epochs, patience or a
+    batch size is under 1, or ema_decay is out of range."""
     for key, default, options in (("loss", "mse", tuple(LOSSES)), ("lr_scaling", "none", RULES), ("precision", "32", PRECISIONS)):
         value = str(trainer_cfg.get(key, default))
         if value not in options:
             raise ValueError(f"trainer.{key} must be one of {', '.join(options)}, not {value!r}")
-    for key in ("max_epochs", "patience"):  # 0 epochs leave no best.pt; patience 0 stops after any first epoch
+    for key in ("max_epochs", "patience", "batch_size", "eval_batch_size"):  # 0 epochs leave no best.pt; patience 0 stops after any first epoch
         if int(trainer_cfg[key]) < 1:
             raise ValueError(f"trainer.{key} must be at least 1, not {trainer_cfg[key]}")
     if trainer_cfg.get("ema_decay") is not None:

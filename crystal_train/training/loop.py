@@ -182,7 +182,7 @@ class Trainer:
             with precision_context(device.type, self.precision):
                 output = self.train_forward(batch)
             output = output.float()
-            target = self.normalizer.normalize(batch.targets)
+            target = self.normalizer.normalize(batch.targets).float()  # normalised in float64, then cast
             loss = self.loss_fn(output, target)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
