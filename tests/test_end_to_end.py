@@ -375,6 +375,17 @@ def test_predict_into_a_folder_is_refused_before_any_work(tmp_path):
         run_predict(compose_config("predict", [f"ckpt={tmp_path / 'missing.pt'}", f"input={tmp_path}", f"output={tmp_path}", "device=cpu"]))
 
 
+@pytest.mark.parametrize("overwritten", ["best.pt", "in/a.cif", "atom_init.json"])
+def test_predict_never_writes_over_its_checkpoint_or_inputs(tmp_path, overwritten):
+    for name in ("best.pt", "in/a.cif", "atom_init.json"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text(name)
+    settings = [f"ckpt={tmp_path / 'best.pt'}", f"input={tmp_path / 'in'}", f"atom_init={tmp_path / 'atom_init.json'}", "device=cpu"]
+    with pytest.raises(ValueError, match=f"crystal-predict would write .*{overwritten} over its input .*{overwritten}: give another output= file"):
+        run_predict(compose_config("predict", [*settings, f"output={tmp_path / overwritten}"]))
+    assert all((tmp_path / name).read_text() == name for name in ("best.pt", "in/a.cif", "atom_init.json"))
+
+
 @pytest.mark.slow
 def test_schnet_with_its_own_graph_settings_is_rescored_and_predicted_as_trained(write_csv, good_rows, tmp_path):
     """A SchNet run with a non-default neighbour cap: normaliser and training elements come from the train

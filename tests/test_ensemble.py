@@ -134,7 +134,7 @@ def test_checkpoints_of_another_target_or_graph_are_refused_by_name(two_members,
     wider = _variant(checkpoint, tmp_path / "wider.pt", config={**config, "graph": {**config["graph"], "max_neighbors": 16}})
     expected = f"{wider} has graph settings cutoff 8.0 Å, max_neighbors 16 but {first} has graph settings cutoff 8.0 Å, max_neighbors 12"
     with pytest.raises(ValueError, match=re.escape(expected)):
-        run_predict(compose_config("predict", [f"ckpt=[{first},{wider}]", f"input={tmp_path}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
+        run_predict(compose_config("predict", [f"ckpt=[{first},{wider}]", f"input={cif_folder(tmp_path)}", f"output={tmp_path / 'p.csv'}", "device=cpu"]))
     assert not (tmp_path / "e").exists() and not (tmp_path / "p.csv").exists()
 
 

@@ -86,14 +86,16 @@ def run_predict(cfg: DictConfig) -> Path:
     output = Path(cfg.output).expanduser()
     if output.is_dir():
         raise IsADirectoryError(f"output={cfg.output} is a folder: give the CSV file to write, e.g. output={output / 'predictions.csv'}")
-    device = resolve_device(str(cfg.device))
-    ensemble = Ensemble.load(checkpoint_paths(cfg.ckpt), device, atom_init=cfg.get("atom_init"))
-    checkpoint = ensemble.checkpoint
+    skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
     files = structure_files(cfg.input)
+    ckpts = checkpoint_paths(cfg.ckpt)
+    _refuse_overwriting([*ckpts, *files, *([Path(cfg.atom_init)] if cfg.get("atom_init") else [])], (output, skipped_path))
+    device = resolve_device(str(cfg.device))
+    ensemble = Ensemble.load(ckpts, device, atom_init=cfg.get("atom_init"))
+    checkpoint = ensemble.checkpoint
     items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(files, file_ids(files))]
     store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), ensemble.elements())
     output.parent.mkdir(parents=True, exist_ok=True)
-    skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
     report_skipped(store, listed_in=str(skipped_path))
     for earlier in (skipped_path, output):  # an earlier run's files would now describe other structures
         earlier.unlink(missing_ok=True)
@@ -113,6 +115,14 @@ def run_predict(cfg: DictConfig) -> Path:
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
     log.info("Wrote %d predictions of %s%s by %s to %s", len(store), checkpoint.get("target"), units, ensemble.name, output)
     return output
+
+
+def _refuse_overwriting(inputs: list[Path], outputs: tuple[Path, ...]) -> None:
+    """Raise before any work if an output file (or the skip list beside it) is one of the inputs."""
+    read = {path.expanduser().resolve(): path for path in inputs}
+    for path in outputs:
+        if path.resolve() in read:
+            raise ValueError(f"crystal-predict would write {path} over its input {read[path.resolve()]}: give another output= file")
 
 
 @hydra.main(version_base="1.3", config_path="pkg://crystal_train.configs", config_name="predict")
