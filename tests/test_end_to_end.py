@@ -71,6 +71,10 @@ def test_eval_reproduces_test_mae_with_no_other_argument(demo_run, tmp_path):
     assert report["test"]["n"] == trained["test"]["n"]
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["test"] == report["test"] and (tmp_path / "predictions_test.csv").is_file()
+    before = (run_dir / "metrics.json").read_bytes()
+    with pytest.raises(ValueError, match=f"output={run_dir} holds a training run: its metrics.json and skipped.csv would be replaced"):
+        evaluate(compose_config("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"output={run_dir}", "device=cpu"]))
+    assert (run_dir / "metrics.json").read_bytes() == before
 
 
 @pytest.mark.slow

@@ -34,6 +34,8 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"split_from must be one of {', '.join(SPLIT_FROM)}, not {split_from!r}")
     if len(paths) > 1 and not cfg.get("output"):
         raise ValueError(f"ckpt lists {len(paths)} checkpoints: give output=FOLDER for the ensemble's scores")
+    if cfg.get("output"):
+        _refuse_a_training_run_directory(Path(cfg.output).expanduser())
     device = resolve_device(str(cfg.device))
     ensemble = Ensemble.load(paths, device, atom_init=cfg.get("atom_init"))
     checkpoint, checkpoint_path = ensemble.checkpoint, paths[0]
@@ -87,6 +89,15 @@ def evaluate(cfg: DictConfig) -> dict:
         log.info("%s: MAE %s  RMSE %s  R2 %s  n %d", name, _number(scores["mae"]), _number(scores["rmse"]), scores["r2"], scores["n"])
     log.info("Wrote %s", out_dir / "metrics.json")
     return report
+
+
+def _refuse_a_training_run_directory(out_dir: Path) -> None:
+    """Raise if `out_dir` holds a training run, whose own metrics.json and skipped.csv the scores would replace."""
+    if (out_dir / "history.csv").is_file() or (out_dir / "checkpoints").is_dir():
+        raise ValueError(
+            f"output={out_dir} holds a training run: its metrics.json and skipped.csv would be replaced. Give another "
+            f"folder, or leave output= out to write beside the checkpoint"
+        )
 
 
 def _find_training_files(data_cfg: DictConfig, launch_dir: str | None, checkpoint_path: Path, use_saved_split: bool) -> None:
