@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
 import time
 from pathlib import Path
 
@@ -272,3 +273,24 @@ def test_a_new_subset_draw_rebuilds_limited_caches_only(compose_train_cfg, snaps
     assert len(_cache_files(full)) == 2
     _prepare(limited)
     assert len(_cache_files(full)) == 3
+
+
+def _dies_on_c150(crystal: Crystal) -> Crystal:
+    if crystal.id == "c150":
+        os._exit(9)  # as a worker killed for lack of memory
+    return crystal
+
+
+def _many_crystals() -> list[Crystal]:
+    rng = np.random.default_rng(0)
+    return [Crystal(f"c{k}", np.eye(3) * rng.uniform(3, 4), rng.choice([3, 8, 26], size=2), rng.random((2, 3))) for k in range(240)]
+
+
+def test_worker_processes_build_what_one_process_builds_and_a_dead_worker_is_an_error_not_a_hang():
+    crystals, settings = _many_crystals(), GraphSettings(4.0, 6)
+    parallel = build_store(crystals, lambda c: c, settings, num_workers=2, progress=False)
+    serial = build_store(crystals, lambda c: c, settings, num_workers=1, progress=False)
+    assert parallel.ids == serial.ids and np.array_equal(parallel.edge_ptr, serial.edge_ptr)
+    np.testing.assert_array_equal(parallel.distances, serial.distances)
+    with pytest.raises(RuntimeError, match=r"a graph-building worker process died .* after \d+ of 240 items, before c\d+"):
+        build_store(crystals, _dies_on_c150, settings, num_workers=2, progress=False)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, NamedTuple, Sequence
+from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -137,11 +139,27 @@ def build_store(
             _init_worker(*init_args)  # one torch thread while building here; restored below
             return _assemble(tqdm(map(_build_one, items), **bar))
         context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with context.Pool(num_workers, initializer=_init_worker, initargs=init_args) as pool:
+        # A worker that dies (killed for lack of memory) breaks this pool with an error; it would hang a Pool.
+        with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
             chunk = max(16, min(256, len(items) // (num_workers * 8) or 1))
-            return _assemble(tqdm(pool.imap(_build_one, items, chunksize=chunk), **bar))
+            done = []
+            try:
+                return _assemble(tqdm(_counted(pool.map(_build_one, items, chunksize=chunk), done), **bar))
+            except BrokenProcessPool:
+                raise RuntimeError(
+                    f"a graph-building worker process died (most often killed by the system for lack of memory) after "
+                    f"{len(done)} of {len(items)} items, before {', '.join(str(item.id) for item in items[len(done):len(done) + 3])}"
+                    " or the items after them. Leave out very large structures, or free memory"
+                ) from None
     finally:
         torch.set_num_threads(threads)
+
+
+def _counted(results: Iterable, done: list) -> Iterator:
+    """`results`, appending a None to `done` for each one handed on."""
+    for result in results:
+        done.append(None)
+        yield result
 
 
 class _StoredGraph(NamedTuple):
