@@ -9,6 +9,7 @@ import pytest
 from pymatgen.core import Lattice
 
 from crystal_train.data.crystal import Crystal
+from crystal_train.data.dataset import report_skipped
 from crystal_train.data.graphs import GraphSettings, build_graph
 from crystal_train.data.store import build_store
 
@@ -291,6 +292,17 @@ def test_isolated_atoms_counts_only_atoms_without_neighbours():
         np.array([[0.1, 0.1, 0.1], [0.115, 0.1, 0.1], [0.6, 0.6, 0.6]]),
     )
     assert build_graph(crystal, GraphSettings(cutoff=3.0, max_neighbors=None)).isolated_atoms == 1
+
+
+def test_crystals_with_isolated_atoms_are_named(caplog):
+    dense = Crystal("dense", np.eye(3) * 3.0, np.array([26]), np.zeros((1, 3)))
+    lone = Crystal("pair+lone", np.eye(3) * 50.0, np.array([1, 1, 8]), np.array([[0.1, 0.1, 0.1], [0.115, 0.1, 0.1], [0.6, 0.6, 0.6]]))
+    gas = Crystal("gas", np.eye(3) * 100.0, np.array([1, 2]), np.array([[0.1, 0.1, 0.1], [0.5, 0.5, 0.5]]))
+    store = build_store([dense, lone, dense, gas], lambda c: c, GraphSettings(cutoff=4.0, max_neighbors=12), num_workers=1, progress=False)
+    assert store.isolated_atoms == 3 and store.crystals_with_isolated_atoms().tolist() == [1, 3]
+    with caplog.at_level("WARNING"):
+        report_skipped(store)
+    assert "3 atoms in 2 crystal(s) have no neighbour within the cutoff, so the model sees each of them alone: pair+lone, gas" in caplog.text
 
 
 def test_image_offsets_place_the_neighbour_at_its_distance_for_coordinates_far_outside_the_cell():

@@ -149,7 +149,11 @@ def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:
         summary = "; ".join(f"{count} {kind}" for kind, count in sorted(reasons.items()))
         log.warning("Skipped %d items (%s); listed in %s", len(store.skipped), summary, listed_in)
     if store.isolated_atoms:
-        log.warning("%d atoms have no neighbour within the cutoff", store.isolated_atoms)
+        crystals = store.crystals_with_isolated_atoms()
+        log.warning(
+            "%d atoms in %d crystal(s) have no neighbour within the cutoff, so the model sees each of them alone: %s%s",
+            store.isolated_atoms, len(crystals), ", ".join(store.ids[i] for i in crystals[:5]), ", ..." if len(crystals) > 5 else "",
+        )
 
 
 def _plan_source(data_cfg, cache_dir: Path) -> _SourcePlan:

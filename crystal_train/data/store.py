@@ -46,6 +46,14 @@ class GraphStore:
     def splits(self) -> list[str | None]:
         return [SPLIT_NAMES[int(code)] for code in self.split_codes]
 
+    def crystals_with_isolated_atoms(self) -> np.ndarray:
+        """Indices of the crystals holding an atom with no neighbour within the cutoff."""
+        edge_owner = np.repeat(np.arange(len(self)), np.diff(self.edge_ptr))
+        has_neighbour = np.zeros(len(self.numbers), dtype=bool)
+        has_neighbour[self.edge_index[1].astype(np.int64) + self.node_ptr[edge_owner]] = True
+        atom_owner = np.repeat(np.arange(len(self)), np.diff(self.node_ptr))
+        return np.unique(atom_owner[~has_neighbour])
+
     def edge_weights(self) -> np.ndarray:
         """(E,) float32 weight of every edge."""
         weights = np.ones(self.distances.size, dtype=np.float32)
