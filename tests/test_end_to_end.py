@@ -163,13 +163,15 @@ def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(d
     assert not output.exists() and "broken" in stale.read_text()  # no earlier predictions beside this input's skip list
 
 
-def test_predict_input_may_be_a_file_a_folder_a_glob_or_a_list_of_them(tmp_path):
+def test_predict_input_may_be_a_file_a_folder_a_glob_or_a_list_of_them(tmp_path, caplog):
     folder = tmp_path / "in"
     (folder / "more").mkdir(parents=True)
     for name in ("a.cif", "b.cif", "c.vasp", "more/d.cif", "notes.txt"):
         (folder / name).write_text("x")
     assert structure_files(str(folder / "a.cif")) == [folder / "a.cif"]
-    assert structure_files(str(folder)) == [folder / "a.cif", folder / "b.cif", folder / "c.vasp"]
+    with caplog.at_level("WARNING"):
+        assert structure_files(str(folder)) == [folder / "a.cif", folder / "b.cif", folder / "c.vasp"]
+    assert f"Not searched: 1 subfolder(s) of {folder} (more)" in caplog.text
     assert structure_files(f"{folder}/*.cif") == [folder / "a.cif", folder / "b.cif"]
     assert structure_files([str(folder / "more"), f"{folder}/c.*"]) == [folder / "more" / "d.cif", folder / "c.vasp"]
     with pytest.raises(ValueError, match=r"input= names .*a.cif more than once"):

@@ -63,6 +63,12 @@ def _folder_files(path: Path) -> list[Path]:
             "Ignored %d file(s) in %s that are not structure files (%s) or cannot be opened: %s",
             len(ignored), path, ", ".join(STRUCTURE_FILE_PATTERNS), ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""),
         )
+    folders = [f.name for f in entries if f.is_dir()]
+    if folders:
+        log.warning(
+            "Not searched: %d subfolder(s) of %s (%s); add them to the input list, input=[%s,%s/...]",
+            len(folders), path, ", ".join(folders[:5]) + (", ..." if len(folders) > 5 else ""), path, path / folders[0],
+        )
     return files
 
 
