@@ -173,6 +173,23 @@ def test_failed_build_leaves_no_cache_file(tmp_path):
     assert len(load_or_build(tmp_path, "k", lambda: _tiny_store(2.0))) == 1
 
 
+@pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "not a store"])
+def test_a_damaged_cache_file_is_named_and_built_again(tmp_path, caplog, damage):
+    load_or_build(tmp_path, "k", lambda: _tiny_store(2.0))
+    path = tmp_path / "graphs-k.pt"
+    content = path.read_bytes()
+    damaged = {"truncated": content[: len(content) // 2], "empty": b"", "garbage": b"\x80\x04garbage"}
+    if damage == "not a store":
+        torch.save({"ids": ["x"]}, path)
+    else:
+        path.write_bytes(damaged[damage])
+    with caplog.at_level("WARNING", logger=CACHE_LOGGER):
+        rebuilt = load_or_build(tmp_path, "k", lambda: _tiny_store(3.0))
+    assert f"Graph cache {path} cannot be read" in caplog.text and "building it again" in caplog.text
+    assert rebuilt.targets.tolist() == _tiny_store(3.0).targets.tolist()
+    assert load_or_build(tmp_path, "k", lambda: _tiny_store(4.0)).targets.tolist() == rebuilt.targets.tolist()  # saved again
+
+
 def _crystals():
     rng = np.random.default_rng(0)
     for n in range(5):

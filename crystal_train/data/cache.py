@@ -35,9 +35,14 @@ def load_or_build(cache_dir: Path, key: str, build: Callable[[], GraphStore]) ->
     path = Path(cache_dir) / f"graphs-{key}.pt"
     with exclusive_lock(path.with_suffix(".lock")):
         if path.exists():
-            store = GraphStore.from_state(torch.load(path, weights_only=True))
-            log.info("Graph cache loaded: %s (%d crystals)", path, len(store))
-            return store
+            try:
+                store = GraphStore.from_state(torch.load(path, weights_only=True))
+            except Exception as error:  # truncated, emptied or overwritten: it is only a cache
+                log.warning("Graph cache %s cannot be read (%s: %s); building it again", path, type(error).__name__, error)
+                path.unlink()
+            else:
+                log.info("Graph cache loaded: %s (%d crystals)", path, len(store))
+                return store
         store = build()
         atomic_torch_save(store.state(), path)
         log.info("Graph cache built: %s (%d crystals)", path, len(store))
