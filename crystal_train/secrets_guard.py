@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 from hydra.core.hydra_config import HydraConfig
@@ -13,6 +14,25 @@ from crystal_train.atomic_file import atomic_write
 
 API_KEY_ENV = "MP_API_KEY"
 REDACTED = "<redacted>"
+API_KEY_OVERRIDE = re.compile(r"\+{0,2}data\.api_key=(.*)", re.DOTALL)
+
+
+def take_api_key_argument(arguments: list[str]) -> list[str]:
+    """The command-line arguments without data.api_key=KEY, whose key goes into this process's MP_API_KEY.
+
+    Hydra then never sees the key, so no file, folder name or console line it writes can hold it
+    (it saves multirun.yaml before any job runs, and may name job folders after the overrides).
+    """
+    kept = []
+    for argument in arguments:
+        match = API_KEY_OVERRIDE.fullmatch(argument)
+        if match is None:
+            kept.append(argument)
+            continue
+        key = match.group(1).strip().strip("'\"")
+        if key and key != "null":
+            os.environ[API_KEY_ENV] = key
+    return kept
 
 
 def take_api_key(cfg: DictConfig, run_dir: Path | None = None) -> None:

@@ -22,6 +22,7 @@ from pymatgen.core import Lattice, Structure
 
 from crystal_train.data import materials_project as mp
 from crystal_train.data.sources import load_source, to_crystal
+from crystal_train.secrets_guard import take_api_key_argument
 
 API_KEY = "fakeKey0123456789abcdefABCDEF0123"
 QUERY = {"deprecated": False, "num_sites": [1, 200], "energy_above_hull_max": 0.1, "exclude_elements": ["He"]}
@@ -248,25 +249,29 @@ def test_training_from_mp_download_keeps_the_key_out_of_every_file(tmp_path, mon
 
 
 @pytest.mark.slow
-def test_the_key_is_redacted_wherever_hydra_settings_put_its_config_copies(tmp_path):
-    """crystal-train -m with hydra.output_subdir and a nested hydra.sweep.subdir: the copies Hydra writes move, the
-    redaction follows them (the demo data needs no key; the key is taken all the same)."""
+def test_a_key_on_the_command_line_reaches_no_file_or_folder_name_of_a_sweep(tmp_path):
+    """crystal-train -m with data.api_key=KEY, job folders named after the overrides and config copies moved: the key
+    is taken off the command line before Hydra sees it (the demo data needs no key; it is taken all the same)."""
+    crystal_train = str(Path(sys.executable).parent / "crystal-train")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MP_API_KEY": ""}
     sweep = tmp_path / "sweep"
     command = [
-        str(Path(sys.executable).parent / "crystal-train"), "-m", "data=demo", "data.num_crystals=60", "model.n_conv=1",
-        "trainer.max_epochs=1", "trainer.device=cpu", "trainer.progress_bar=false", f"data.cache_dir={tmp_path / 'cache'}",
-        f"data.api_key={API_KEY}", "hydra.output_subdir=hydra_copies", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=jobs/${hydra.job.num}",
+        crystal_train, "-m", "data=demo", "data.num_crystals=60", "model.n_conv=1", "trainer.max_epochs=1", "trainer.device=cpu",
+        "trainer.progress_bar=false", f"data.cache_dir={tmp_path / 'cache'}", f"data.api_key={API_KEY}", "hydra.output_subdir=hydra_copies",
+        f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=jobs/${hydra.job.override_dirname}",
     ]
-    completed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                               env={**os.environ, "OMP_NUM_THREADS": "1", "MP_API_KEY": ""})
+    completed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert completed.returncode == 0, completed.stderr[-3000:]
-    written = [path for path in sweep.rglob("*") if path.is_file()]
-    assert sweep / "jobs" / "0" / "hydra_copies" / "overrides.yaml" in written and sweep / "multirun.yaml" in written
-    assert (sweep / "jobs" / "0" / "metrics.json").is_file()
-    assert [path for path in written if API_KEY.encode() in path.read_bytes()] == []
     with open(sweep / "sweep_summary.csv", newline="") as handle:  # the summary finds the nested job and its overrides
         (row,) = list(csv.DictReader(handle))
-    assert row["status"] == "ok" and "data.api_key=<redacted>" in row["overrides"] and row["run_dir"] == str(sweep / "jobs" / "0")
+    assert row["status"] == "ok" and "data=demo" in row["overrides"] and "api_key" not in row["overrides"]
+    assert (Path(row["run_dir"]) / "metrics.json").is_file() and (Path(row["run_dir"]) / "hydra_copies" / "overrides.yaml").is_file()
+    unbuildable = [crystal_train, "-m", "data=demo", "model=cgcnn,no_such_model", f"+data.api_key={API_KEY}", f"hydra.sweep.dir={tmp_path / 'refused'}"]
+    refused = subprocess.run(unbuildable, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert refused.returncode != 0 and (tmp_path / "refused" / "multirun.yaml").is_file()  # written before the sweep failed
+    everything = [path for path in tmp_path.rglob("*") if "cache" not in path.parts]
+    assert [path for path in everything if API_KEY in str(path) or (path.is_file() and API_KEY.encode() in path.read_bytes())] == []
+    assert API_KEY not in completed.stdout + completed.stderr + refused.stdout + refused.stderr
 
 
 def test_snapshot_is_readable_like_any_new_file(tmp_path, umask_022):
@@ -274,3 +279,13 @@ def test_snapshot_is_readable_like_any_new_file(tmp_path, umask_022):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
     assert _read(path)["num_records"] == 3
     assert [p.name for p in tmp_path.iterdir()] == [path.name]
+
+
+def test_the_key_is_taken_off_the_command_line_into_this_process_only(monkeypatch):
+    monkeypatch.delenv("MP_API_KEY", raising=False)
+    kept = take_api_key_argument(["data=mp_gap", f"data.api_key={API_KEY}", "seed=1"])
+    assert kept == ["data=mp_gap", "seed=1"] and os.environ["MP_API_KEY"] == API_KEY
+    monkeypatch.delenv("MP_API_KEY")
+    assert take_api_key_argument([f"++data.api_key='{API_KEY}'"]) == [] and os.environ["MP_API_KEY"] == API_KEY
+    monkeypatch.delenv("MP_API_KEY")
+    assert take_api_key_argument(["data.api_key=null", "data.api_key_file=x"]) == ["data.api_key_file=x"] and "MP_API_KEY" not in os.environ

@@ -12,6 +12,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from crystal_train.secrets_guard import take_api_key_argument
 from crystal_train.training.loop import NonFiniteLossError
 from crystal_train.training.resume import ResumeConfigError
 from crystal_train.training.run import train
@@ -20,8 +21,14 @@ from crystal_train.training.sweep import ERROR_FILE
 log = logging.getLogger(__name__)
 
 
+def main() -> None:
+    """crystal-train: a Materials Project API key given as data.api_key=KEY is taken off the command line first."""
+    sys.argv[1:] = take_api_key_argument(sys.argv[1:])
+    train_job()
+
+
 @hydra.main(version_base="1.3", config_path="pkg://crystal_train.configs", config_name="train")
-def main(cfg: DictConfig) -> float:
+def train_job(cfg: DictConfig) -> float:
     """Train and return the best validation MAE (the value a Hydra sweeper minimises).
 
     A diverging run or a refused resume exits with status 2, an interrupted one (Ctrl-C) with 130
