@@ -170,7 +170,10 @@ def test_failed_build_leaves_no_cache_file(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         load_or_build(tmp_path, "k", broken)
     assert not list(tmp_path.glob("graphs-*.pt")) and not list(tmp_path.glob(".graphs-*"))
+    (tmp_path / ".graphs-k.pt.abc123.tmp").write_bytes(b"half a cache")  # a build killed while saving
+    (tmp_path / ".graphs-other.pt.abc123.tmp").write_bytes(b"another key's, perhaps being written now")
     assert len(load_or_build(tmp_path, "k", lambda: _tiny_store(2.0))) == 1
+    assert [path.name for path in tmp_path.glob(".graphs-*")] == [".graphs-other.pt.abc123.tmp"]
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "garbage", "not a store"])

@@ -34,6 +34,8 @@ def load_or_build(cache_dir: Path, key: str, build: Callable[[], GraphStore]) ->
     """
     path = Path(cache_dir) / f"graphs-{key}.pt"
     with exclusive_lock(path.with_suffix(".lock")):
+        for unfinished in path.parent.glob(f".{path.name}.*.tmp"):  # a build killed while saving; the lock says none is running
+            unfinished.unlink()
         if path.exists():
             try:
                 store = GraphStore.from_state(torch.load(path, weights_only=True))
