@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
-import itertools
 import json
 import platform
 import resource
@@ -62,7 +61,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--warmup-batches",
         type=int,
         default=None,
-        help="batches run before each timed epoch (default: one full epoch; a few hundred suffice on a large split)",
+        help="batches run before each timed epoch, and the epoch's last (smaller) one, a shape compilation must have seen "
+        "(default: one full epoch; a few hundred suffice on a large split)",
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the PyG DataLoader baseline")
     parser.add_argument("--cache-dir", default=None, help="graph cache directory (default: a fresh temporary one, so the build is cold)")
@@ -115,14 +115,14 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_pass(batches, device, max_batches: int | None = None, step=None) -> tuple[float, int]:
-    """Seconds and crystals for running `step` (nothing: batch formation alone) on each of `batches`, or its first `max_batches`.
+def timed_pass(batches, device, step=None) -> tuple[float, int]:
+    """Seconds and crystals for running `step` (nothing: batch formation alone) on each of `batches`.
 
     The device is synchronised before and after, so queued work is inside the timing.
     """
     synchronize(device)
     start, crystals = time.perf_counter(), 0
-    for batch in itertools.islice(batches, max_batches):
+    for batch in batches:
         if step is not None:
             step(batch)
         crystals += batch.num_graphs
@@ -130,8 +130,29 @@ def timed_pass(batches, device, max_batches: int | None = None, step=None) -> tu
     return time.perf_counter() - start, crystals
 
 
-def train_epoch(model, optimizer, batches, normalizer, device, precision: str, max_batches: int | None = None) -> tuple[float, int]:
-    """Seconds and crystals for one training epoch over `batches` (an iterable of GraphBatch), or its first `max_batches`."""
+def warmup_batches(batches, count: int | None):
+    """The batches of one pass (all with count None), or its first `count` and its last, smaller one: so that compiling
+    for the last batch's shape happens before the timed pass, not inside it."""
+    if count is None:
+        yield from batches
+        return
+    last = None
+    for index, batch in enumerate(batches):
+        if index < count:
+            yield batch
+        else:
+            last = batch
+    if last is not None:
+        yield last
+
+
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has compiled so far in this process."""
+    return int(torch._dynamo.utils.counters["stats"]["unique_graphs"])
+
+
+def train_epoch(model, optimizer, batches, normalizer, device, precision: str) -> tuple[float, int]:
+    """Seconds and crystals for one training epoch over `batches` (an iterable of GraphBatch)."""
 
     def train_step(batch):
         with precision_context(device.type, precision):
@@ -142,19 +163,19 @@ def train_epoch(model, optimizer, batches, normalizer, device, precision: str, m
         optimizer.step()
 
     model.train()
-    return timed_pass(batches, device, max_batches, train_step)
+    return timed_pass(batches, device, train_step)
 
 
 @torch.no_grad()
-def inference_epoch(model, batches, device, precision: str, max_batches: int | None = None) -> tuple[float, int]:
-    """Seconds and crystals for one inference pass over `batches`, or its first `max_batches`."""
+def inference_epoch(model, batches, device, precision: str) -> tuple[float, int]:
+    """Seconds and crystals for one inference pass over `batches`."""
 
     def inference_step(batch):
         with precision_context(device.type, precision):
             model(batch)
 
     model.eval()
-    return timed_pass(batches, device, max_batches, inference_step)
+    return timed_pass(batches, device, inference_step)
 
 
 class Baseline:
@@ -197,11 +218,11 @@ def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
 def measure_batching(graphs, train_idx, baseline, args, device) -> dict:
     """Crystals/s of batch formation alone over the training split: ours, and the baseline's collation."""
     ours = BatchIterator(graphs, train_idx, args.batch_size, shuffle=True)
-    timed_pass(ours, device, args.warmup_batches)
+    timed_pass(warmup_batches(ours, args.warmup_batches), device)
     seconds, crystals = timed_pass(ours, device)
     result = {"crystals": crystals, "ours_crystals_per_s": crystals / seconds}
     if baseline is not None:
-        timed_pass(baseline.batches(), device, args.warmup_batches)
+        timed_pass(warmup_batches(baseline.batches(), args.warmup_batches), device)
         base_seconds, base_crystals = timed_pass(baseline.batches(), device)
         result["baseline_pyg_dataloader_crystals_per_s"] = base_crystals / base_seconds
         result["ratio"] = result["ours_crystals_per_s"] / result["baseline_pyg_dataloader_crystals_per_s"]
@@ -217,6 +238,8 @@ def measure_setting(cfg, model_name, data, args, device, precision: str, compile
     """Training and inference speed of one (model, precision, compile) setting, and of the baseline at that precision."""
     host_reset = reset_peak_host_memory()
     torch.manual_seed(0)
+    if compiled:
+        torch._dynamo.reset()  # no earlier setting's graphs count towards the recompile limit of this one
     model = hydra.utils.instantiate(cfg.model).to(device)
     forward = torch.compile(model, dynamic=True) if compiled else model
     optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
@@ -229,10 +252,14 @@ def measure_setting(cfg, model_name, data, args, device, precision: str, compile
     # held before the first step: every prepared model's resident graphs and this model's weights
     device_memory_before = torch.cuda.memory_allocated(device) / 2**30 if device.type == "cuda" else None
     warmup = args.warmup_batches
-    train_epoch(forward, optimizer, ours, normalizer, device, precision, warmup)  # warm-up (and compilation)
+    train_epoch(forward, optimizer, warmup_batches(ours, warmup), normalizer, device, precision)  # warm-up (and compilation)
+    before = compiled_graphs()
     seconds, crystals = train_epoch(forward, optimizer, ours, normalizer, device, precision)
-    inference_epoch(forward, ours_eval, device, precision, warmup)
+    compiled_in_timing = compiled_graphs() - before
+    inference_epoch(forward, warmup_batches(ours_eval, warmup), device, precision)
+    before = compiled_graphs()
     infer_seconds, infer_crystals = inference_epoch(forward, ours_eval, device, precision)
+    compiled_in_timing += compiled_graphs() - before
     result = {
         "model": model_name,
         "precision": precision,
@@ -241,12 +268,13 @@ def measure_setting(cfg, model_name, data, args, device, precision: str, compile
         "train_crystals_per_s": crystals / seconds,
         "train_epoch_s": seconds,
         "inference_crystals_per_s": infer_crystals / infer_seconds,
+        "compiled_during_timing": compiled_in_timing,  # graphs torch.compile built inside the timed passes: should be 0
         "device_memory_before_gib": device_memory_before,
         "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
     if baseline is not None:
         if precision not in baseline.train_crystals_per_s:  # the same model, uncompiled, at this precision
-            train_epoch(model, optimizer, baseline.batches(), normalizer, device, precision, warmup)
+            train_epoch(model, optimizer, warmup_batches(baseline.batches(), warmup), normalizer, device, precision)
             base_seconds, base_crystals = train_epoch(model, optimizer, baseline.batches(), normalizer, device, precision)
             baseline.train_crystals_per_s[precision] = base_crystals / base_seconds
         result["baseline_pyg_dataloader_crystals_per_s"] = baseline.train_crystals_per_s[precision]

@@ -54,6 +54,7 @@ def test_benchmark_reports_throughput_memory_and_baseline_ratio(tmp_path):
         crystals_timed = run["train_crystals_per_s"] * run["train_epoch_s"]
         assert crystals_timed == pytest.approx(96, abs=1e-6)
         assert run["inference_crystals_per_s"] > 0 and run["peak_host_memory_gib"] > 0
+        assert run["compiled_during_timing"] == 0  # an uncompiled setting compiles nothing
         assert run["device_memory_before_gib"] is None and run["peak_device_memory_gib"] is None  # CUDA figures only
         assert run["speedup_vs_baseline"] == pytest.approx(
             run["train_crystals_per_s"] / run["baseline_pyg_dataloader_crystals_per_s"]
@@ -66,6 +67,13 @@ def test_compiled_settings_are_measured_first_for_every_model():
     order = _load_benchmark_module().measurement_order(["cgcnn", "schnet"], ["32", "bf16"], [False, True])
     assert order[:4] == [("cgcnn", "32", True), ("schnet", "32", True), ("cgcnn", "bf16", True), ("schnet", "bf16", True)]
     assert sorted(order) == sorted((m, p, c) for m in ("cgcnn", "schnet") for p in ("32", "bf16") for c in (False, True))
+
+
+def test_warm_up_runs_the_first_batches_and_the_last_smaller_one_a_compiler_must_also_see():
+    warmup_batches = _load_benchmark_module().warmup_batches
+    assert list(warmup_batches(iter(range(10)), 3)) == [0, 1, 2, 9]
+    assert list(warmup_batches(iter(range(3)), 5)) == [0, 1, 2]
+    assert list(warmup_batches(iter(range(4)), None)) == [0, 1, 2, 3]
 
 
 def test_help_documents_every_flag_and_shows_the_example_as_written():
