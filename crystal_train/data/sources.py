@@ -71,9 +71,7 @@ def load_source(
 ) -> SourceData:
     """Detect the layout of `path` and read its items (no structure parsing)."""
     path = Path(path)
-    if not path.exists():
-        where = "" if path.is_absolute() else f", looked for from {Path.cwd()}"
-        raise FileNotFoundError(f"data source {path} does not exist{where}; give the file or folder with data.snapshot=PATH")
+    _require_existing(path)
     if path.is_dir():
         if (path / CGCNN_LABELS).is_file():
             return _load_cgcnn_folder(path, target)
@@ -101,11 +99,15 @@ def content_fingerprint(path: str | Path, target: str, id_column: str | None = N
     read; layout detection is a function of the same bytes and settings.
     """
     path = Path(path)
+    _require_existing(path)
+    files = [(path, path.name)] if path.is_file() else [(f, str(f.relative_to(path))) for f in path.rglob("*") if f.is_file()]
+    return _fingerprint(files, target, {"id_column": id_column, "cif_column": cif_column})
+
+
+def _require_existing(path: Path) -> None:
     if not path.exists():
         where = "" if path.is_absolute() else f", looked for from {Path.cwd()}"
         raise FileNotFoundError(f"data source {path} does not exist{where}; give the file or folder with data.snapshot=PATH")
-    files = [(path, path.name)] if path.is_file() else [(f, str(f.relative_to(path))) for f in path.rglob("*") if f.is_file()]
-    return _fingerprint(files, target, {"id_column": id_column, "cif_column": cif_column})
 
 
 def to_crystal(item: RawItem) -> Crystal:
