@@ -464,6 +464,19 @@ def test_cli_exits_with_status_2_and_a_message_on_a_diverging_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_reports_a_bad_setting_in_one_line_and_keeps_the_traceback_in_error_txt(tmp_path):
+    run_dir = tmp_path / "run"
+    command = [CRYSTAL_TRAIN, *SMALL, "+trainer.max_epoch=2", *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output[-3000:]
+    assert "ValueError: unknown setting trainer.max_epoch (did you mean trainer.max_epochs?)" in output
+    assert f"(the traceback is in {run_dir / 'error.txt'})" in output and "Traceback" not in output
+    error = (run_dir / "error.txt").read_text()
+    assert error.startswith("ValueError: unknown setting trainer.max_epoch") and "Traceback (most recent call last)" in error
+
+
+@pytest.mark.slow
 def test_ctrl_c_ends_a_run_with_status_130_and_says_how_to_resume_it(tmp_path):
     run_dir = tmp_path / "run"
     command = _train_command(run_dir, tmp_path / "cache", 50)

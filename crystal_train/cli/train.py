@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
+import traceback
 from pathlib import Path
 
 import hydra
@@ -32,9 +34,11 @@ def train_job(cfg: DictConfig) -> float:
     """Train and return the best validation MAE (the value a Hydra sweeper minimises).
 
     A diverging run or a refused resume exits with status 2, an interrupted one (Ctrl-C) with 130
-    and a note on how to resume it. In a multirun, a job that fails for any reason writes its error
-    to error.txt and train.log and returns infinity instead, so the other jobs still run and the
-    sweep summary lists it as failed; Ctrl-C stops the whole sweep.
+    and a note on how to resume it. Any other error of a single run (a setting, a missing file)
+    exits with status 1, its message logged and its traceback kept in error.txt (HYDRA_FULL_ERROR=1
+    raises it instead). In a multirun, a job that fails for any reason writes its error to error.txt
+    and train.log and returns infinity instead, so the other jobs still run and the sweep summary
+    lists it as failed; Ctrl-C stops the whole sweep.
     """
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -51,15 +55,20 @@ def train_job(cfg: DictConfig) -> float:
         log.error("%s", error)
         failure = error
     except Exception as error:
-        if hydra_cfg.mode != RunMode.MULTIRUN:
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            log.exception("job failed")
+        elif os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        log.exception("job failed")
+        else:  # a message, not a traceback, for what is mostly a setting or file to fix
+            log.error("%s: %s\n(the traceback is in %s)", type(error).__name__, error, error_file)
         failure = error
-    error_file.write_text(f"{type(failure).__name__}: {failure}\n")
+    stopped = isinstance(failure, (NonFiniteLossError, ResumeConfigError))  # explained in full by their message
+    error_file.write_text(f"{type(failure).__name__}: {failure}\n" + ("" if stopped else "".join(traceback.format_exception(failure))))
+    status = 2 if stopped else 1
     del failure  # its traceback holds the failed job's model and tensors; the next job of a sweep needs the memory
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return math.inf
-    sys.exit(2)
+    sys.exit(status)
 
 
 def _report_interrupt(run_dir: Path) -> None:
