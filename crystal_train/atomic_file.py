@@ -62,14 +62,18 @@ def exclusive_lock(path: Path, wait: bool = True) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+class LockHeldError(RuntimeError):
+    """Another process holds the lock this one was refused."""
+
+
 @contextlib.contextmanager
 def held_or_refused(path: Path, refusal: str) -> Iterator[None]:
-    """Hold an exclusive lock on the file `path` while the block runs; RuntimeError(refusal) if another process holds it."""
+    """Hold an exclusive lock on the file `path` while the block runs; LockHeldError(refusal) if another process holds it."""
     with contextlib.ExitStack() as stack:
         try:
             stack.enter_context(exclusive_lock(path, wait=False))
         except BlockingIOError:
-            raise RuntimeError(refusal) from None
+            raise LockHeldError(refusal) from None
         yield
 
 

@@ -21,7 +21,7 @@ import torch.distributed as dist
 from omegaconf import OmegaConf
 
 import crystal_train.training.loop as loop
-from crystal_train.atomic_file import held_or_refused
+from crystal_train.atomic_file import LockHeldError, held_or_refused
 from crystal_train.cli.evaluate import evaluate
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.graphs import GRAPH_VERSION
@@ -312,9 +312,13 @@ def test_resume_on_data_that_changed_under_the_same_settings_stops_before_touchi
 def test_a_run_directory_another_training_is_writing_to_is_refused(small_cfg, tmp_path):
     run_dir = tmp_path / "run"
     with held_or_refused(run_dir / RUN_LOCK, "test holds it"):
-        with pytest.raises(RuntimeError, match=rf"another crystal-train run is writing to {re.escape(str(run_dir))}: give this one another"):
+        with pytest.raises(LockHeldError, match=rf"another crystal-train run is writing to {re.escape(str(run_dir))}: give this one another"):
             train(small_cfg("trainer.max_epochs=1"), run_dir)
-    assert sorted(path.name for path in run_dir.iterdir()) == [RUN_LOCK]
+        command = [CRYSTAL_TRAIN, *SMALL, *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+        result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 1 and "another crystal-train run is writing to" in result.stdout + result.stderr
+    assert not (run_dir / "error.txt").exists()  # the directory's files are the running training's, not this refused one's
+    assert sorted(path.name for path in run_dir.iterdir() if path.name != ".hydra") == [RUN_LOCK, "train.log"]
 
 
 @pytest.mark.slow

@@ -14,6 +14,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from crystal_train.atomic_file import LockHeldError
 from crystal_train.secrets_guard import take_api_key_argument
 from crystal_train.training.loop import NonFiniteLossError
 from crystal_train.training.resume import ResumeConfigError
@@ -51,6 +52,11 @@ def train_job(cfg: DictConfig) -> float:
             raise
         _report_interrupt(run_dir)
         sys.exit(130)
+    except LockHeldError as error:  # the directory is another live run's: its files are not this one's to touch
+        log.error("%s", error)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return math.inf
+        sys.exit(1)
     except (NonFiniteLossError, ResumeConfigError) as error:
         log.error("%s", error)
         failure = error
