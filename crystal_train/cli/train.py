@@ -69,6 +69,7 @@ def train_job(cfg: DictConfig) -> float:
             log.error("%s: %s\n(the traceback is in %s)", type(error).__name__, error, error_file)
         failure = error
     stopped = isinstance(failure, (NonFiniteLossError, ResumeConfigError))  # explained in full by their message
+    run_dir.mkdir(parents=True, exist_ok=True)  # a rank without Hydra's files may fail before anything made it
     error_file.write_text(f"{type(failure).__name__}: {failure}\n" + ("" if stopped else "".join(traceback.format_exception(failure))))
     status = 2 if stopped else 1
     del failure  # its traceback holds the failed job's model and tensors; the next job of a sweep needs the memory
