@@ -98,3 +98,16 @@ def test_preparing_the_data_draws_on_no_torch_random_numbers(compose_train_cfg, 
     before = torch.random.get_rng_state()
     prepare_data(cfg.data, graph_settings(cfg.graph), progress=False)
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_the_log_shows_the_size_of_tiny_targets_not_zeros(compose_train_cfg, write_csv, good_rows, tmp_path, caplog):
+    for row in good_rows:
+        row["formation_energy_per_atom"] *= 1e-13  # as a diffusion coefficient in m²/s
+    overrides = [f"data.snapshot={write_csv(good_rows)}", "data.units=m2/s", "data.split.fractions=[0.6,0.2,0.2]", "trainer.max_epochs=2"]
+    with caplog.at_level("INFO"):
+        train(compose_train_cfg(overrides, tmp_path), tmp_path / "run")
+    lines = [record.getMessage() for record in caplog.records]
+    epoch_lines = [line for line in lines if line.startswith("epoch ")]
+    best = next(line for line in lines if line.startswith("Best epoch"))
+    assert len(epoch_lines) == 2 and all("e-1" in line.split("val MAE")[1] for line in epoch_lines)
+    assert "test MAE" in best and "e-1" in best.split("test MAE")[1] and "m2/s" in best

@@ -159,13 +159,13 @@ class Trainer:
                 if improved:
                     save_checkpoint(self.checkpoint_dir / "best.pt", **checkpoint)
             log.info(
-                "epoch %d/%d  lr %.2e  train loss %.4f  train MAE %.4f  val MAE %.4f%s  (%.1f s)",
+                "epoch %d/%d  lr %.2e  train loss %.4g  train MAE %.4g  val MAE %.4g%s  (%.1f s)",
                 epoch, max_epochs, lr, train_loss, train_mae, val_mae, "  *best*" if improved else "", row["seconds"],
             )
             if self.on_epoch_end is not None and self.context.is_main:
                 self.on_epoch_end(self.state)
         if self.state.stopped_early:
-            log.info("Early stopping: no val MAE improvement for %d epochs (best %.4f at epoch %d)", patience, self.state.best_val_mae, self.state.best_epoch)
+            log.info("Early stopping: no val MAE improvement for %d epochs (best %.4g at epoch %d)", patience, self.state.best_val_mae, self.state.best_epoch)
         return self.state
 
     def _train_epoch(self) -> tuple[float, float]:
