@@ -57,9 +57,9 @@ def train_job(cfg: DictConfig) -> float:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return math.inf
         sys.exit(1)
-    except (NonFiniteLossError, ResumeConfigError) as error:
+    except (NonFiniteLossError, ResumeConfigError) as error:  # explained in full by their message
         log.error("%s", error)
-        failure = error
+        failure, details, status = error, "", 2
     except Exception as error:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             log.exception("job failed")
@@ -67,11 +67,8 @@ def train_job(cfg: DictConfig) -> float:
             raise
         else:  # a message, not a traceback, for what is mostly a setting or file to fix
             log.error("%s: %s\n(the traceback is in %s)", type(error).__name__, error, error_file)
-        failure = error
-    stopped = isinstance(failure, (NonFiniteLossError, ResumeConfigError))  # explained in full by their message
-    run_dir.mkdir(parents=True, exist_ok=True)  # a rank without Hydra's files may fail before anything made it
-    error_file.write_text(f"{type(failure).__name__}: {failure}\n" + ("" if stopped else "".join(traceback.format_exception(failure))))
-    status = 2 if stopped else 1
+        failure, details, status = error, "".join(traceback.format_exception(error)), 1
+    error_file.write_text(f"{type(failure).__name__}: {failure}\n{details}")  # train() made run_dir first thing
     del failure  # its traceback holds the failed job's model and tensors; the next job of a sweep needs the memory
     if hydra_cfg.mode == RunMode.MULTIRUN:
         return math.inf
