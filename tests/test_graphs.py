@@ -313,3 +313,16 @@ def test_image_offsets_place_the_neighbour_at_its_distance_for_coordinates_far_o
     j, i = graph.edge_index
     vectors = (frac[j] + graph.images - frac[i]) @ lattice
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), graph.distances, rtol=0, atol=1e-9)
+
+
+def test_crystals_with_atoms_closer_than_any_bond_are_named(caplog):
+    """Half an ångström is shorter than any bond, H2's 0.74 Å included: such a structure is broken, so a warning names it."""
+    hydrogen = Crystal("H2", np.eye(3) * 6.0, np.array([1, 1]), np.array([[0.0, 0.0, 0.0], [0.74 / 6.0, 0.0, 0.0]]))
+    squeezed = Crystal("squeezed", np.eye(3) * 6.0, np.array([8, 8]), np.array([[0.0, 0.0, 0.0], [0.3 / 6.0, 0.0, 0.0]]))
+    tiny_cell = Crystal("bohr-as-angstrom", np.eye(3) * 0.45, np.array([26]), np.zeros((1, 3)))  # its own image 0.45 Å away
+    store = build_store([hydrogen, squeezed, tiny_cell], lambda c: c, GraphSettings(cutoff=4.0, max_neighbors=12), num_workers=1, progress=False)
+    assert store.crystals_with_close_atoms(0.5).tolist() == [1, 2]
+    with caplog.at_level("WARNING"):
+        report_skipped(store)
+    assert "2 crystal(s) have atoms under 0.5 Å apart" in caplog.text
+    assert caplog.text.rstrip().endswith("squeezed, bohr-as-angstrom")

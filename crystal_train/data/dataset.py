@@ -29,6 +29,9 @@ READER_VERSION = 3
 # crystals; plain rounding within each split could give one more or fewer).
 SUBSET_DRAW_VERSION = 2
 
+# Å; atoms closer than this get a warning: shorter than any bond, so the structure is likely broken.
+CLOSE_ATOMS = 0.5
+
 # Units of the Materials Project (and matbench) targets, used when data.units is null.
 KNOWN_UNITS = {
     "formation_energy_per_atom": "eV/atom",
@@ -140,7 +143,7 @@ def check_target_floor(store: GraphStore, target: str, minimum: float | None) ->
 
 
 def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:
-    """One log line summarising skipped items and isolated atoms."""
+    """One log line each summarising skipped items, isolated atoms and atoms implausibly close together."""
     if store.skipped:
         reasons: dict[str, int] = {}
         for _, reason in store.skipped:
@@ -153,6 +156,13 @@ def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:
         log.warning(
             "%d atoms in %d crystal(s) have no neighbour within the cutoff, so the model sees each of them alone: %s%s",
             store.isolated_atoms, len(crystals), ", ".join(store.ids[i] for i in crystals[:5]), ", ..." if len(crystals) > 5 else "",
+        )
+    crowded = store.crystals_with_close_atoms(CLOSE_ATOMS)
+    if crowded.size:
+        log.warning(
+            "%d crystal(s) have atoms under %g Å apart, closer than any chemical bond (H2's is 0.74 Å), so their structures "
+            "are probably wrong (units, cell or coordinates) and their predictions meaningless: %s%s",
+            crowded.size, CLOSE_ATOMS, ", ".join(store.ids[i] for i in crowded[:5]), ", ..." if crowded.size > 5 else "",
         )
 
 

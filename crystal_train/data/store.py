@@ -54,6 +54,11 @@ class GraphStore:
         atom_owner = np.repeat(np.arange(len(self)), np.diff(self.node_ptr))
         return np.unique(atom_owner[~has_neighbour])
 
+    def crystals_with_close_atoms(self, closer_than: float) -> np.ndarray:
+        """Indices of the crystals with two atoms (or an atom and its periodic image) under `closer_than` Å apart."""
+        edge_owner = np.repeat(np.arange(len(self)), np.diff(self.edge_ptr))
+        return np.unique(edge_owner[self.distances < closer_than])
+
     def edge_weights(self) -> np.ndarray:
         """(E,) float32 weight of every edge."""
         weights = np.ones(self.distances.size, dtype=np.float32)
