@@ -18,16 +18,35 @@ from crystal_train.atomic_file import LockHeldError
 from crystal_train.secrets_guard import take_api_key_argument
 from crystal_train.training.loop import NonFiniteLossError
 from crystal_train.training.resume import ResumeConfigError
-from crystal_train.training.run import train
+from crystal_train.training.run import check_run_dir_free, train
 from crystal_train.training.sweep import ERROR_FILE
 
 log = logging.getLogger(__name__)
 
 
 def main() -> None:
-    """crystal-train: a Materials Project API key given as data.api_key=KEY is taken off the command line first."""
+    """crystal-train: a Materials Project API key given as data.api_key=KEY is taken off the command line first, and
+    a run directory another training is writing to is refused before Hydra writes into it."""
     sys.argv[1:] = take_api_key_argument(sys.argv[1:])
+    run_dir = _chosen_run_dir(sys.argv[1:])
+    if run_dir is not None:
+        try:
+            check_run_dir_free(run_dir)
+        except LockHeldError as error:
+            sys.exit(f"Error: {error}")
     train_job()
+
+
+def _chosen_run_dir(arguments: list[str]) -> Path | None:
+    """The hydra.run.dir=DIR of a single run's command line, if given (a sweep's jobs each get their own)."""
+    if "-m" in arguments or "--multirun" in arguments:
+        return None
+    chosen = None
+    for argument in arguments:
+        key, equals, value = argument.partition("=")
+        if equals and key.lstrip("+") == "hydra.run.dir":
+            chosen = Path(value.strip("'\""))
+    return chosen
 
 
 @hydra.main(version_base="1.3", config_path="pkg://crystal_train.configs", config_name="train")

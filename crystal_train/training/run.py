@@ -67,10 +67,18 @@ def _run_dir_lock(run_dir: Path, context: DistributedContext):
     """Rank 0 holds run_dir's lock for the whole run: two trainings writing one directory would mix their checkpoints."""
     if not context.is_main:
         return contextlib.nullcontext()
-    return held_or_refused(
-        run_dir / RUN_LOCK,
-        f"another crystal-train run is writing to {run_dir}: give this one another hydra.run.dir, or wait for it to end",
-    )
+    return held_or_refused(run_dir / RUN_LOCK, _in_use(run_dir))
+
+
+def _in_use(run_dir: Path) -> str:
+    return f"another crystal-train run is writing to {run_dir}: give this one another hydra.run.dir, or wait for it to end"
+
+
+def check_run_dir_free(run_dir: Path) -> None:
+    """LockHeldError if a training holds run_dir now; checked before Hydra writes its .hydra/ and log there."""
+    if (run_dir / RUN_LOCK).exists():
+        with held_or_refused(run_dir / RUN_LOCK, _in_use(run_dir)):
+            pass
 
 
 def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float:
