@@ -240,6 +240,20 @@ def test_resume_allows_a_longer_run_but_not_a_changed_cosine_schedule_or_learnin
     assert str(last) in str(refused.value)
 
 
+def test_resume_may_add_gradient_clipping_the_divergence_message_advises(tmp_path):
+    check_same_training(_resolved(), _resolved("trainer.grad_clip=1.0"), tmp_path / "last.pt")
+
+
+@pytest.mark.parametrize("setting, shown", [("yes", "yes"), ("ture", "ture"), ("1", "1"), ("null", "none")])
+def test_a_resume_setting_other_than_auto_true_or_false_is_refused_not_taken_as_starting_over(small_cfg, tmp_path, setting, shown):
+    run_dir = tmp_path / "run"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "checkpoints" / "last.pt").write_bytes(b"a training's checkpoint")
+    with pytest.raises(ValueError, match=rf"trainer.resume must be auto, true or false, not '{shown}'"):
+        train(small_cfg(f"trainer.resume={setting}"), run_dir)
+    assert sorted(path.name for path in run_dir.iterdir()) == [RUN_LOCK, "checkpoints"]  # nothing set aside
+
+
 def test_resume_allows_a_setting_added_since_only_at_its_null_default(tmp_path):
     saved = _resolved()
     del saved["trainer"]["ema_decay"]  # last.pt written before trainer.ema_decay existed
@@ -355,7 +369,12 @@ def test_starting_over_moves_the_training_before_aside_and_a_death_leaves_none_o
     assert OmegaConf.load(run_dir / "config.yaml").optim.lr == 0.01
 
     monkeypatch.undo()
+    cut_short = [run_dir / "checkpoints" / ".last.pt.x1y2.tmp", run_dir / ".split.json.x1y2.tmp"]  # a kill during a first write
+    (run_dir / "checkpoints").mkdir(exist_ok=True)
+    for leftover in cut_short:
+        leftover.write_bytes(b"part of a file")
     train(small_cfg("trainer.max_epochs=1", "trainer.resume=false", "optim.lr=0.01"), run_dir)
+    assert not any(leftover.exists() for leftover in cut_short)
     assert not (run_dir / "previous-2").exists()  # the run that died had trained nothing to keep
     assert [int(row["epoch"]) for row in _history(run_dir)] == [1] and _metrics(run_dir)["epochs"] == 1
     train(small_cfg("trainer.max_epochs=1", "trainer.resume=false", "optim.lr=0.02"), run_dir)
@@ -438,6 +457,11 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_checkpoint(small_cfg, t
     assert [int(r["epoch"]) for r in _history(run_dir)] == [1, 2]
     assert not (run_dir / "metrics.json").exists()
 
+    assert "Resume it with trainer.grad_clip set" in str(error.value)  # as the message advises:
+    monkeypatch.undo()
+    train(small_cfg("trainer.max_epochs=3", "trainer.patience=100", "trainer.grad_clip=1.0"), run_dir)
+    assert [int(r["epoch"]) for r in _history(run_dir)] == [1, 2, 3] and _metrics(run_dir)["epochs"] == 3
+
 
 @pytest.mark.slow
 def test_nan_validation_stops_training_and_keeps_the_last_good_checkpoint(small_cfg, tmp_path, monkeypatch):
@@ -490,6 +514,30 @@ def test_ctrl_c_ends_a_run_with_status_130_and_says_how_to_resume_it(tmp_path):
     assert f"run the same command with hydra.run.dir={run_dir} to continue" in log
     assert "Traceback" not in log and not (run_dir / "error.txt").exists() and not (run_dir / "metrics.json").exists()
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["epoch"] >= 2
+
+
+def test_the_interrupt_note_of_a_run_that_started_over_does_not_advise_starting_over_again(tmp_path, caplog):
+    from crystal_train.cli.train import _report_interrupt
+
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.pt").write_bytes(b"")
+    with caplog.at_level(logging.WARNING):
+        _report_interrupt(tmp_path, "false")
+    assert f"run the same command with trainer.resume=auto (not false, which starts over) with hydra.run.dir={tmp_path}" in caplog.text
+
+
+def test_a_busy_run_directory_is_refused_before_hydra_except_on_the_ranks_that_never_lock_it(tmp_path, monkeypatch):
+    import crystal_train.cli.train as cli_train
+
+    started = []
+    monkeypatch.setattr(cli_train, "train_job", lambda: started.append(True))
+    monkeypatch.setattr(sys, "argv", ["crystal-train", "data=demo", f"hydra.run.dir={tmp_path}"])
+    with held_or_refused(tmp_path / RUN_LOCK, "test holds it"):
+        with pytest.raises(SystemExit, match=f"another crystal-train run is writing to {re.escape(str(tmp_path))}"):
+            cli_train.main()
+        monkeypatch.setenv("RANK", "1")  # torchrun's other ranks start while rank 0 may already hold it
+        cli_train.main()
+    assert started == [True]
 
 
 # ----- 4. multirun ----------------------------------------------------------------------------

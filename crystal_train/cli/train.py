@@ -29,7 +29,7 @@ def main() -> None:
     a run directory another training is writing to is refused before Hydra writes into it."""
     sys.argv[1:] = take_api_key_argument(sys.argv[1:])
     run_dir = _chosen_run_dir(sys.argv[1:])
-    if run_dir is not None:
+    if run_dir is not None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 takes the lock
         try:
             check_run_dir_free(run_dir)
         except LockHeldError as error:
@@ -69,7 +69,7 @@ def train_job(cfg: DictConfig) -> float:
     except KeyboardInterrupt:
         if hydra_cfg.mode == RunMode.MULTIRUN:
             raise
-        _report_interrupt(run_dir)
+        _report_interrupt(run_dir, str(cfg.trainer.get("resume", "auto")).lower())
         sys.exit(130)
     except LockHeldError as error:  # the directory is another live run's: its files are not this one's to touch
         log.error("%s", error)
@@ -94,10 +94,11 @@ def train_job(cfg: DictConfig) -> float:
     sys.exit(status)
 
 
-def _report_interrupt(run_dir: Path) -> None:
+def _report_interrupt(run_dir: Path, resume: str) -> None:
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists():
-        log.warning("Interrupted: %s holds the last finished epoch; run the same command with hydra.run.dir=%s to continue", last, run_dir)
+        how = "the same command" if resume != "false" else "the same command with trainer.resume=auto (not false, which starts over)"
+        log.warning("Interrupted: %s holds the last finished epoch; run %s with hydra.run.dir=%s to continue", last, how, run_dir)
     else:
         log.warning("Interrupted before the first epoch finished: there is no checkpoint to resume from")
 

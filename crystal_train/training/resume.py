@@ -9,7 +9,7 @@ from pathlib import Path
 # scheduler state, or would mix two trainings in one history (a cosine T_max, a learning rate, the
 # model or the data).
 RESUMABLE_CHANGES = frozenset({
-    "trainer.max_epochs", "trainer.patience", "trainer.min_delta", "trainer.resume",
+    "trainer.max_epochs", "trainer.patience", "trainer.min_delta", "trainer.resume", "trainer.grad_clip",
     "trainer.device", "trainer.graphs_on_device", "trainer.compile", "trainer.progress_bar", "trainer.eval_batch_size",
     "data.cache_dir", "data.api_key", "data.units", "logger",
 })
@@ -25,6 +25,8 @@ class ResumeConfigError(ValueError):
 def should_resume(setting, last: Path) -> bool:
     """trainer.resume: auto (when last.pt exists), true (it must exist) or false."""
     setting = str(setting).lower()
+    if setting not in ("auto", "true", "false"):  # "yes" or a typo starting over would set the run aside unasked
+        raise ValueError(f"trainer.resume must be auto, true or false, not {setting!r}")
     if setting == "true":
         if not last.exists():
             raise FileNotFoundError(f"trainer.resume=true but there is no {last} to resume from")

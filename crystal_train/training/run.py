@@ -114,6 +114,8 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             aside = set_aside_earlier_run(run_dir, RUN_FILES, TRAINED_MARKS)
             if aside is not None:
                 log.info("Starting over in %s: the files of the training before are moved to %s", run_dir, aside)
+            for leftover in remove_unfinished_writes(checkpoint_dir) + remove_unfinished_writes(run_dir):
+                log.info("Removed %s, left by a write that was cut short", leftover)
         artifacts.write_config(run_dir / "config.yaml", cfg)
         artifacts.write_json(run_dir / "split.json", ids_by_split)
         artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)
