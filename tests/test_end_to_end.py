@@ -176,6 +176,8 @@ def test_predict_input_may_be_a_file_a_folder_a_glob_or_a_list_of_them(tmp_path,
     assert structure_files([str(folder / "more"), f"{folder}/c.*"]) == [folder / "more" / "d.cif", folder / "c.vasp"]
     with pytest.raises(ValueError, match=r"input= names .*a.cif more than once"):
         structure_files([str(folder), str(folder / "a.cif")])
+    with pytest.raises(ValueError, match=r"input= names .*b.cif more than once"):  # once relative, once absolute
+        structure_files([str(folder / "b.cif"), os.path.relpath(folder / "b.cif")])
     with pytest.raises(FileNotFoundError, match=r"input pattern .*\*.xyz matches no file"):
         structure_files(f"{folder}/*.xyz")
     with pytest.raises(FileNotFoundError, match=r"input not found: .*missing.cif \(give a structure file, a folder of them, a quoted glob"):
@@ -187,6 +189,16 @@ def test_prediction_ids_stay_unique_when_a_whole_file_name_equals_another_files_
     ids = file_ids(files)
     assert ids == ["a.cif", "a.cif.vasp", "a.vasp", "b", "b_POSCAR", "b.cif"]  # b.cif.cif's id clashes with no other
     assert len(set(ids)) == len(files)
+
+
+def test_prediction_ids_of_files_with_one_name_in_several_folders_are_their_paths_below_the_shared_folder(tmp_path):
+    calcs = tmp_path / "calcs"
+    files = [calcs / "Cu" / "CONTCAR", calcs / "Cu3Au" / "CONTCAR", calcs / "NiAl" / "relax" / "CONTCAR", calcs / "Cu.cif"]
+    for file in files:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_text("x")
+    assert file_ids(structure_files(f"{calcs}/*/CONTCAR")) == ["Cu/CONTCAR", "Cu3Au/CONTCAR"]
+    assert file_ids(files) == ["Cu/CONTCAR", "Cu3Au/CONTCAR", "NiAl/relax/CONTCAR", "Cu"]
 
 
 @pytest.mark.slow

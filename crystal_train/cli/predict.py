@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import logging
 import math
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -29,8 +30,8 @@ def structure_files(inputs) -> list[Path]:
     """The structure files that `input=` names: a file, a folder (its structure files), a glob, or a list of these."""
     entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files = [file for entry in entries for file in _entry_files(str(entry))]
-    repeated = sorted(name for name, count in Counter(map(str, files)).items() if count > 1)
-    if repeated:
+    repeated = sorted(str(path) for path, count in Counter(file.resolve() for file in files).items() if count > 1)
+    if repeated:  # also when named once by a relative and once by an absolute path
         raise ValueError(f"input= names {', '.join(repeated[:5])} more than once")
     return files
 
@@ -73,7 +74,8 @@ def _folder_files(path: Path) -> list[Path]:
 
 
 def file_ids(files: list[Path]) -> list[str]:
-    """Each file's id, unique: files that would share one (a.cif and a.vasp) keep their whole names.
+    """Each file's id, unique: files that would share one (a.cif and a.vasp) keep their whole names, and files
+    whose whole names are the same (Cu/CONTCAR and NiAl/CONTCAR) their paths below the folder they share.
 
     Repeated until no two clash, since a whole name can equal another file's id (a.cif beside a.cif.vasp).
     """
@@ -82,9 +84,16 @@ def file_ids(files: list[Path]) -> list[str]:
         counts = Counter(ids)
         clashing = [i for i, item_id in enumerate(ids) if counts[item_id] > 1 and item_id != files[i].name]
         if not clashing:
-            return ids
+            break
         for i in clashing:
             ids[i] = files[i].name
+    counts = Counter(ids)
+    same_name = [i for i, item_id in enumerate(ids) if counts[item_id] > 1]
+    if same_name:  # distinct files (structure_files refuses repeats), so their paths below a shared folder differ
+        shared = os.path.commonpath([files[i].resolve().parent for i in same_name])
+        for i in same_name:
+            ids[i] = files[i].resolve().relative_to(shared).as_posix()
+    return ids
 
 
 def run_predict(cfg: DictConfig) -> Path:
