@@ -132,7 +132,7 @@ def test_overlapping_sites_fall_back_to_pymatgen(fallback_calls):
         ("", "empty CIF"),
         ("  \n\t\n", "empty CIF"),
         ("this is not a CIF file\n", "malformed CIF"),
-        (_p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  0.5\n  O  O1  1  0.5  0.5  0.5  1\n"), "partial occupancy or disorder"),
+        (_p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  0.5\n  O  O1  1  0.5  0.5  0.5  1\n"), "partial occupancy or disorder (site 0: Zn0.5)"),
         (_p1_cif("  X  X1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n"), "not an element: X"),  # not a made-up Z
         (_p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n").replace("4.10000000", "nan", 1), "the cell or the atom"),
         (_p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n").replace("4.10000000", "inf", 1), "the cell or the atom"),
@@ -149,17 +149,28 @@ def test_unusable_cifs_raise_skipped_item(text, reason):
     assert caught.value.reason.startswith(reason)
 
 
-def test_a_cif_of_several_structures_is_skipped_not_cut_to_its_first(fallback_calls):
+def test_a_cif_of_several_structures_is_skipped_not_cut_to_its_first(fallback_calls, tmp_path):
     zno = _p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n")
     two = zno + zno.replace("data_test", "data_second").replace("Zn", "Mg")
     with pytest.raises(SkippedItem) as caught:
         parse_cif(two, "pair")
     assert (caught.value.item_id, caught.value.reason) == ("pair", "2 structures in one CIF: give one structure per file or row")
 
+    same_name = zno + zno.replace("Zn", "Mg")  # cat a.cif b.cif: pymatgen keeps only the second of two blocks named alike
+    unreadable_second = zno + zno.replace("data_test", "data_second").replace("4.10000000", "abc")  # pymatgen drops it
+    for text in (same_name, unreadable_second):
+        with pytest.raises(SkippedItem, match="^pair: 2 structures in one CIF"):
+            parse_cif(text, "pair")
+
+    named_like_a_poscar = tmp_path / "POSCAR_two.cif"  # read as the CIF it is, with the same check
+    named_like_a_poscar.write_text(two)
+    with pytest.raises(SkippedItem, match="^POSCAR_two.cif: 2 structures in one CIF"):
+        read_structure_file(named_like_a_poscar)
+
     publication_block = "data_global\n_journal_name_full 'Some Journal'\n_journal_year 2018\n"
     crystal = parse_cif(publication_block + zno, "with-global")  # a block without atoms is no second structure
     _assert_same_as_pymatgen(crystal, publication_block + zno)
-    assert fallback_calls == ["pair", "with-global"]
+    assert fallback_calls == ["pair", "pair", "pair", "POSCAR_two.cif", "with-global"]
 
 
 POSCAR = """Zn O test cell

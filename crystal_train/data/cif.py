@@ -38,6 +38,8 @@ _IGNORED_SCALARS = frozenset(
 )
 _FORMULA_TAGS = ("_chemical_formula_sum", "_chemical_formula_structural")
 _FORMULA_ELEMENT = re.compile(r"[A-Z][a-z]?")
+_BLOCK_START = re.compile(r"^[ \t]*data_", re.MULTILINE | re.IGNORECASE)
+_ATOM_SITE_COORDINATES = re.compile(r"_atom_site_(fract|cartn)_x\b", re.IGNORECASE)
 _SYMOP_LOOP = frozenset({"_symmetry_equiv_pos_site_id", "_symmetry_equiv_pos_as_xyz"})
 _SITE_REQUIRED = ("_atom_site_type_symbol", "_atom_site_label") + tuple(f"_atom_site_fract_{x}" for x in "xyz")
 _SITE_LOOP = frozenset(_SITE_REQUIRED + ("_atom_site_symmetry_multiplicity", "_atom_site_occupancy"))
@@ -77,14 +79,14 @@ def read_structure_file(path: str | Path) -> Crystal:
     path = Path(path)
     item_id = structure_file_id(path)
     suffix = path.suffix.lower()
-    if _is_poscar_name(path.name) or suffix == ".vasp":
-        return _read_with_pymatgen(path, item_id)
-    if suffix == ".cif":
+    if suffix == ".cif":  # also POSCAR_relaxed.cif
         try:
             text = path.read_text(encoding="utf-8", errors="replace")
         except OSError as error:
             raise SkippedItem(item_id, f"unreadable file: {_first_line(error)}") from None
         return parse_cif(text, item_id)
+    if _is_poscar_name(path.name) or suffix == ".vasp":
+        return _read_with_pymatgen(path, item_id)
     raise SkippedItem(item_id, f"unsupported file type: {path.name}")
 
 
@@ -99,12 +101,19 @@ def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
     from pymatgen.io.cif import CifParser
 
     def only_structure():
+        # pymatgen keeps one of two blocks of the same name (cat a.cif b.cif), and drops one it cannot read, so count them here too
         structures = CifParser.from_str(text).parse_structures(primitive=False)
-        if len(structures) > 1:
-            raise SkippedItem(item_id, f"{len(structures)} structures in one CIF: give one structure per file or row")
+        count = max(len(structures), _blocks_with_atoms(text))
+        if count > 1:
+            raise SkippedItem(item_id, f"{count} structures in one CIF: give one structure per file or row")
         return structures[0]
 
     return crystal_via_pymatgen(only_structure, item_id, "malformed CIF")
+
+
+def _blocks_with_atoms(text: str) -> int:
+    """How many data_ blocks of the CIF text list atom sites."""
+    return sum(1 for block in _BLOCK_START.split(text)[1:] if _ATOM_SITE_COORDINATES.search(block))
 
 
 def crystal_via_pymatgen(make_structure: Callable, item_id: str, failure: str) -> Crystal:

@@ -60,7 +60,8 @@ class Crystal:
         from pymatgen.core.periodic_table import DummySpecies
 
         if not structure.is_ordered:
-            raise ValueError("partial occupancy or disorder")
+            site = next(i for i, site in enumerate(structure) if not site.is_ordered)
+            raise ValueError(f"partial occupancy or disorder (site {site}: {structure[site].species.formula})")
         dummies = sorted({species.symbol for species in structure.species if isinstance(species, DummySpecies)})
         if dummies:  # pymatgen gives them a made-up atomic number
             raise ValueError(f"not an element: {', '.join(dummies)}")
