@@ -264,6 +264,20 @@ def test_missing_mandatory_setting_is_a_usage_line_not_a_traceback(tmp_path, com
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.parametrize("command", ["crystal-eval", "crystal-predict"])
+def test_an_error_is_one_line_naming_its_cause_and_hydra_full_error_shows_the_traceback(tmp_path, command):
+    script = Path(sys.executable).with_name(command)
+    (tmp_path / "a.cif").write_text("data_a\n")
+    args = [str(script), "ckpt=missing.pt", "input=a.cif", "output=preds.csv"][: 2 if command == "crystal-eval" else 4]
+    result = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1
+    assert f"{command}: FileNotFoundError: checkpoint not found: missing.pt" in result.stderr
+    assert "Traceback" not in result.stderr
+    full = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=120, env={**os.environ, "HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback (most recent call last)" in full.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["a.cif"]
+
+
 @pytest.mark.slow
 def test_a_checkpoint_trained_on_other_graphs_is_loaded_with_a_warning_naming_the_change(demo_run, tmp_path, caplog):
     run_dir, _, _ = demo_run

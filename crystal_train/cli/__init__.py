@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from typing import Callable
+
 from omegaconf import DictConfig, OmegaConf
 
 
@@ -10,3 +13,15 @@ def require_settings(cfg: DictConfig, command: str) -> None:
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise SystemExit(f"{command}: give {' '.join(key + '=...' for key in missing)} (see {command} --help)")
+
+
+def run_reporting_errors(command: str, job: Callable[[DictConfig], object], cfg: DictConfig) -> None:
+    """Run `job(cfg)`; an error (a missing file, a refused setting) ends it with one line and exit status 1,
+    not a traceback, unless HYDRA_FULL_ERROR=1 asks for the traceback."""
+    require_settings(cfg, command)
+    try:
+        job(cfg)
+    except Exception as error:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        raise SystemExit(f"{command}: {type(error).__name__}: {error}\n(HYDRA_FULL_ERROR=1 shows the traceback)") from None

@@ -9,7 +9,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from crystal_train.cli import require_settings
+from crystal_train.cli import run_reporting_errors
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.splits import SPLIT_ORDER, splits_from_ids
@@ -178,8 +178,7 @@ def _split_names(split: str) -> tuple[str, ...]:
 
 @hydra.main(version_base="1.3", config_path="pkg://crystal_train.configs", config_name="eval")
 def main(cfg: DictConfig) -> None:
-    require_settings(cfg, "crystal-eval")
-    evaluate(cfg)
+    run_reporting_errors("crystal-eval", evaluate, cfg)
 
 
 if __name__ == "__main__":

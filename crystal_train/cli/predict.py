@@ -13,7 +13,7 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig
 
-from crystal_train.cli import require_settings
+from crystal_train.cli import run_reporting_errors
 from crystal_train.data.cif import STRUCTURE_FILE_PATTERNS, is_structure_file_name, structure_file_id
 from crystal_train.data.dataset import graph_settings, report_skipped
 from crystal_train.data.loader import DeviceGraphs
@@ -142,8 +142,7 @@ def _refuse_overwriting(inputs: list[Path], outputs: tuple[Path, ...]) -> None:
 
 @hydra.main(version_base="1.3", config_path="pkg://crystal_train.configs", config_name="predict")
 def main(cfg: DictConfig) -> None:
-    require_settings(cfg, "crystal-predict")
-    run_predict(cfg)
+    run_reporting_errors("crystal-predict", run_predict, cfg)
 
 
 if __name__ == "__main__":
