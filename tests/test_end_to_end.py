@@ -94,6 +94,17 @@ def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, 
     assert test_only["test"]["n"] == 2 and "source" not in test_only
     with open(tmp_path / "test" / "predictions_test.csv", newline="") as handle:
         assert [row["id"] for row in csv.DictReader(handle)] == ["mp-mgo", "mp-cscl"]
+    # A source naming the columns otherwise (as matbench's e_form): data.target= and data.id_column= say which they are.
+    renamed = write_csv([{"structure_id": row["material_id"], "cif": row["cif"], "e_form": row["formation_energy_per_atom"]} for row in good_rows], "e_form.csv")
+    with pytest.raises(ValueError, match="e_form.csv"):
+        evaluate(compose_config("eval", [*base[:1], f"data.snapshot={renamed}", "device=cpu", f"output={tmp_path / 'renamed'}"]))
+    named = evaluate(compose_config(
+        "eval", [*base[:1], f"data.snapshot={renamed}", "data.target=e_form", "data.id_column=structure_id", "device=cpu", f"output={tmp_path / 'renamed'}"],
+    ))
+    assert named["target"] == "e_form" and named["units"] == "eV/atom"
+    assert named["source"]["mae"] == pytest.approx(report["source"]["mae"], rel=1e-6)  # the same crystals and labels as before
+    with pytest.raises(ValueError, match="data.target name columns of another source: give it with data.snapshot=PATH"):
+        evaluate(compose_config("eval", [*base[:1], "data.target=e_form", "device=cpu", f"output={tmp_path / 'no_source'}"]))
 
 
 @pytest.mark.slow

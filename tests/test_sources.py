@@ -100,9 +100,9 @@ def test_csv_bad_labels_duplicates_and_empty_cif_are_skipped(tmp_path):
 def test_csv_missing_columns_name_the_column_and_file(tmp_path):
     path = tmp_path / "data.csv"
     _frame().to_csv(path, index=False)
-    with pytest.raises(ValueError, match=r"data\.csv: target column 'band_gap' not found; available columns: material_id, split"):
+    with pytest.raises(ValueError, match=r"data\.csv: target column 'band_gap' not found \(data.target=COLUMN names the column to use\); available columns: material_id, split"):
         load_source(path, "band_gap")
-    with pytest.raises(ValueError, match=r"data\.csv: id_column 'mpid' not found"):
+    with pytest.raises(ValueError, match=r"data\.csv: data\.id_column .mpid. not found"):
         load_source(path, "formation_energy_per_atom", id_column="mpid")
     _frame().drop(columns=["cif"]).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"data\.csv: no structure/CIF column \(looked for cif, structure, cif_text"):
@@ -222,7 +222,7 @@ def test_json_pandas_split_form_uses_the_index_as_id(tmp_path):
         ("mb-mp-e_form-000003", -1.8, None),
     ]
     _assert_matches(to_crystal(data.items[1]), structures["mp-2"])
-    with pytest.raises(ValueError, match="target column 'gap' not found; available columns: id, structure, e_form"):
+    with pytest.raises(ValueError, match=r"target column 'gap' not found \(data.target=COLUMN names the column to use\); available columns: id, structure, e_form"):
         load_source(path, "gap")
 
 

@@ -279,10 +279,10 @@ class _ItemBuilder:
         self, frame: pd.DataFrame, path: Path, target: str, id_column: str | None, cif_column: str | None, split: str | None
     ) -> None:
         """Add the rows of one table."""
-        id_col = _pick_column(frame, path, id_column, ID_COLUMNS, "id", "id_column")
-        struct_col = _pick_column(frame, path, cif_column, STRUCTURE_COLUMNS, "structure/CIF", "cif_column")
+        id_col = _pick_column(frame, path, id_column, ID_COLUMNS, "id", "data.id_column")
+        struct_col = _pick_column(frame, path, cif_column, STRUCTURE_COLUMNS, "structure/CIF", "data.cif_column")
         if target not in frame.columns:
-            raise ValueError(f"{path}: target column {target!r} not found; available columns: {_columns(frame)}")
+            raise ValueError(f"{path}: target column {target!r} not found (data.target=COLUMN names the column to use); available columns: {_columns(frame)}")
         splits = _row_splits(frame, path)
         if split is not None:  # the file's name says the split; a split column may only agree with it
             disagree = sorted({str(value) for value in splits if value is not None and value != split})
