@@ -80,3 +80,22 @@ def test_experiments_exist_for_both_models_and_targets():
 def test_eval_and_predict_configs_compose(name, required):
     cfg = compose_config(name, [f"{required}=x", "ckpt=x"])
     assert cfg[required] == "x" and cfg.device == "auto"
+
+
+def test_the_optuna_search_space_names_real_settings_and_parses_as_sweeps():
+    """Checked without the optional sweeper plugin: each searched key exists in the train config, and each range
+    parses as Hydra's sweep override (the log tag included), as the plugin reads it."""
+    from importlib.resources import files
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    search = OmegaConf.load(files("crystal_train.configs").joinpath("hparams_search", "optuna.yaml"))
+    params = search.hydra.sweeper.params
+    cfg = compose_config("train", ["data=demo"])
+    parsed = OverridesParser.create().parse_overrides([f"{key}={value}" for key, value in params.items()])
+    assert all(override.is_sweep_override() for override in parsed)
+    for override in parsed:
+        assert OmegaConf.select(cfg, override.key_or_group) is not None, override.key_or_group
+    lr = next(override for override in parsed if override.key_or_group == "optim.lr")
+    assert lr.value().tags == {"log"} and (lr.value().start, lr.value().end) == (0.0003, 0.01)
