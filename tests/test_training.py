@@ -855,6 +855,10 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("+data.limt=5", "unknown setting data.limt \\(did you mean data.limit\\?\\)"),
         ("+data.split.fraction=[0.5,0.25,0.25]", "unknown setting data.split.fraction \\(did you mean data.split.fractions\\?\\)"),
         ("+graph.max_neighbours=8", "unknown setting graph.max_neighbours \\(did you mean graph.max_neighbors\\?\\)"),
+        ("+sed=1", "unknown setting sed \\(did you mean seed\\?\\); the top-level settings are: data, "),
+        ("+logger.tensorbord=true", "unknown setting logger.tensorbord \\(did you mean logger.tensorboard\\?\\)"),
+        ("trainer.graphs_on_device=bogus", "trainer.graphs_on_device must be auto, true or false, not 'bogus'"),
+        ("trainer.lr_reference_batch_size=0", "trainer.lr_reference_batch_size must be at least 1, not 0"),
         ("trainer.ema_decay=1", "trainer.ema_decay must be null \\(off\\) or lie strictly between 0 and 1, such as 0.999; not 1"),
     ],
 )

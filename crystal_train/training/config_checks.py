@@ -25,7 +25,8 @@ def check_settings(cfg: DictConfig) -> None:
 
 @cache
 def known_keys() -> dict[str, frozenset[str]]:
-    """The keys of the trainer, data, data.split and graph blocks, as the packaged configs define them."""
+    """The top-level keys and those of the trainer, data, data.split, graph and logger blocks, as the packaged configs
+    define them."""
     configs = resources.files("crystal_train.configs")
 
     def keys(group: str, block: str | None = None) -> frozenset[str]:
@@ -36,19 +37,41 @@ def known_keys() -> dict[str, frozenset[str]]:
                 found.update(str(key) for key in (loaded.get(block) or {} if block else loaded) if key != "defaults")
         return frozenset(found)
 
+    top = {str(key) for key in OmegaConf.create(configs.joinpath("train.yaml").read_text()) if key != "defaults"}
+    for group in configs.iterdir():
+        if group.is_dir() and group.name != "hydra" and any(file.name.endswith(".yaml") for file in group.iterdir()):
+            top.add(group.name)
+            top.update(_global_keys(group))
     data = OmegaConf.create(configs.joinpath("data", "mp_formation.yaml").read_text())
-    return {"trainer": keys("trainer"), "data": keys("data"), "data.split": frozenset(map(str, data.split)), "graph": keys("model", "graph")}
+    return {
+        "": frozenset(top - {"hydra"}), "trainer": keys("trainer"), "data": keys("data"), "data.split": frozenset(map(str, data.split)),
+        "graph": keys("model", "graph"), "logger": keys("logger"),
+    }
+
+
+def _global_keys(group) -> set[str]:
+    """Top-level keys that the group's `# @package _global_` files set (model files set graph too)."""
+    found = set()
+    for file in group.iterdir():
+        if file.name.endswith(".yaml") and "# @package _global_" in file.read_text():
+            found.update(str(key) for key in OmegaConf.create(file.read_text()) if key != "defaults")
+    return found
 
 
 def check_known_keys(cfg: DictConfig) -> None:
-    """Raise if trainer, data, data.split or graph holds a key nothing reads: a typo added with +, which would else
-    be ignored while the setting it meant keeps its default."""
+    """Raise if the config's top level, trainer, data, data.split, graph or logger holds a key nothing reads: a typo
+    added with +, which would else be ignored while the setting it meant keeps its default."""
     for path, known in known_keys().items():
-        block = OmegaConf.select(cfg, path)
+        block = OmegaConf.select(cfg, path) if path else cfg
         unknown = sorted(str(key) for key in (block or {}) if str(key) not in known)
         if unknown:
-            hints = [f"{path}.{key}" + "".join(f" (did you mean {path}.{close}?)" for close in difflib.get_close_matches(key, known, n=1)) for key in unknown]
-            raise ValueError(f"unknown setting {', '.join(hints)}; the {path} settings are: {', '.join(sorted(known))}")
+            prefix = f"{path}." if path else ""
+            hints = [
+                f"{prefix}{key}" + "".join(f" (did you mean {prefix}{close}?)" for close in difflib.get_close_matches(key, known, n=1))
+                for key in unknown
+            ]
+            where = f"the {path} settings" if path else "the top-level settings"
+            raise ValueError(f"unknown setting {', '.join(hints)}; {where} are: {', '.join(sorted(known))}")
 
 
 def check_group_settings(cfg: DictConfig) -> None:
@@ -72,14 +95,24 @@ def check_group_settings(cfg: DictConfig) -> None:
 
 
 def check_trainer_choices(trainer_cfg: DictConfig) -> None:
-    """Raise if trainer.loss, lr_scaling or precision names an option that does not exist, max_epochs, patience or a
-    batch size is under 1, or ema_decay is out of range."""
+    """Raise if trainer.loss, lr_scaling, precision or graphs_on_device names an option that does not exist,
+    max_epochs, patience or a batch size is under 1, or ema_decay is out of range."""
     for key, default, options in (("loss", "mse", tuple(LOSSES)), ("lr_scaling", "none", RULES), ("precision", "32", PRECISIONS)):
         value = str(trainer_cfg.get(key, default))
         if value not in options:
             raise ValueError(f"trainer.{key} must be one of {', '.join(options)}, not {value!r}")
-    for key in ("max_epochs", "patience", "batch_size", "eval_batch_size"):  # 0 epochs leave no best.pt; patience 0 stops after any first epoch
-        if int(trainer_cfg[key]) < 1:
+    for key in ("max_epochs", "patience", "batch_size", "eval_batch_size", "lr_reference_batch_size"):  # 0 epochs leave no best.pt
+        if int(trainer_cfg.get(key, 1)) < 1:
             raise ValueError(f"trainer.{key} must be at least 1, not {trainer_cfg[key]}")
+    graphs_on_device(trainer_cfg.get("graphs_on_device", "auto"))
     if trainer_cfg.get("ema_decay") is not None:
         checked_decay(trainer_cfg.ema_decay)
+
+
+def graphs_on_device(setting) -> bool | None:
+    """trainer.graphs_on_device: auto (None: when they fit), true or false."""
+    if str(setting).lower() == "auto":
+        return None
+    if isinstance(setting, bool):
+        return setting
+    raise ValueError(f"trainer.graphs_on_device must be auto, true or false, not {setting!r}")

@@ -22,7 +22,7 @@ from crystal_train.data.store import GraphStore
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, trained_graph_version, warn_if_other_graphs
-from crystal_train.training.config_checks import check_settings
+from crystal_train.training.config_checks import check_settings, graphs_on_device
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
 from crystal_train.training.inference import predict, resolve_device
 from crystal_train.training.loggers import check_loggers, make_loggers
@@ -121,7 +121,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)
 
     device = context.device
-    graphs = DeviceGraphs(data.store, device, resident=_graphs_on_device(cfg.trainer.get("graphs_on_device", "auto")))
+    graphs = DeviceGraphs(data.store, device, resident=graphs_on_device(cfg.trainer.get("graphs_on_device", "auto")))
     log.info(
         "Graph tensors (%.0f MiB) %s", graph_tensor_bytes(data.store) / 2**20,
         f"on {device}" if graphs.resident else f"in host memory, each batch pinned and copied to {device}",
@@ -258,15 +258,6 @@ def _check_training_shard(model: torch.nn.Module, store: GraphStore, train: np.n
 
 def _has_batch_norm(model: torch.nn.Module) -> bool:
     return any(isinstance(module, torch.nn.BatchNorm1d) for module in model.modules())
-
-
-def _graphs_on_device(setting) -> bool | None:
-    """trainer.graphs_on_device: auto (None: when they fit), true or false."""
-    if str(setting).lower() == "auto":
-        return None
-    if isinstance(setting, bool):
-        return setting
-    raise ValueError(f"trainer.graphs_on_device must be auto, true or false, not {setting!r}")
 
 
 def _apply_lr_scaling(optimizer: torch.optim.Optimizer, trainer_cfg: DictConfig, world_size: int) -> None:
