@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
+from crystal_train.cli.train import chosen_run_dir
 from crystal_train.cli.train import main as train_main
 
 
@@ -17,7 +18,7 @@ def torchrun_arguments(argv: list[str], environ: dict) -> list[str]:
     if int(environ.get("WORLD_SIZE", "1")) <= 1:
         return []
     extra = []
-    if not any(arg.startswith("hydra.run.dir=") for arg in argv):
+    if chosen_run_dir(argv) is None:  # hydra.run.dir=, +hydra.run.dir= or ++hydra.run.dir= is kept
         launch = f"{environ.get('TORCHELASTIC_RUN_ID', 'none')}-{os.getppid()}"
         extra.append(f"hydra.run.dir=outputs/torchrun/{launch}")
     if int(environ.get("RANK", "0")) > 0:

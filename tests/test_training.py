@@ -629,6 +629,24 @@ def test_sweep_summary_finds_jobs_nested_by_the_sweep_subdir_with_their_config_c
     assert [(row["overrides"], row["status"], row["val_mae"]) for row in rows] == [("optim.lr=0.1", "ok", "0.2"), ("optim.lr=0.3", "failed", "")]
 
 
+def test_sweep_summary_leaves_out_the_jobs_of_an_earlier_sweep_into_the_same_folder(tmp_path):
+    """hydra.sweep.dir=sweeps/lr reused: its job 2 of an earlier, longer sweep (which failed) is neither listed nor counted."""
+    metrics = {split: {"mae": 0.2, "rmse": 1.0, "r2": 0.5} for split in ("val", "test")}
+    for job, files in {"0": {"metrics.json": json.dumps(metrics)}, "1": {"metrics.json": json.dumps(metrics)}, "2": {"error.txt": "ValueError"}}.items():
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(f"- seed={job}\n")
+        for name, text in files.items():
+            (tmp_path / job / name).write_text(text)
+    an_hour_ago = time.time() - 3600
+    for path in (tmp_path / "2").rglob("*"):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    path, failed, jobs = summarize_sweep(tmp_path, since=time.time() - 60)
+    with open(path, newline="") as handle:
+        assert [row["overrides"] for row in csv.DictReader(handle)] == ["seed=0", "seed=1"]
+    assert (failed, jobs) == (0, 2)
+    assert summarize_sweep(tmp_path)[1:] == (1, 3)  # without a start time every job folder counts
+
+
 # ----- 5. torchrun ----------------------------------------------------------------------------
 
 
@@ -719,8 +737,9 @@ def test_torchrun_arguments_share_one_run_dir_and_quiet_other_ranks():
     other = torchrun_arguments(["data=demo"], {"WORLD_SIZE": "2", "TORCHELASTIC_RUN_ID": "other", "RANK": "0"})
     assert [a for a in other if a.startswith("hydra.run.dir=")] != dirs0
     # A run directory given on the command line is kept.
-    given = torchrun_arguments(["hydra.run.dir=/tmp/mine"], {**launch, "RANK": "1"})
-    assert not any(a.startswith("hydra.run.dir=") for a in given) and "hydra.output_subdir=null" in given
+    for given_dir in ("hydra.run.dir=/tmp/mine", "++hydra.run.dir=/tmp/mine"):
+        given = torchrun_arguments([given_dir], {**launch, "RANK": "1"})
+        assert not any(a.startswith("hydra.run.dir=") for a in given) and "hydra.output_subdir=null" in given
 
 
 def test_each_job_of_a_sweep_gets_its_own_deterministic_setting():

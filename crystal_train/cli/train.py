@@ -28,7 +28,7 @@ def main() -> None:
     """crystal-train: a Materials Project API key given as data.api_key=KEY is taken off the command line first, and
     a run directory another training is writing to is refused before Hydra writes into it."""
     sys.argv[1:] = take_api_key_argument(sys.argv[1:])
-    run_dir = _chosen_run_dir(sys.argv[1:])
+    run_dir = chosen_run_dir(sys.argv[1:])
     if run_dir is not None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 takes the lock
         try:
             check_run_dir_free(run_dir)
@@ -37,7 +37,7 @@ def main() -> None:
     train_job()
 
 
-def _chosen_run_dir(arguments: list[str]) -> Path | None:
+def chosen_run_dir(arguments: list[str]) -> Path | None:
     """The hydra.run.dir=DIR of a single run's command line, if given (a sweep's jobs each get their own)."""
     if "-m" in arguments or "--multirun" in arguments:
         return None

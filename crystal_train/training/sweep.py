@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -21,16 +22,24 @@ SUMMARY_COLUMNS = (
 )
 
 
-def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra") -> tuple[Path, int, int]:
+def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since: float | None = None) -> tuple[Path, int, int]:
     """Collect each job's overrides (from Hydra's `output_subdir`) and metrics.json into sweep_dir/sweep_summary.csv.
 
     A job that wrote error.txt (it diverged, was refused or raised) or has no metrics.json gets
     status `failed` and empty metrics (a metrics.json left by an earlier run of it is ignored),
-    and sorts last. Returns (summary path, failed jobs, jobs).
+    and sorts last. With `since` (the sweep's start, a time.time()), job folders no file of which
+    changed since then are an earlier sweep's in the same folder, and are left out.
+    Returns (summary path, failed jobs, jobs).
     """
     sweep_dir = Path(sweep_dir)
+    jobs = _job_dirs(sweep_dir, output_subdir)
+    if since is not None:
+        earlier = [job for job in jobs if _last_change(job) < since]
+        if earlier:
+            log.info("Left out %d job folder(s) of an earlier sweep in %s: %s", len(earlier), sweep_dir, ", ".join(job.name for job in earlier[:5]))
+        jobs = [job for job in jobs if job not in earlier]
     rows = []
-    for run_dir in sorted(_job_dirs(sweep_dir, output_subdir), key=_job_order):
+    for run_dir in sorted(jobs, key=_job_order):
         metrics_path = run_dir / "metrics.json"
         overrides_path = run_dir / output_subdir / "overrides.yaml" if output_subdir else None
         overrides = OmegaConf.load(overrides_path) if overrides_path is not None and overrides_path.exists() else []
@@ -49,6 +58,13 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra") -> tu
     path = sweep_dir / "sweep_summary.csv"
     write_csv(path, SUMMARY_COLUMNS, ([row.get(column, "") for column in SUMMARY_COLUMNS] for row in rows))
     return path, sum(row["status"] == "failed" for row in rows), len(rows)
+
+
+def _last_change(job: Path) -> float:
+    """When the newest file directly in `job` or in its subfolders (.hydra/, checkpoints/) last changed."""
+    times = [path.stat().st_mtime for path in job.iterdir()]
+    times += [path.stat().st_mtime for folder in job.iterdir() if folder.is_dir() for path in folder.iterdir()]
+    return max(times, default=0.0)
 
 
 def _job_order(path: Path) -> tuple:
@@ -70,8 +86,14 @@ class SweepSummaryCallback(Callback):
     """Writes sweep_summary.csv into the multirun directory when the sweep ends; exits with status 1 if a job failed,
     so that a batch script can tell."""
 
+    def __init__(self) -> None:
+        self.started: float | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        self.started = time.time() - 1.0  # a second of slack for coarse file times
+
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
-        path, failed, jobs = summarize_sweep(Path(config.hydra.sweep.dir), config.hydra.output_subdir)
+        path, failed, jobs = summarize_sweep(Path(config.hydra.sweep.dir), config.hydra.output_subdir, since=self.started)
         log.info("Sweep summary: %s", path)
         if failed:
             log.warning("%d of %d jobs failed; their errors are in each job's %s and train.log", failed, jobs, ERROR_FILE)
