@@ -240,6 +240,21 @@ def test_resume_allows_a_longer_run_but_not_a_changed_cosine_schedule_or_learnin
     assert str(last) in str(refused.value)
 
 
+def test_resume_takes_the_same_snapshot_spelled_otherwise_but_not_another_one(tmp_path, monkeypatch):
+    (tmp_path / "data.csv").write_text("x")
+    (tmp_path / "other.csv").write_text("x")
+    saved = _resolved("data.snapshot=data.csv")  # trained from tmp_path
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    check_same_training(saved, _resolved(f"data.snapshot={tmp_path / 'data.csv'}"), tmp_path / "last.pt", str(tmp_path))
+    check_same_training(saved, _resolved("data.snapshot=../data.csv"), tmp_path / "last.pt", str(tmp_path))
+    with pytest.raises(ResumeConfigError, match=r"data\.snapshot: 'data\.csv' -> '.*other\.csv'"):
+        check_same_training(saved, _resolved(f"data.snapshot={tmp_path / 'other.csv'}"), tmp_path / "last.pt", str(tmp_path))
+    with pytest.raises(ResumeConfigError, match=r"data\.snapshot"):  # a checkpoint that saved no launch directory
+        check_same_training(saved, _resolved(f"data.snapshot={tmp_path / 'data.csv'}"), tmp_path / "last.pt")
+
+
 def test_resume_may_add_gradient_clipping_the_divergence_message_advises(tmp_path):
     check_same_training(_resolved(), _resolved("trainer.grad_clip=1.0"), tmp_path / "last.pt")
 

@@ -34,14 +34,16 @@ def should_resume(setting, last: Path) -> bool:
     return setting == "auto" and last.exists()
 
 
-def check_same_training(saved: dict, current: dict, last: Path) -> None:
+def check_same_training(saved: dict, current: dict, last: Path, launch_dir: str | None = None) -> None:
     """Raise ResumeConfigError naming every setting (outside RESUMABLE_CHANGES) that differs from last.pt's.
 
     A setting last.pt lacks that is null here was added to crystal-train since, and null keeps it off.
+    A data.snapshot spelled otherwise (relative to `launch_dir`, where training ran, and absolute now) is no change.
     """
     changes = {
         key: (old, new) for key, (old, new) in config_changes(saved, current).items()
         if not _resumable(key) and not (old is ABSENT and new is None)
+        and not (key == "data.snapshot" and _same_file(old, launch_dir, new))
     }
     if changes:
         listed = "; ".join(f"{key}: {_show(old)} -> {_show(new)}" for key, (old, new) in changes.items())
@@ -50,6 +52,14 @@ def check_same_training(saved: dict, current: dict, last: Path) -> None:
             "them. Rerun with the original settings to continue it, or start a new run: another hydra.run.dir, "
             "or trainer.resume=false to start over in this directory."
         )
+
+
+def _same_file(before, launch_dir: str | None, now) -> bool:
+    """Whether data.snapshot `before` (relative to `launch_dir`) and `now` (relative to here) name one existing file."""
+    if not isinstance(before, str) or not isinstance(now, str) or launch_dir is None:
+        return False
+    before_path, now_path = Path(launch_dir) / Path(before).expanduser(), Path(now).expanduser()
+    return before_path.exists() and now_path.exists() and before_path.resolve() == now_path.resolve()
 
 
 def check_same_lr_scale(saved_world_size: int | None, world_size: int, trainer_cfg, last: Path) -> None:

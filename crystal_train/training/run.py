@@ -89,7 +89,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     with open_dict(cfg):
         cfg.seed = _agreed_seed(_resumed_seed(cfg.get("seed"), saved), context)
     if resume:
-        check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last)
+        check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last, saved.get("launch_dir"))
         check_same_lr_scale(saved.get("world_size"), context.world_size, cfg.trainer, last)
         warn_if_other_graphs(saved, last)
     check_settings(cfg)
