@@ -76,6 +76,7 @@ def test_warm_up_runs_the_first_batches_and_the_last_smaller_one_a_compiler_must
     assert list(warmup_batches(iter(range(4)), None)) == [0, 1, 2, 3]
 
 
+@pytest.mark.slow
 def test_help_documents_every_flag_and_shows_the_example_as_written():
     completed = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True)
     for flag in ("--snapshot", "--limit", "--device", "--models", "--precisions", "--compile", "--batch-size", "--no-baseline"):
@@ -86,6 +87,7 @@ def test_help_documents_every_flag_and_shows_the_example_as_written():
     assert refused.returncode == 2 and "--precisions: fp16 not among 32, tf32, bf16" in refused.stderr
 
 
+@pytest.mark.slow
 def test_graph_benchmark_reports_a_failing_phase_instead_of_waiting_forever(tmp_path):
     """The measuring child dies on a source without the target column; the parent must notice."""
     snapshot = tmp_path / "no_target.csv"

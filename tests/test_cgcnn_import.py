@@ -43,7 +43,13 @@ SAMPLE = SHARED_DATASETS / "cgcnn_sample" / "sample-regression"
 ATOM_INIT = SAMPLE / "atom_init.json"
 PRETRAINED = SHARED_DATASETS / "cgcnn_pretrained"
 REGRESSION_CHECKPOINTS = ("formation-energy-per-atom", "band-gap")
-needs_datasets = pytest.mark.skipif(not SAMPLE.is_dir() or not PRETRAINED.is_dir(), reason=f"{SHARED_DATASETS} is absent")
+USED_FILES = (
+    ATOM_INIT, SAMPLE / "id_prop.csv",
+    *(PRETRAINED / f"{name}.pth.tar" for name in (*REGRESSION_CHECKPOINTS, "semi-metal-classification")),
+)
+needs_datasets = pytest.mark.skipif(
+    not all(path.is_file() for path in USED_FILES), reason=f"{SHARED_DATASETS} lacks the CGCNN sample or pretrained checkpoints"
+)
 
 # CIFData defaults of the reference
 RADIUS, MAX_NUM_NBR, DMIN, STEP = 8.0, 12, 0.0, 0.2

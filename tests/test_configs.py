@@ -40,6 +40,7 @@ class ReachedTheData(Exception):
     """Raised in place of reading the data: the run got past its checks of the settings."""
 
 
+@pytest.mark.slow
 def test_an_overlay_with_another_model_or_scheduler_instantiates_or_is_refused_before_any_work(tmp_path, monkeypatch):
     """Choosing another model or scheduler than an overlay's leaves the overlay's own settings for it in the config:
     where the chosen class cannot take them, the run stops naming them before data are read or files written."""
@@ -76,10 +77,12 @@ def test_experiments_exist_for_both_models_and_targets():
     assert {f"mp2018_{m}_{t}" for m in ("cgcnn", "schnet") for t in ("formation", "gap")} <= set(EXPERIMENTS)
 
 
-@pytest.mark.parametrize("name,required", [("eval", "ckpt"), ("predict", "input")])
-def test_eval_and_predict_configs_compose(name, required):
-    cfg = compose_config(name, [f"{required}=x", "ckpt=x"])
-    assert cfg[required] == "x" and cfg.device == "auto"
+@pytest.mark.parametrize("name,required", [("eval", {"ckpt"}), ("predict", {"ckpt", "input"})])
+def test_eval_and_predict_configs_compose_and_mark_exactly_their_mandatory_settings(name, required):
+    from omegaconf import OmegaConf
+
+    assert set(OmegaConf.missing_keys(compose_config(name, []))) == required
+    assert not OmegaConf.missing_keys(compose_config(name, [f"{key}=x" for key in required]))
 
 
 def test_the_optuna_search_space_names_real_settings_and_parses_as_sweeps():
@@ -98,4 +101,4 @@ def test_the_optuna_search_space_names_real_settings_and_parses_as_sweeps():
     for override in parsed:
         assert OmegaConf.select(cfg, override.key_or_group) is not None, override.key_or_group
     lr = next(override for override in parsed if override.key_or_group == "optim.lr")
-    assert lr.value().tags == {"log"} and (lr.value().start, lr.value().end) == (0.0003, 0.01)
+    assert lr.value().tags == {"log"} and 0 < lr.value().start < cfg.optim.lr < lr.value().end  # log-uniform, around the default

@@ -226,6 +226,7 @@ def test_same_settings_reuse_the_graph_cache(demo_run, tmp_path, caplog):
     assert "Graph cache loaded" in caplog.text and "Graph cache built" not in caplog.text
 
 
+@pytest.mark.slow
 def test_installed_cli_prints_composed_config_from_any_directory(tmp_path):
     """The console script finds its packaged configs when run outside the repository."""
     env = {**os.environ, "PYTHONPATH": ""}
@@ -238,6 +239,7 @@ def test_installed_cli_prints_composed_config_from_any_directory(tmp_path):
     assert "target: band_gap" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command,shown,hidden",
     [
@@ -258,6 +260,7 @@ def test_each_cli_help_shows_its_own_usage(tmp_path, command, shown, hidden):
         assert text not in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "command,args,message",
     [
@@ -275,6 +278,7 @@ def test_missing_mandatory_setting_is_a_usage_line_not_a_traceback(tmp_path, com
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("command", ["crystal-eval", "crystal-predict"])
 def test_an_error_is_one_line_naming_its_cause_and_hydra_full_error_shows_the_traceback(tmp_path, command):
     script = Path(sys.executable).with_name(command)
@@ -357,6 +361,7 @@ def test_eval_finds_a_relative_snapshot_from_another_directory(write_csv, good_r
         evaluate(compose_config("eval", [f"ckpt={without_launch_dir}", f"output={elsewhere}", "device=cpu"]))
 
 
+@pytest.mark.slow
 def test_eval_from_another_directory_finds_the_training_runs_relative_split_file_and_graph_cache(
     write_csv, good_rows, tmp_path, monkeypatch
 ):

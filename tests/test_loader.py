@@ -52,13 +52,17 @@ def test_non_resident_graphs_stay_on_the_host_and_batches_move_to_the_device(cry
         assert moved.device.type == "meta" and moved.shape == expected.shape and moved.dtype == expected.dtype, name
 
 
-def test_iterator_covers_every_crystal_once_per_epoch(crystals_and_store):
+def test_iterator_covers_every_crystal_once_per_epoch_in_a_new_order_each_epoch(crystals_and_store):
     _, store = crystals_and_store
     graphs = DeviceGraphs(store, "cpu", resident=False)
     iterator = BatchIterator(graphs, np.arange(len(store)), batch_size=3, shuffle=True, seed=1)
-    targets = torch.cat([batch.targets for batch in iterator])
-    assert sorted(targets.tolist()) == [float(i) for i in range(len(store))]
+    epochs = [torch.cat([batch.targets for batch in iterator]).tolist() for _ in range(3)]  # targets are the crystals' positions
+    in_order = [float(i) for i in range(len(store))]
+    assert all(sorted(epoch) == in_order for epoch in epochs)
+    assert len({tuple(epoch) for epoch in epochs}) == 3 and in_order not in epochs
     assert len(iterator) == 3
+    unshuffled = BatchIterator(graphs, np.arange(len(store)), batch_size=3)
+    assert [torch.cat([batch.targets for batch in unshuffled]).tolist() for _ in range(2)] == [in_order, in_order]
 
 
 def test_a_batch_size_under_one_is_refused(crystals_and_store):

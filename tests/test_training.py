@@ -255,6 +255,23 @@ def test_resume_takes_the_same_snapshot_spelled_otherwise_but_not_another_one(tm
         check_same_training(saved, _resolved(f"data.snapshot={tmp_path / 'data.csv'}"), tmp_path / "last.pt")
 
 
+def test_resume_true_without_a_checkpoint_is_refused_and_starts_nothing(small_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "history.csv").write_text("epoch\n1\n")  # an earlier training's, without checkpoints
+    with pytest.raises(FileNotFoundError, match=f"trainer.resume=true but there is no {re.escape(str(run_dir / 'checkpoints' / 'last.pt'))}"):
+        train(small_cfg("trainer.resume=true", "trainer.max_epochs=1"), run_dir)
+    assert sorted(path.name for path in run_dir.iterdir()) == [RUN_LOCK, "history.csv"]
+
+
+def test_a_run_without_a_seed_draws_one_and_records_it(small_cfg, tmp_path):
+    run_dir = tmp_path / "run"
+    train(small_cfg("seed=null", "trainer.max_epochs=1"), run_dir)
+    seed = OmegaConf.load(run_dir / "config.yaml").seed
+    assert isinstance(seed, int) and _metrics(run_dir)["seed"] == seed
+    assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["config"]["seed"] == seed
+
+
 def test_resume_may_add_gradient_clipping_the_divergence_message_advises(tmp_path):
     check_same_training(_resolved(), _resolved("trainer.grad_clip=1.0"), tmp_path / "last.pt")
 
@@ -265,7 +282,7 @@ def test_a_resume_setting_other_than_auto_true_or_false_is_refused_not_taken_as_
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints" / "last.pt").write_bytes(b"a training's checkpoint")
     with pytest.raises(ValueError, match=rf"trainer.resume must be auto, true or false, not '{shown}'"):
-        train(small_cfg(f"trainer.resume={setting}"), run_dir)
+        train(small_cfg(f"trainer.resume={setting}", "trainer.max_epochs=1"), run_dir)
     assert sorted(path.name for path in run_dir.iterdir()) == [RUN_LOCK, "checkpoints"]  # nothing set aside
 
 
@@ -343,7 +360,7 @@ def test_a_run_directory_another_training_is_writing_to_is_refused(small_cfg, tm
     with held_or_refused(run_dir / RUN_LOCK, "test holds it"):
         with pytest.raises(LockHeldError, match=rf"another crystal-train run is writing to {re.escape(str(run_dir))}: give this one another"):
             train(small_cfg("trainer.max_epochs=1"), run_dir)
-        command = [CRYSTAL_TRAIN, *SMALL, *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+        command = [CRYSTAL_TRAIN, *SMALL, "trainer.max_epochs=1", *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
         result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
     assert result.returncode == 1 and "another crystal-train run is writing to" in result.stdout + result.stderr
     # the directory's files are the running training's: the refused one wrote nothing there, not even Hydra's .hydra/ and log
@@ -517,6 +534,11 @@ def test_cli_reports_a_bad_setting_in_one_line_and_keeps_the_traceback_in_error_
     assert f"(the traceback is in {run_dir / 'error.txt'})" in output and "Traceback" not in output
     error = (run_dir / "error.txt").read_text()
     assert error.startswith("ValueError: unknown setting trainer.max_epoch") and "Traceback (most recent call last)" in error
+
+    fixed = [CRYSTAL_TRAIN, *SMALL, "trainer.max_epochs=1", *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+    result = subprocess.run(fixed, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert not (run_dir / "error.txt").exists()  # it described the failed attempt, not this run
 
 
 @pytest.mark.slow
@@ -804,6 +826,44 @@ def test_schedulers_compose_and_set_the_lr(small_cfg, tmp_path, overrides, expec
 
 
 @pytest.mark.slow
+def test_plateau_scheduler_halves_the_lr_after_an_epoch_without_improvement(small_cfg, tmp_path):
+    """An absolute threshold of 1000 makes every epoch after the first one without improvement; patience 0 acts at once."""
+    cfg = small_cfg("scheduler.patience=0", "+scheduler.threshold=1000", "+scheduler.threshold_mode=abs", "trainer.max_epochs=3", "optim.lr=0.002")
+    assert cfg.scheduler._target_ == "torch.optim.lr_scheduler.ReduceLROnPlateau"
+    assert _train_lrs(cfg, tmp_path / "run") == pytest.approx([0.002, 0.002, 0.001], rel=1e-9)
+
+
+@pytest.mark.slow
+def test_l1_loss_is_the_normalised_mae_and_mse_is_not(small_cfg, tmp_path):
+    """trainer.loss=l1 trains on mean |error| of the normalised targets: train_loss × std is the train MAE."""
+    for loss in ("l1", "mse"):
+        run_dir = tmp_path / loss
+        train(small_cfg(f"trainer.loss={loss}", "trainer.max_epochs=2"), run_dir)
+        std = load_checkpoint(run_dir / "checkpoints" / "last.pt")["normalizer"]["std"]
+        ratios = [float(row["train_loss"]) * std / float(row["train_mae"]) for row in _history(run_dir)]
+        assert (ratios == pytest.approx([1.0, 1.0], rel=1e-4)) is (loss == "l1"), (loss, ratios)
+
+
+@pytest.mark.slow
+def test_gradient_clipping_bounds_the_norm_of_every_step(small_cfg, tmp_path, monkeypatch):
+    norms = []
+    step = torch.optim.SGD.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.SGD, "step", recording_step)
+    train(small_cfg("optim=sgd", "trainer.max_epochs=1"), tmp_path / "free")
+    free = list(norms)
+    norms.clear()
+    train(small_cfg("optim=sgd", "trainer.max_epochs=1", "trainer.grad_clip=0.01"), tmp_path / "clipped")
+    assert min(free) > 0.01 and len(norms) == len(free)
+    assert max(norms) <= 0.01 * (1 + 1e-5) and min(norms) >= 0.01 * (1 - 1e-3)
+
+
+@pytest.mark.slow
 def test_linear_lr_scaling_sets_the_lr_the_scheduler_starts_from(small_cfg, tmp_path):
     # batch 16 against a reference of 4: the cosine schedule runs from 4 × optim.lr.
     cfg = small_cfg("scheduler=cosine", "trainer.max_epochs=2", "optim.lr=0.001", "trainer.lr_scaling=linear", "trainer.lr_reference_batch_size=4")
@@ -897,7 +957,7 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
     ],
 )
 def test_unknown_trainer_option_is_refused_before_any_data_are_read(setting, message, tmp_path):
-    cfg = compose_config("train", [*SMALL, *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", setting])
+    cfg = compose_config("train", [*SMALL, *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1", setting])
     with pytest.raises(ValueError, match=message):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "cache").exists()
