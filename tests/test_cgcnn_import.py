@@ -158,6 +158,17 @@ def test_pretrained_classification_rejected(tmp_path):
 
 
 @needs_datasets
+def test_evaluate_converted_checkpoint_on_an_mp_csv_names_the_target_and_its_units(tmp_path, monkeypatch, write_csv, good_rows):
+    monkeypatch.setenv("CRYSTAL_TRAIN_CACHE", str(tmp_path / "cache"))
+    ckpt = PRETRAINED / "formation-energy-per-atom.pth.tar"
+    base = [f"ckpt={ckpt}", f"atom_init={ATOM_INIT}", f"data.snapshot={write_csv(good_rows)}", "device=cpu"]
+    report = evaluate(compose_config("eval", [*base, "data.target=formation_energy_per_atom", f"output={tmp_path / 'eval'}"]))
+    assert (report["target"], report["units"], report["source"]["n"]) == ("formation_energy_per_atom", "eV/atom", len(good_rows))
+    gap = evaluate(compose_config("eval", [*base, "data.target=band_gap", "data.units=eV_PBE", f"output={tmp_path / 'gap'}"]))
+    assert (gap["target"], gap["units"]) == ("band_gap", "eV_PBE")
+
+
+@needs_datasets
 def test_evaluate_converted_checkpoint_on_cgcnn_folder(tmp_path, monkeypatch):
     """crystal-eval scores the original checkpoint on a CGCNN folder: every crystal in one split, reference predictions."""
     monkeypatch.setenv("CRYSTAL_TRAIN_CACHE", str(tmp_path / "cache"))
@@ -168,6 +179,7 @@ def test_evaluate_converted_checkpoint_on_cgcnn_folder(tmp_path, monkeypatch):
     )
     report = evaluate(cfg)
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(report))
+    assert (report["target"], report["units"]) == ("target", "")  # id_prop.csv does not say what its labels are
     assert sum(report[split]["n"] for split in ("train", "val", "test")) == 10
     raw = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert report["best_epoch"] == raw["epoch"] and report["checkpoint"] == str(ckpt)
@@ -259,7 +271,7 @@ def test_converted_model_equals_original(tmp_path):
     packaged = OmegaConf.to_container(OmegaConf.load(REPO / "crystal_train" / "configs" / "data" / "mp_formation.yaml"))
     data = checkpoint["config"]["data"]
     assert data.keys() == packaged.keys() and data["split"] == packaged["split"]
-    assert (data["target"], data["units"], data["snapshot"]) == ("target", "", None)
+    assert (data["target"], data["units"], data["snapshot"]) == ("target", None, None)
     table = checkpoint["model_state"]["atom_features"]
     assert table.shape == (MAX_Z + 1, 92) and torch.equal(table[:9], model.atom_features) and not table[9:].any()
     converted = model_from_checkpoint(checkpoint).eval()

@@ -103,7 +103,7 @@ def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, 
     ))
     assert named["target"] == "e_form" and named["units"] == "eV/atom"
     assert named["source"]["mae"] == pytest.approx(report["source"]["mae"], rel=1e-6)  # the same crystals and labels as before
-    with pytest.raises(ValueError, match="data.target name columns of another source: give it with data.snapshot=PATH"):
+    with pytest.raises(ValueError, match="data.target describe another source: give it with data.snapshot=PATH"):
         evaluate(compose_config("eval", [*base[:1], "data.target=e_form", "device=cpu", f"output={tmp_path / 'no_source'}"]))
 
 

@@ -179,6 +179,15 @@ def test_cgcnn_folder(tmp_path):
     assert (crystal.id, crystal.target) == ("mp-1", -2.1)
 
 
+@pytest.mark.parametrize(("units", "shown"), [(None, ""), ("GPa", "GPa")])
+def test_a_cgcnn_folders_unnamed_labels_are_called_target_not_the_configs_quantity(compose_train_cfg, tmp_path, units, shown):
+    """id_prop.csv says nothing of what its numbers are: reports must not call them formation energies in eV/atom."""
+    folder = _cgcnn_folder(tmp_path / "cgcnn")
+    cfg = compose_train_cfg(["data=mp_formation", f"data.snapshot={folder}", f"data.units={units or 'null'}"], tmp_path)
+    data = prepare_data(cfg.data, graph_settings(cfg.graph), progress=False)
+    assert (data.target, data.units) == ("target", shown)
+
+
 def test_cgcnn_file_deleted_after_loading_is_skipped(tmp_path):
     data = load_source(_cgcnn_folder(tmp_path / "cgcnn"), "y")
     os.remove(tmp_path / "cgcnn" / "mp-2.cif")

@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 
 WHOLE_SOURCE = "source"  # the metrics.json entry for every crystal of another source
 SPLIT_FROM = ("auto", "checkpoint", "data")
-SOURCE_COLUMNS = ("target", "id_column", "cif_column")  # data.KEY of eval.yaml, applied to another source
+SOURCE_SETTINGS = ("target", "id_column", "cif_column", "units")  # data.KEY of eval.yaml, applied to another source
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -45,9 +45,9 @@ def evaluate(cfg: DictConfig) -> dict:
     whole_source = other_source and cfg.get("split") is None
     names = (WHOLE_SOURCE,) if whole_source else _split_names(str(cfg.get("split") or "test"))
     saved = checkpoint.get("split_ids")
-    columns = {key: cfg.data.get(key) for key in SOURCE_COLUMNS if cfg.data.get(key) is not None}
+    columns = {key: cfg.data.get(key) for key in SOURCE_SETTINGS if cfg.data.get(key) is not None}
     if columns and not other_source:
-        raise ValueError(f"{', '.join(f'data.{key}' for key in columns)} name columns of another source: give it with data.snapshot=PATH")
+        raise ValueError(f"{', '.join(f'data.{key}' for key in columns)} describe another source: give it with data.snapshot=PATH")
     if other_source:
         train_cfg.data.snapshot = str(cfg.data.snapshot)
         train_cfg.data.limit = None

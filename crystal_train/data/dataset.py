@@ -187,7 +187,7 @@ def _plan_source(data_cfg, cache_dir: Path) -> _SourcePlan:
             description=f"built-in demo dataset ({num} EMT alloys, not Materials Project data)",
             read=lambda: (build_demo_crystals(num, seed), _identity, []),
         )
-    from crystal_train.data.sources import content_fingerprint, load_source, to_crystal
+    from crystal_train.data.sources import CGCNN_LABELS, CGCNN_TARGET, content_fingerprint, is_cgcnn_folder, load_source, to_crystal
 
     if snapshot is None:
         if kind != "materials_project":
@@ -200,6 +200,12 @@ def _plan_source(data_cfg, cache_dir: Path) -> _SourcePlan:
         )
     path = Path(snapshot).expanduser()
     id_column, cif_column = data_cfg.get("id_column"), data_cfg.get("cif_column")
+    if is_cgcnn_folder(path) and target != CGCNN_TARGET:
+        log.info(
+            "%s is a CGCNN folder: its %s holds one unnamed label per crystal, reported as %r (not %s), in data.units (%s)",
+            path, CGCNN_LABELS, CGCNN_TARGET, target, data_cfg.get("units") or "none given",
+        )
+        target = CGCNN_TARGET
 
     def read():
         data = load_source(path, target, id_column=id_column, cif_column=cif_column)

@@ -41,6 +41,7 @@ SPLITS = ("train", "val", "test")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
 JSON_SUFFIXES = (".json", ".json.gz")
 CGCNN_LABELS = "id_prop.csv"
+CGCNN_TARGET = "target"  # what a CGCNN folder's unnamed labels are called
 
 
 @dataclass
@@ -66,6 +67,11 @@ class SourceData:
     metadata: dict = field(default_factory=dict)
 
 
+def is_cgcnn_folder(path: Path) -> bool:
+    """Whether `path` is a CGCNN data folder (id_prop.csv beside <id>.cif files)."""
+    return path.is_dir() and (path / CGCNN_LABELS).is_file()
+
+
 def load_source(
     path: str | Path, target: str, id_column: str | None = None, cif_column: str | None = None
 ) -> SourceData:
@@ -73,7 +79,7 @@ def load_source(
     path = Path(path)
     _require_existing(path)
     if path.is_dir():
-        if (path / CGCNN_LABELS).is_file():
+        if is_cgcnn_folder(path):
             return _load_cgcnn_folder(path, target)
         if any((path / f"{split}.csv").is_file() for split in SPLITS):
             return _load_split_folder(path, target, id_column, cif_column)

@@ -143,5 +143,5 @@ def _data_config() -> dict:
     """configs/data/mp_formation.yaml with a placeholder target: score with data.snapshot=PATH."""
     text = resources.files("crystal_train.configs").joinpath("data", "mp_formation.yaml").read_text()
     config = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
-    config.update(name="cgcnn_reference", target="target", units="", snapshot=None)
+    config.update(name="cgcnn_reference", target="target", units=None, snapshot=None)  # units follow data.target= when scored
     return config
