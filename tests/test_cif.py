@@ -212,7 +212,7 @@ def test_a_poscar_with_two_atoms_at_one_position_is_skipped_naming_them(tmp_path
     """pymatgen's POSCAR reader keeps both (its CIF reader would merge them): the edge between them would vanish."""
     path = tmp_path / "POSCAR_doubled"
     path.write_text(POSCAR.replace("  0.666667 0.333333 0.88\n", "  0.333333 0.666667 0.38\n"))
-    with pytest.raises(SkippedItem, match=r"sites 2 and 3 \(counting from 0\) are at the same position"):
+    with pytest.raises(SkippedItem, match=r"two sites at one position: sites 2 and 3, counting from 0"):
         read_structure_file(path)
 
 

@@ -326,3 +326,16 @@ def test_crystals_with_atoms_closer_than_any_bond_are_named(caplog):
         report_skipped(store)
     assert "2 crystal(s) have atoms under 0.5 Å apart" in caplog.text
     assert caplog.text.rstrip().endswith("squeezed, bohr-as-angstrom")
+
+
+def test_the_skip_summary_counts_reasons_by_kind_and_names_only_the_commonest(caplog):
+    store = build_store([Crystal("dense", np.eye(3) * 3.0, np.array([26]), np.zeros((1, 3)))], lambda c: c, ALL, num_workers=1, progress=False)
+    store.skipped = [(f"mp-{n}", f"invalid label 'Ac{n}' (not a finite number)") for n in range(40)]
+    store.skipped += [("a", "partial occupancy or disorder (site 0: Zn0.5)"), ("b", "missing file b.cif"), ("c", "missing file c.cif")]
+    store.skipped += [(kind, f"{kind}: particulars") for kind in ("k1", "k2", "k3", "k4", "k5")]
+    with caplog.at_level("WARNING"):
+        report_skipped(store, listed_in="skipped.csv")
+    assert (
+        "Skipped 48 item(s) (40 invalid label; 2 missing file; 1 partial occupancy or disorder; 1 k1; 1 k2; 1 k3; 2 for 2 other reason(s)); "
+        "listed with their reasons in skipped.csv"
+    ) in caplog.text

@@ -179,6 +179,15 @@ def test_cgcnn_folder(tmp_path):
     assert (crystal.id, crystal.target) == ("mp-1", -2.1)
 
 
+def test_a_text_column_as_target_is_one_error_naming_it_not_a_skip_per_row(tmp_path, write_csv, good_rows):
+    path = write_csv([{**row, "formula": f"X{n}"} for n, row in enumerate(good_rows)])
+    with pytest.raises(ValueError, match=r"data\.csv: target column 'formula' holds no numbers \(e\.g\. 'X0'\): the target must be a numeric column"):
+        load_source(path, "formula")
+    some_bad = write_csv([{**row, "formation_energy_per_atom": "n/a" if n == 0 else row["formation_energy_per_atom"]} for n, row in enumerate(good_rows)], "some.csv")
+    data = load_source(some_bad, "formation_energy_per_atom")
+    assert len(data.items) == len(good_rows) - 1 and data.skipped[0][1].startswith("invalid label 'n/a'")
+
+
 @pytest.mark.parametrize(("units", "shown"), [(None, ""), ("GPa", "GPa")])
 def test_a_cgcnn_folders_unnamed_labels_are_called_target_not_the_configs_quantity(compose_train_cfg, tmp_path, units, shown):
     """id_prop.csv says nothing of what its numbers are: reports must not call them formation energies in eV/atom."""
@@ -314,7 +323,7 @@ def test_to_crystal_rejects_bad_structures():
     with pytest.raises(SkippedItem, match="degenerate cell: 0.005 Å thick"):
         to_crystal(RawItem("x", 1.0, None, structure=flat))
     stacked = {"lattice": np.diag([5.0, 5.0, 5.0]).tolist(), "numbers": [3, 8, 3], "frac_coords": [[0, 0, 0], [0.5, 0.5, 0.5], [1 - 1e-6, 0, 0]]}
-    with pytest.raises(SkippedItem, match=r"sites 0 and 2 \(counting from 0\) are at the same position"):
+    with pytest.raises(SkippedItem, match=r"two sites at one position: sites 0 and 2, counting from 0"):
         to_crystal(RawItem("x", 1.0, None, structure=stacked))
     for lattice, coords in (([[5, 0, 0], [0, 5, 0], [0, 0, float("inf")]], [0, 0, 0]), (np.eye(3).tolist(), [0, float("nan"), 0])):
         with pytest.raises(SkippedItem, match=r"the cell or the atom positions hold a non-finite number \(nan or inf\)"):

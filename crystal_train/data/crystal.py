@@ -36,7 +36,7 @@ def check_geometry(lattice: np.ndarray, frac_coords: np.ndarray, item_id: str) -
         raise SkippedItem(item_id, f"degenerate cell: {thickness:.3g} Å thick, under {MIN_CELL_THICKNESS} Å")
     pair = coinciding_sites(frac_coords)
     if pair is not None:
-        raise SkippedItem(item_id, f"sites {pair[0]} and {pair[1]} (counting from 0) are at the same position")
+        raise SkippedItem(item_id, f"two sites at one position: sites {pair[0]} and {pair[1]}, counting from 0")
 
 
 @dataclass

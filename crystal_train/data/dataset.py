@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import re
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -30,6 +32,7 @@ READER_VERSION = 4
 # crystals; plain rounding within each split could give one more or fewer).
 SUBSET_DRAW_VERSION = 2
 
+SHOWN_KINDS = 6  # skip reasons named in the log line; skipped.csv lists every item's
 # Å; atoms closer than this get a warning: shorter than any bond, so the structure is likely broken.
 CLOSE_ATOMS = 0.5
 
@@ -146,12 +149,11 @@ def check_target_floor(store: GraphStore, target: str, minimum: float | None) ->
 def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:
     """One log line each summarising skipped items, isolated atoms and atoms implausibly close together."""
     if store.skipped:
-        reasons: dict[str, int] = {}
-        for _, reason in store.skipped:
-            kind = reason.split(":")[0]
-            reasons[kind] = reasons.get(kind, 0) + 1
-        summary = "; ".join(f"{count} {kind}" for kind, count in sorted(reasons.items()))
-        log.warning("Skipped %d items (%s); listed in %s", len(store.skipped), summary, listed_in)
+        kinds = Counter(_reason_kind(reason) for _, reason in store.skipped).most_common()
+        summary = "; ".join(f"{count} {kind}" for kind, count in kinds[:SHOWN_KINDS])
+        if len(kinds) > SHOWN_KINDS:
+            summary += f"; {sum(count for _, count in kinds[SHOWN_KINDS:])} for {len(kinds) - SHOWN_KINDS} other reason(s)"
+        log.warning("Skipped %d item(s) (%s); listed with their reasons in %s", len(store.skipped), summary, listed_in)
     if store.isolated_atoms:
         crystals = store.crystals_with_isolated_atoms()
         log.warning(
@@ -165,6 +167,11 @@ def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:
             "are probably wrong (units, cell or coordinates) and their predictions meaningless: %s%s",
             crowded.size, CLOSE_ATOMS, ", ".join(store.ids[i] for i in crowded[:5]), ", ..." if crowded.size > 5 else "",
         )
+
+
+def _reason_kind(reason: str) -> str:
+    """A skip reason without its particulars: "invalid label 'Ac' (not a finite number)" -> "invalid label"."""
+    return re.split(r":| \(| '| \S+\.(?:cif|vasp)\b", reason, maxsplit=1)[0][:80]
 
 
 def _plan_source(data_cfg, cache_dir: Path) -> _SourcePlan:

@@ -192,7 +192,7 @@ def _load_cgcnn_folder(folder: Path, target: str) -> SourceData:
     if frame.shape[1] != 2:
         raise ValueError(f"{labels_file} must have 2 columns (id, label) and no header; found {frame.shape[1]}")
     builder = _ItemBuilder()
-    labels = _parse_labels(frame[1])
+    labels = _parse_labels(frame[1], f"{labels_file}: its label column")
     for row, (item_id, raw, label) in enumerate(zip(frame[0].str.strip(), frame[1], labels), start=1):
         cif = folder / f"{item_id}.cif"
         if not builder.accept(item_id, raw, label, f"{CGCNN_LABELS} line {row}"):
@@ -240,7 +240,7 @@ def _load_snapshot(path: Path, data: dict, target: str) -> SourceData:
     builder = _ItemBuilder()
     records = data["records"]
     raws = [record.get("targets", {}).get(target) for record in records]
-    labels = _parse_labels(pd.Series(raws, dtype=object))
+    labels = _parse_labels(pd.Series(raws, dtype=object), f"{path}: target {target!r}")
     for index, (record, raw, label) in enumerate(zip(records, raws, labels)):
         item_id = "" if record.get("id") is None else str(record["id"])
         if not builder.accept(item_id, raw, label, f"{path.name} record {index}"):
@@ -295,7 +295,7 @@ class _ItemBuilder:
             if disagree:
                 raise ValueError(f"{path}: its name makes every row {split!r}, but its split column says {', '.join(disagree)}")
             splits = [split] * len(frame)
-        labels = _parse_labels(frame[target])
+        labels = _parse_labels(frame[target], f"{path}: target column {target!r}")
         rows = zip(frame[id_col], frame[target], labels, frame[struct_col], splits)
         for index, (item_id, raw, label, payload, row_split) in enumerate(rows):
             item_id = "" if _is_missing(item_id) else str(item_id).strip()
@@ -353,11 +353,16 @@ def _row_splits(frame: pd.DataFrame, path: Path) -> list[str | None]:
     return values
 
 
-def _parse_labels(raw: pd.Series) -> np.ndarray:
-    """Floats for every raw label; NaN where the value is missing or not a number."""
+def _parse_labels(raw: pd.Series, what: str) -> np.ndarray:
+    """Floats for every raw label; NaN where the value is missing or not a number. ValueError naming `what` when
+    values are given but none is a number: a text column (data.target=formula), not a few bad labels."""
     if raw.dtype == object:
         raw = raw.map(lambda v: str(v).strip() if isinstance(v, str) else v)
-    return pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    labels = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    given = [value for value in raw if not _is_missing(value) and not (isinstance(value, str) and not value)]
+    if given and not np.isfinite(labels).any():
+        raise ValueError(f"{what} holds no numbers (e.g. {given[0]!r}): the target must be a numeric column")
+    return labels
 
 
 def _label_reason(raw) -> str:
