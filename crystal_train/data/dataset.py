@@ -26,7 +26,8 @@ FEATURES_VERSION = "cgcnn-elements-v1"
 # several structures is skipped, a split column named in any case, such as "Split", is read and
 # must agree with a split folder's file names, and skip reasons say why pymatgen dropped a CIF block;
 # 3: a CIF whose formula lists elements no atom site holds, and a POSCAR without element names, are skipped;
-# 4: a CIF of two blocks with atoms is skipped also when they share a name, or one is unreadable).
+# 4: a CIF of two blocks with atoms is skipped also when they share a name, or one is unreadable; the reasons for
+# partial occupancy and coinciding sites name the site first and lead with their kind).
 READER_VERSION = 4
 # How a data.limit subset is drawn, part of the key of limited caches only (2: exactly `limit`
 # crystals; plain rounding within each split could give one more or fewer).
