@@ -65,7 +65,7 @@ def test_parity_figure_labels_metrics_and_equal_limits():
     targets, predictions = _noisy(200)
     figure = make_parity_figure(targets, predictions, "band gap", "eV", split="val", title="CGCNN — val split")
     ax = figure.axes[0]
-    assert ax.get_xlabel() == "DFT band gap (eV)"
+    assert ax.get_xlabel() == "Reference band gap (eV)"
     assert ax.get_ylabel() == "Predicted band gap (eV)"
     assert ax.get_title() == "CGCNN — val split"
     assert ax.get_xlim() == ax.get_ylim()
@@ -133,7 +133,7 @@ def test_learning_curve_figure_marks_best_epoch_and_lr_axis():
     assert lr_ax.get_ylabel() == "learning rate" and lr_ax.get_yscale() == "log"
     best = min(history, key=lambda row: row["val_mae"])
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
-    assert labels[:2] == ["train MAE", "val MAE"] and labels[-1] == "learning rate"
+    assert labels[:2] == ["train MAE (running, training mode)", "val MAE"] and labels[-1] == "learning rate"
     assert f"best val {best['val_mae']:#.3g} eV/atom (epoch {best['epoch']})" in labels
     assert ax.get_yscale() == "log"  # MAE spans 1.0 .. 0.083 plus val, more than a decade
 

@@ -69,7 +69,8 @@ def make_parity_figure(
     split: str = "test",
     title: str | None = None,
 ) -> Figure:
-    """Predicted vs DFT values: scatter (or log-count hexbin when dense), y = x and metrics."""
+    """Predicted vs reference values (the data's labels: DFT for Materials Project, EMT for the demo): scatter (or
+    log-count hexbin when dense), y = x and metrics."""
     targets = np.asarray(targets, dtype=np.float64).ravel()
     predictions = np.asarray(predictions, dtype=np.float64).ravel()
     if targets.shape != predictions.shape:
@@ -81,7 +82,7 @@ def make_parity_figure(
 
     figure = _new_figure()
     ax = figure.add_subplot()
-    ax.set_xlabel(_axis_label(f"DFT {target_name}", units))
+    ax.set_xlabel(_axis_label(f"Reference {target_name}", units))
     ax.set_ylabel(_axis_label(f"Predicted {target_name}", units))
     ax.set_title(title if title is not None else f"{split} split")
 
@@ -148,7 +149,7 @@ def make_learning_curve_figure(history: list[dict], units: str, best_epoch: int 
     epochs = _column(history, "epoch")
     train_mae, val_mae, lr = _column(history, "train_mae"), _column(history, "val_mae"), _column(history, "lr")
     marker = "o" if len(history) <= 50 else None
-    ax.plot(epochs, train_mae, color=_TRAIN_COLOR, marker=marker, markersize=3, label="train MAE")
+    ax.plot(epochs, train_mae, color=_TRAIN_COLOR, marker=marker, markersize=3, label="train MAE (running, training mode)")
     ax.plot(epochs, val_mae, color=_VAL_COLOR, marker=marker, markersize=3, label="val MAE")
     best = _marked_epoch_index(epochs, val_mae, best_epoch)
     if best is not None:
