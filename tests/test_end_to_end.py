@@ -17,7 +17,7 @@ from conftest import DEMO_OVERRIDES, cif_folder, cif_text, good_structures
 from pymatgen.core.operations import SymmOp
 
 from crystal_train.cli.evaluate import evaluate
-from crystal_train.cli.predict import file_ids, run_predict, structure_files
+from crystal_train.cli.predict import file_ids, output_file, run_predict, structure_files
 from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.training.checkpoint import load_checkpoint, load_model, save_checkpoint
 from crystal_train.training.run import train
@@ -418,9 +418,10 @@ def test_eval_of_a_copy_of_the_training_data_scores_the_saved_split(write_csv, g
     assert (f"{len(seen)} of the 3 crystals scored as test were in the train split" in caplog.text) is bool(seen)
 
 
-def test_predict_into_a_folder_is_refused_before_any_work(tmp_path):
-    with pytest.raises(IsADirectoryError, match=r"output=.* is a folder: give the CSV file to write, e.g. output=.*predictions\.csv"):
-        run_predict(compose_config("predict", [f"ckpt={tmp_path / 'missing.pt'}", f"input={tmp_path}", f"output={tmp_path}", "device=cpu"]))
+def test_predict_output_may_be_a_file_or_a_folder_that_exists_or_ends_in_a_slash(tmp_path):
+    assert output_file(str(tmp_path / "preds.csv")) == tmp_path / "preds.csv"
+    assert output_file(str(tmp_path)) == tmp_path / "predictions.csv"  # an existing folder
+    assert output_file(f"{tmp_path / 'new'}/") == tmp_path / "new" / "predictions.csv"  # not a file named new
 
 
 @pytest.mark.parametrize("overwritten", ["best.pt", "in/a.cif", "atom_init.json"])

@@ -26,6 +26,8 @@ from crystal_train.training.inference import resolve_device
 
 log = logging.getLogger(__name__)
 
+DEFAULT_OUTPUT_NAME = "predictions.csv"  # written into a folder given as output=
+
 def structure_files(inputs) -> list[Path]:
     """The structure files that `input=` names: a file, a folder (its structure files), a glob, or a list of these."""
     entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
@@ -98,9 +100,7 @@ def file_ids(files: list[Path]) -> list[str]:
 
 def run_predict(cfg: DictConfig) -> Path:
     """Predict every readable structure; unreadable ones are logged and listed beside the output."""
-    output = Path(cfg.output).expanduser()
-    if output.is_dir():
-        raise IsADirectoryError(f"output={cfg.output} is a folder: give the CSV file to write, e.g. output={output / 'predictions.csv'}")
+    output = output_file(str(cfg.output))
     skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
     files = structure_files(cfg.input)
     ckpts = checkpoint_paths(cfg.ckpt)
@@ -130,6 +130,12 @@ def run_predict(cfg: DictConfig) -> Path:
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
     log.info("Wrote %d predictions of %s%s by %s to %s", len(store), checkpoint.get("target"), units, ensemble.name, output)
     return output
+
+
+def output_file(output: str) -> Path:
+    """The CSV that `output=` names: the file itself, or predictions.csv in a folder (one that exists, or ends in /)."""
+    path = Path(output).expanduser()
+    return path / DEFAULT_OUTPUT_NAME if path.is_dir() or output.endswith(("/", os.sep)) else path
 
 
 def _refuse_overwriting(inputs: list[Path], outputs: tuple[Path, ...]) -> None:
