@@ -138,6 +138,21 @@ def test_checkpoints_of_another_target_or_graph_are_refused_by_name(two_members,
     assert not (tmp_path / "e").exists() and not (tmp_path / "p.csv").exists()
 
 
+def test_checkpoints_trained_on_different_data_are_named_in_a_warning(two_members, tmp_path, caplog):
+    from crystal_train.training.ensemble import Ensemble
+
+    first, second = two_members
+    checkpoint = load_checkpoint(second)
+    config = checkpoint["config"]
+    on_mp = _variant(checkpoint, tmp_path / "mp.pt", config={**config, "data": {**config["data"], "snapshot": "/data/mp2018.csv.xz"}})
+    with caplog.at_level(logging.WARNING):
+        Ensemble.load([first, second], torch.device("cpu"))
+    assert "different data" not in caplog.text  # two seeds of one dataset
+    with caplog.at_level(logging.WARNING):
+        Ensemble.load([first, on_mp], torch.device("cpu"))
+    assert f"The checkpoints trained on different data ({first}: demo, 120 crystals; {on_mp}: mp2018.csv.xz)" in caplog.text
+
+
 def test_ckpt_takes_one_path_or_a_list_of_different_files(tmp_path, monkeypatch):
     assert checkpoint_paths("run/best.pt") == [Path("run/best.pt")]
     assert checkpoint_paths(compose_config("eval", ["ckpt=[a.pt,b.pt]"]).ckpt) == [Path("a.pt"), Path("b.pt")]

@@ -6,6 +6,7 @@ ensemble of one, so both tools have one code path.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from crystal_train.data.graphs import GraphSettings
 from crystal_train.training.checkpoint import load_model, trained_precision
 from crystal_train.training.inference import predict
 from crystal_train.training.metrics import Normalizer
+
+log = logging.getLogger(__name__)
 
 
 def checkpoint_paths(ckpt) -> list[Path]:
@@ -56,6 +59,15 @@ class Member:
     def settings(self) -> GraphSettings:
         return graph_settings(self.checkpoint["config"]["graph"])
 
+    @property
+    def data(self) -> str:
+        """What it trained on, as far as its config tells: the source (its file name), and a demo's size or a subset."""
+        data = self.checkpoint["config"].get("data", {})
+        snapshot = data.get("snapshot")
+        source = Path(str(snapshot)).name if snapshot is not None else str(data.get("source", "materials_project"))
+        size = f", {data.get('num_crystals')} crystals" if source == "demo" else ""
+        return source + size + (f", data.limit={data['limit']}" if data.get("limit") is not None else "")
+
 
 class Ensemble:
     """Checkpoints of the same target and graph settings, predicting their mean; one checkpoint is the plain model."""
@@ -70,6 +82,12 @@ class Ensemble:
                         "the checkpoints of an ensemble must share their target and graph settings"
                     )
         self.members = members
+        trained_on = {member.data for member in members}
+        if len(trained_on) > 1:
+            log.warning(
+                "The checkpoints trained on different data (%s): their mean mixes models that learnt from different crystals",
+                "; ".join(f"{member.path}: {member.data}" for member in members),
+            )
 
     @classmethod
     def load(cls, paths: list[Path], device: torch.device, atom_init: str | None = None) -> Ensemble:
