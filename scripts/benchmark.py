@@ -294,7 +294,7 @@ def library_versions() -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    device = resolve_device(args.device)
+    device = resolve_device(args.device, "--device")
     report = {
         "snapshot": args.snapshot or "demo",
         "limit": args.limit,

@@ -951,6 +951,9 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("+graph.max_neighbours=8", "unknown setting graph.max_neighbours \\(did you mean graph.max_neighbors\\?\\)"),
         ("+sed=1", "unknown setting sed \\(did you mean seed\\?\\); the top-level settings are: data, "),
         ("+logger.tensorbord=true", "unknown setting logger.tensorbord \\(did you mean logger.tensorboard\\?\\)"),
+        ("trainer.max_epochs=two", "trainer.max_epochs='two': expected a whole number"),
+        ("data.limit=abc", "data.limit='abc': expected a whole number"),
+        ("trainer.device=gpu", "trainer.device=gpu is no device: use auto, cpu, cuda or cuda:N"),
         ("trainer.graphs_on_device=bogus", "trainer.graphs_on_device must be auto, true or false, not 'bogus'"),
         ("trainer.lr_reference_batch_size=0", "trainer.lr_reference_batch_size must be at least 1, not 0"),
         ("trainer.ema_decay=1", "trainer.ema_decay must be null \\(off\\) or lie strictly between 0 and 1, such as 0.999; not 1"),
@@ -961,3 +964,11 @@ def test_unknown_trainer_option_is_refused_before_any_data_are_read(setting, mes
     with pytest.raises(ValueError, match=message):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "cache").exists()
+
+
+def test_a_device_that_is_no_device_is_named_with_the_setting_that_gave_it():
+    from crystal_train.training.inference import resolve_device
+
+    assert resolve_device("cpu", "device") == torch.device("cpu")
+    with pytest.raises(ValueError, match=r"^device=gpu is no device: use auto, cpu, cuda or cuda:N$"):
+        resolve_device("gpu", "device")

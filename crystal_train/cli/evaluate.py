@@ -37,7 +37,7 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"ckpt lists {len(paths)} checkpoints: give output=FOLDER for the ensemble's scores")
     if cfg.get("output"):
         _refuse_a_training_run_directory(Path(cfg.output).expanduser())
-    device = resolve_device(str(cfg.device))
+    device = resolve_device(str(cfg.device), "device")
     ensemble = Ensemble.load(paths, device, atom_init=cfg.get("atom_init"))
     checkpoint, checkpoint_path = ensemble.checkpoint, paths[0]
     train_cfg = OmegaConf.create(checkpoint["config"])

@@ -105,7 +105,7 @@ def run_predict(cfg: DictConfig) -> Path:
     files = structure_files(cfg.input)
     ckpts = checkpoint_paths(cfg.ckpt)
     _refuse_overwriting([*ckpts, *files, *([Path(cfg.atom_init)] if cfg.get("atom_init") else [])], (output, skipped_path))
-    device = resolve_device(str(cfg.device))
+    device = resolve_device(str(cfg.device), "device")
     ensemble = Ensemble.load(ckpts, device, atom_init=cfg.get("atom_init"))
     checkpoint = ensemble.checkpoint
     items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(files, file_ids(files))]

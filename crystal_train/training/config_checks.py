@@ -21,6 +21,7 @@ def check_settings(cfg: DictConfig) -> None:
     check_known_keys(cfg)
     check_group_settings(cfg)
     check_trainer_choices(cfg.trainer)
+    check_data_numbers(cfg.data)
 
 
 @cache
@@ -102,7 +103,7 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
         if value not in options:
             raise ValueError(f"trainer.{key} must be one of {', '.join(options)}, not {value!r}")
     for key in ("max_epochs", "patience", "batch_size", "eval_batch_size", "lr_reference_batch_size"):  # 0 epochs leave no best.pt
-        if int(trainer_cfg.get(key, 1)) < 1:
+        if whole_number(trainer_cfg.get(key, 1), f"trainer.{key}") < 1:
             raise ValueError(f"trainer.{key} must be at least 1, not {trainer_cfg[key]}")
     graphs_on_device(trainer_cfg.get("graphs_on_device", "auto"))
     if trainer_cfg.get("ema_decay") is not None:
@@ -116,3 +117,20 @@ def graphs_on_device(setting) -> bool | None:
     if isinstance(setting, bool):
         return setting
     raise ValueError(f"trainer.graphs_on_device must be auto, true or false, not {setting!r}")
+
+
+def check_data_numbers(data_cfg: DictConfig) -> None:
+    """Raise, naming the setting, if data.seed, data.limit or data.num_crystals is not a whole number (limit may be null)."""
+    for key in ("seed", "limit", "num_crystals"):
+        if data_cfg.get(key) is not None:
+            whole_number(data_cfg[key], f"data.{key}")
+
+
+def whole_number(value, setting: str) -> int:
+    """`value` as an int; ValueError naming `setting` for 'two', 2.5 or true."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{setting}={value!r}: expected a whole number")
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{setting}={value!r}: expected a whole number") from None

@@ -53,11 +53,14 @@ def float32_matmul_precision(precision: str):
         torch.set_float32_matmul_precision(previous)
 
 
-def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when available; 'cpu' and 'cuda[:N]' are taken as given."""
+def resolve_device(name: str, setting: str = "trainer.device") -> torch.device:
+    """'auto' picks CUDA when available; 'cpu' and 'cuda[:N]' are taken as given. Errors name `setting`."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"{setting}={name} is no device: use auto, cpu, cuda or cuda:N") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("trainer.device=cuda was asked for, but no CUDA device is available; use trainer.device=cpu")
+        raise RuntimeError(f"{setting}={name} was asked for, but no CUDA device is available; use {setting}=cpu")
     return device
