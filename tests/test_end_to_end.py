@@ -78,7 +78,7 @@ def test_eval_reproduces_test_mae_with_no_other_argument(demo_run, tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, good_rows, tmp_path):
+def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, good_rows, tmp_path, caplog):
     """A demo-trained checkpoint scored on a CSV: the CSV's crystals, all of them, not the demo data."""
     run_dir, _, _ = demo_run
     snapshot = write_csv(good_rows)
@@ -94,6 +94,12 @@ def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, 
     assert test_only["test"]["n"] == 2 and "source" not in test_only
     with open(tmp_path / "test" / "predictions_test.csv", newline="") as handle:
         assert [row["id"] for row in csv.DictReader(handle)] == ["mp-mgo", "mp-cscl"]
+    # Scored whole, a source with a split column is not split first, nor logged as split.
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        whole = evaluate(compose_config("eval", [*base[:1], f"data.snapshot={labelled}", "device=cpu", f"output={tmp_path / 'whole_labelled'}"]))
+    assert whole["source"]["n"] == 5 and "test" not in whole
+    assert "all 5 crystals, scored as one set" in caplog.text and "split column" not in caplog.text
     # A source naming the columns otherwise (as matbench's e_form): data.target= and data.id_column= say which they are.
     renamed = write_csv([{"structure_id": row["material_id"], "cif": row["cif"], "e_form": row["formation_energy_per_atom"]} for row in good_rows], "e_form.csv")
     with pytest.raises(ValueError, match="e_form.csv"):

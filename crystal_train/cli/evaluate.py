@@ -10,7 +10,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from crystal_train.cli import run_reporting_errors
-from crystal_train.data.dataset import graph_settings, prepare_data
+from crystal_train.data.dataset import WHOLE_SOURCE, graph_settings, prepare_data
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.splits import SPLIT_ORDER, splits_from_ids
 from crystal_train.training import artifacts
@@ -22,7 +22,6 @@ from crystal_train.training.run import score_splits
 
 log = logging.getLogger(__name__)
 
-WHOLE_SOURCE = "source"  # the metrics.json entry for every crystal of another source
 SPLIT_FROM = ("auto", "checkpoint", "data")
 SOURCE_SETTINGS = ("target", "id_column", "cif_column", "units")  # data.KEY of eval.yaml, applied to another source
 
@@ -56,16 +55,15 @@ def evaluate(cfg: DictConfig) -> dict:
     else:
         use_saved_split = bool(saved) and split_from != "data"
         _find_training_files(train_cfg.data, checkpoint.get("launch_dir"), checkpoint_path, use_saved_split)
-    data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=ensemble.elements())
-    if whole_source:
-        data.splits = {WHOLE_SOURCE: np.arange(len(data.store))}
-    elif saved and split_from != "data" and (not other_source or _holds_every_id(data.store, saved)):
-        data.splits = splits_from_ids(data.store, saved, origin=f"the split saved in {checkpoint_path}")
-    elif split_from == "checkpoint":
-        raise ValueError(
-            f"split_from=checkpoint: {cfg.data.snapshot} does not hold every crystal of the split saved in {checkpoint_path}"
-            if saved else f"split_from=checkpoint: {checkpoint_path} saved no split"
-        )
+    data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=ensemble.elements(), whole=whole_source)
+    if not whole_source:
+        if saved and split_from != "data" and (not other_source or _holds_every_id(data.store, saved)):
+            data.splits = splits_from_ids(data.store, saved, origin=f"the split saved in {checkpoint_path}")
+        elif split_from == "checkpoint":
+            raise ValueError(
+                f"split_from=checkpoint: {cfg.data.snapshot} does not hold every crystal of the split saved in {checkpoint_path}"
+                if saved else f"split_from=checkpoint: {checkpoint_path} saved no split"
+            )
     _warn_about_crystals_they_learned_from(data.store, data.splits, names, ensemble)
     out_dir = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint_path.parent
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -33,6 +33,7 @@ READER_VERSION = 4
 # crystals; plain rounding within each split could give one more or fewer).
 SUBSET_DRAW_VERSION = 2
 
+WHOLE_SOURCE = "source"  # the one entry of prepare_data(whole=True), as metrics.json names it
 SHOWN_KINDS = 6  # skip reasons named in the log line; skipped.csv lists every item's
 # Å; atoms closer than this get a warning: shorter than any bond, so the structure is likely broken.
 CLOSE_ATOMS = 0.5
@@ -78,9 +79,11 @@ def default_cache_dir() -> Path:
 
 
 def prepare_data(
-    data_cfg, settings: GraphSettings, num_workers: int | None = None, progress: bool = True, elements: frozenset[int] | None = None
+    data_cfg, settings: GraphSettings, num_workers: int | None = None, progress: bool = True, elements: frozenset[int] | None = None,
+    whole: bool = False,
 ) -> PreparedData:
-    """Find the configured source's graph cache (or read the source and build it), then split it.
+    """Find the configured source's graph cache (or read the source and build it), then split it (`whole`: every
+    crystal in one entry, WHOLE_SOURCE, whatever split the source or the settings have).
 
     The cache key needs only a hash of the source's bytes, so a cached dataset is never re-read.
     `progress=False` hides the graph build's progress bar. Crystals with an element outside
@@ -112,6 +115,9 @@ def prepare_data(
     if len(store) == 0:
         raise ValueError(f"no valid crystals remain in {source.description}; see the skipped reasons above")
     check_target_floor(store, source.target, data_cfg.get("target_min"))
+    if whole:
+        log.info("Data: %s, target %s: all %d crystals, scored as one set", source.description, source.target, len(store))
+        return PreparedData(store, {WHOLE_SOURCE: np.arange(len(store))}, source.target, target_units(source.target, data_cfg.get("units")), source.description)
     split_cfg = data_cfg.get("split") or {}
     splits = make_splits(
         store,
