@@ -238,5 +238,9 @@ def test_read_structure_file_cif_and_errors(tmp_path):
         read_structure_file(broken)
     other = tmp_path / "notes.txt"
     other.write_text("x")
-    with pytest.raises(SkippedItem, match="unsupported file type"):
+    with pytest.raises(SkippedItem, match="unsupported file type: notes.txt$"):
         read_structure_file(other)
+    table = tmp_path / "mp.csv"
+    table.write_text("material_id,cif\n")
+    with pytest.raises(SkippedItem, match=r"unsupported file type: mp.csv \(a table of structures is scored with crystal-eval data.snapshot=FILE\)"):
+        read_structure_file(table)

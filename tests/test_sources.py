@@ -377,8 +377,11 @@ def test_unknown_paths_and_layouts(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="nowhere.csv does not exist; give the file or folder with data.snapshot=PATH"):
         load_source(tmp_path / "nowhere.csv", "y")
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=f"data source nowhere.csv does not exist, looked for from {tmp_path}; give"):
+    with pytest.raises(FileNotFoundError, match=f"data source nowhere.csv does not exist, looked for from {tmp_path}; give") as error:
         load_source("nowhere.csv", "y")
+    assert "CRYSTAL_TRAIN_MP2018" not in str(error.value)
+    with pytest.raises(FileNotFoundError, match=r"data.snapshot=PATH \(or, for the mp2018_\* experiment overlays, with \$CRYSTAL_TRAIN_MP2018\)$"):
+        load_source("../shared/datasets/mp2018_megnet/mp2018_megnet_with_structures.csv.xz", "y")
     (tmp_path / "data.parquet").write_bytes(b"x")
     with pytest.raises(ValueError, match="unsupported data file .*data.parquet"):
         load_source(tmp_path / "data.parquet", "y")

@@ -89,7 +89,7 @@ def evaluate(cfg: DictConfig) -> dict:
     artifacts.write_json(out_dir / "metrics.json", report)
     for name in names:
         scores = report[name]
-        log.info("%s: MAE %s  RMSE %s  R2 %s  n %d", name, _number(scores["mae"]), _number(scores["rmse"]), scores["r2"], scores["n"])
+        log.info("%s: MAE %s  RMSE %s  R2 %s  n %d", name, _number(scores["mae"]), _number(scores["rmse"]), _number(scores["r2"]), scores["n"])
     log.info("Wrote %s", out_dir / "metrics.json")
     return report
 

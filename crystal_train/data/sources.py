@@ -113,7 +113,8 @@ def content_fingerprint(path: str | Path, target: str, id_column: str | None = N
 def _require_existing(path: Path) -> None:
     if not path.exists():
         where = "" if path.is_absolute() else f", looked for from {Path.cwd()}"
-        raise FileNotFoundError(f"data source {path} does not exist{where}; give the file or folder with data.snapshot=PATH")
+        overlays = " (or, for the mp2018_* experiment overlays, with $CRYSTAL_TRAIN_MP2018)" if "mp2018" in path.name else ""
+        raise FileNotFoundError(f"data source {path} does not exist{where}; give the file or folder with data.snapshot=PATH{overlays}")
 
 
 def to_crystal(item: RawItem) -> Crystal:

@@ -193,11 +193,11 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         artifacts.write_json(run_dir / "metrics.json", report)
         if report["test"]["n"]:
             log.info(
-                "Best epoch %d: val MAE %.4g, test MAE %.4g %s (mean-predictor baseline %.4g)",
-                state.best_epoch, report["val"]["mae"], report["test"]["mae"], data.units, report["baseline_test_mae"],
+                "Best epoch %d: val MAE %.4g, test MAE %.4g%s (mean-predictor baseline %.4g)",
+                state.best_epoch, report["val"]["mae"], report["test"]["mae"], f" {data.units}" if data.units else "", report["baseline_test_mae"],
             )
         else:
-            log.info("Best epoch %d: val MAE %.4g %s (no test split to score)", state.best_epoch, report["val"]["mae"], data.units)
+            log.info("Best epoch %d: val MAE %.4g%s (no test split to score)", state.best_epoch, report["val"]["mae"], f" {data.units}" if data.units else "")
         log.info(
             "Results in %s (metrics.json, predictions_test.csv, parity_test.png); for new structures: crystal-predict ckpt=%s input=...",
             run_dir, checkpoint_dir / "best.pt",
