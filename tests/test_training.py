@@ -624,6 +624,9 @@ def test_multirun_builds_the_graph_cache_once_and_writes_a_sorted_summary(tmp_pa
         assert row["val_mae"] == "" and not (Path(row["run_dir"]) / "metrics.json").exists()
     errors = sorted((Path(row["run_dir"]) / "error.txt").read_text().split(":")[0] for row in failed)
     assert errors == ["NonFiniteLossError"] * 2 + ["ValueError"] * 2
+    refused = [Path(row["run_dir"]) for row in failed if (Path(row["run_dir"]) / "error.txt").read_text().startswith("ValueError")]
+    assert all("Traceback (most recent call last)" in (run_dir / "error.txt").read_text() for run_dir in refused)
+    assert "Traceback" not in result.stdout + result.stderr + text  # one line per failed job; the tracebacks are in error.txt
 
 
 def test_sweep_summary_marks_jobs_with_an_error_failed_even_with_old_metrics(tmp_path):

@@ -80,12 +80,10 @@ def train_job(cfg: DictConfig) -> float:
         log.error("%s", error)
         failure, details, status = error, "", 2
     except Exception as error:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
-            log.exception("job failed")
-        elif os.environ.get("HYDRA_FULL_ERROR") == "1":
+        if hydra_cfg.mode != RunMode.MULTIRUN and os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
-        else:  # a message, not a traceback, for what is mostly a setting or file to fix
-            log.error("%s: %s\n(the traceback is in %s)", type(error).__name__, error, error_file)
+        # a message, not a traceback, for what is mostly a setting or file to fix; in a sweep the next job follows
+        log.error("%s: %s\n(the traceback is in %s)", type(error).__name__, error, error_file)
         failure, details, status = error, "".join(traceback.format_exception(error)), 1
     error_file.write_text(f"{type(failure).__name__}: {failure}\n{details}")  # train() made run_dir first thing
     del failure  # its traceback holds the failed job's model and tensors; the next job of a sweep needs the memory
