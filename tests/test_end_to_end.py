@@ -180,6 +180,23 @@ def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(d
     assert not output.exists() and "broken" in stale.read_text()  # no earlier predictions beside this input's skip list
 
 
+@pytest.mark.slow
+def test_predictions_of_structures_that_look_wrong_say_so_in_their_row(demo_run, tmp_path):
+    run_dir, _, _ = demo_run
+    folder = tmp_path / "in"
+    folder.mkdir()
+    copper = good_structures()["mp-cu"]
+    (folder / "cu.cif").write_text(cif_text(copper))
+    squeezed = copper.copy()
+    squeezed.scale_lattice(copper.volume * 0.15**3)  # an ångström cell read as bohr, and worse: neighbours 0.38 Å apart
+    (folder / "squeezed.cif").write_text(cif_text(squeezed))
+    output = tmp_path / "preds.csv"
+    run_predict(compose_config("predict", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"input={folder}", f"output={output}", "device=cpu"]))
+    with open(output, newline="") as handle:
+        notes = {row["id"]: row["structure_warnings"] for row in csv.DictReader(handle)}
+    assert notes == {"cu": "", "squeezed": "atoms under 0.5 Å apart"}
+
+
 def test_predict_input_may_be_a_file_a_folder_a_glob_or_a_list_of_them(tmp_path, caplog):
     folder = tmp_path / "in"
     (folder / "more").mkdir(parents=True)

@@ -80,8 +80,8 @@ def test_predict_with_two_checkpoints_writes_their_mean_and_spread(two_members, 
         for ckpt in two_members
     ]
     both = _rows(run_predict(compose_config("predict", [f"ckpt=[{first},{second}]", f"input={folder}", f"output={tmp_path / 'b.csv'}", "device=cpu"])))
-    assert list(alone[0][0]) == ["id", "prediction", "unseen_elements"]
-    assert list(both[0]) == ["id", "prediction", "member_std", "unseen_elements"]
+    assert list(alone[0][0]) == ["id", "prediction", "unseen_elements", "structure_warnings"]
+    assert list(both[0]) == ["id", "prediction", "member_std", "unseen_elements", "structure_warnings"]
     for row, one, two in zip(both, *alone, strict=True):
         assert row["id"] == one["id"] == two["id"] and row["unseen_elements"] == one["unseen_elements"]
         a, b = float(one["prediction"]), float(two["prediction"])

@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from crystal_train.cli import run_reporting_errors
 from crystal_train.data.cif import STRUCTURE_FILE_PATTERNS, is_structure_file_name, structure_file_id
-from crystal_train.data.dataset import graph_settings, report_skipped
+from crystal_train.data.dataset import graph_settings, report_skipped, structure_warnings
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, to_crystal
 from crystal_train.data.store import build_store
@@ -126,7 +126,10 @@ def run_predict(cfg: DictConfig) -> Path:
     unseen = warn_unseen_elements(store, every_crystal, training_elements)
     predictions, spread = ensemble.combine(ensemble.member_predictions(DeviceGraphs(store, device), every_crystal, int(cfg.batch_size)))
     # Checkpoints that record their training elements get an unseen_elements column; others cannot tell.
-    artifacts.write_predictions(output, store.ids, predictions, unseen=unseen if training_elements is not None else None, spread=spread)
+    artifacts.write_predictions(
+        output, store.ids, predictions, unseen=unseen if training_elements is not None else None, spread=spread,
+        warnings=structure_warnings(store),
+    )
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
     log.info("Wrote %d predictions of %s%s by %s to %s", len(store), checkpoint.get("target"), units, ensemble.name, output)
     return output

@@ -176,6 +176,18 @@ def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:
         )
 
 
+def structure_warnings(store: GraphStore) -> dict[str, str]:
+    """{id: what looks wrong with the structure} for the crystals report_skipped warns about (the others are absent)."""
+    notes: dict[str, list[str]] = {}
+    for indices, note in (
+        (store.crystals_with_isolated_atoms(), "an atom with no neighbour within the cutoff"),
+        (store.crystals_with_close_atoms(CLOSE_ATOMS), f"atoms under {CLOSE_ATOMS:g} Å apart"),
+    ):
+        for i in indices:
+            notes.setdefault(store.ids[i], []).append(note)
+    return {item_id: "; ".join(found) for item_id, found in notes.items()}
+
+
 def _reason_kind(reason: str) -> str:
     """A skip reason without its particulars: "invalid label 'Ac' (not a finite number)" -> "invalid label"."""
     return re.split(r":| \(| '| \S+\.(?:cif|vasp)\b", reason, maxsplit=1)[0][:80]

@@ -72,12 +72,14 @@ def write_predictions(
     targets: np.ndarray | None = None,
     unseen: dict[str, list[str]] | None = None,
     spread: np.ndarray | None = None,
+    warnings: dict[str, str] | None = None,
 ) -> None:
     """CSV of id, target (when known), prediction.
 
     With `spread` (an ensemble's) a member_std column gives the standard deviation of its members'
     predictions; with `unseen` ({id: element symbols the model never trained on}) an unseen_elements
-    column marks the predictions that are extrapolations (space-separated symbols; empty for the others).
+    column marks the predictions that are extrapolations (space-separated symbols; empty for the others);
+    with `warnings` ({id: note}) a structure_warnings column marks structures that look wrong.
     """
     header, columns = ["id"], [list(ids)]
     optional = (("target", targets), ("prediction", predictions), ("member_std", spread))
@@ -90,6 +92,9 @@ def write_predictions(
     if unseen is not None:
         header.append("unseen_elements")
         columns.append([" ".join(unseen.get(item_id, [])) for item_id in columns[0]])
+    if warnings is not None:
+        header.append("structure_warnings")
+        columns.append([warnings.get(item_id, "") for item_id in columns[0]])
     write_csv(path, header, zip(*columns))
 
 
