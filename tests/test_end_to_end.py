@@ -109,6 +109,12 @@ def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, 
     ))
     assert named["target"] == "e_form" and named["units"] == "eV/atom"
     assert named["source"]["mae"] == pytest.approx(report["source"]["mae"], rel=1e-6)  # the same crystals and labels as before
+    cgcnn = cif_folder(tmp_path)  # a CGCNN folder: its labels have no name or units, the model's units stand
+    (cgcnn / "id_prop.csv").write_text("".join(f"{row['material_id']},{row['formation_energy_per_atom']}\n" for row in good_rows))
+    folder_report = evaluate(compose_config("eval", [*base[:1], f"data.snapshot={cgcnn}", "device=cpu", f"output={tmp_path / 'cgcnn'}"]))
+    assert (folder_report["target"], folder_report["units"], folder_report["source"]["n"]) == ("target", "eV/atom", 5)
+    with pytest.raises(ValueError, match=r"best.pt predicts formation_energy_per_atom in eV/atom, but data.target=band_gap is in eV: name"):
+        evaluate(compose_config("eval", [*base, "data.target=band_gap", f"output={tmp_path / 'gap'}"]))
     with pytest.raises(ValueError, match="data.target describe another source: give it with data.snapshot=PATH"):
         evaluate(compose_config("eval", [*base[:1], "data.target=e_form", "device=cpu", f"output={tmp_path / 'no_source'}"]))
 
@@ -233,6 +239,13 @@ def test_prediction_ids_of_files_with_one_name_in_several_folders_are_their_path
         file.write_text("x")
     assert file_ids(structure_files(f"{calcs}/*/CONTCAR")) == ["Cu/CONTCAR", "Cu3Au/CONTCAR"]
     assert file_ids(files) == ["Cu/CONTCAR", "Cu3Au/CONTCAR", "NiAl/relax/CONTCAR", "Cu"]
+    linked = tmp_path / "linked"
+    for name, job in (("Ag", "job7"), ("Au", "job3")):  # calculation folders linking to a scratch store
+        (tmp_path / "store" / job).mkdir(parents=True)
+        (tmp_path / "store" / job / "CONTCAR").write_text("x")
+        (linked / name).mkdir(parents=True)
+        (linked / name / "CONTCAR").symlink_to(tmp_path / "store" / job / "CONTCAR")
+    assert file_ids(structure_files(f"{linked}/*/CONTCAR")) == ["Ag/CONTCAR", "Au/CONTCAR"]  # the paths given, not the targets
 
 
 @pytest.mark.slow
@@ -366,6 +379,20 @@ def _move_elsewhere(tmp_path: Path, monkeypatch) -> Path:
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
     return elsewhere
+
+
+@pytest.mark.slow
+def test_a_run_resumes_from_another_directory_with_its_relative_snapshot_spelled_from_there(write_csv, good_rows, tmp_path, monkeypatch):
+    write_csv(good_rows)
+    monkeypatch.chdir(tmp_path)
+    data = ["data.split.fractions=[0.6,0.2,0.2]", f"data.cache_dir={tmp_path / 'cache'}"]
+    _train_tiny_cgcnn(tmp_path, "data.snapshot=data.csv", *data)
+    _move_elsewhere(tmp_path, monkeypatch)
+    tiny = ["model.atom_fea_len=8", "model.n_conv=1", "model.h_fea_len=8", "trainer.batch_size=2", "seed=0"]
+    cfg = compose_config("train", ["data.snapshot=../data.csv", *data, "trainer.device=cpu", "trainer.progress_bar=false", *tiny, "trainer.max_epochs=2"])
+    train(cfg, tmp_path / "run")  # the same file as training's data.csv: resumed, not refused as a changed setting
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["train_state"]["epoch"] == 2
 
 
 def test_eval_finds_a_relative_snapshot_from_another_directory(write_csv, good_rows, tmp_path, monkeypatch):

@@ -150,7 +150,7 @@ def test_checkpoints_trained_on_different_data_are_named_in_a_warning(two_member
     assert "different data" not in caplog.text  # two seeds of one dataset
     with caplog.at_level(logging.WARNING):
         Ensemble.load([first, on_mp], torch.device("cpu"))
-    assert f"The checkpoints trained on different data ({first}: demo, 120 crystals; {on_mp}: mp2018.csv.xz)" in caplog.text
+    assert f"The checkpoints trained on different data ({first}: demo, 120 crystals, data.seed=0; {on_mp}: mp2018.csv.xz)" in caplog.text
 
 
 def test_ckpt_takes_one_path_or_a_list_of_different_files(tmp_path, monkeypatch):

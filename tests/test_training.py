@@ -956,6 +956,7 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("+logger.tensorbord=true", "unknown setting logger.tensorbord \\(did you mean logger.tensorboard\\?\\)"),
         ("trainer.max_epochs=two", "trainer.max_epochs='two': expected a whole number"),
         ("data.limit=abc", "data.limit='abc': expected a whole number"),
+        ("data.seed=null", "data.seed=None: expected a whole number"),
         ("trainer.device=gpu", "trainer.device=gpu is no device: use auto, cpu, cuda or cuda:N"),
         ("trainer.graphs_on_device=bogus", "trainer.graphs_on_device must be auto, true or false, not 'bogus'"),
         ("trainer.lr_reference_batch_size=0", "trainer.lr_reference_batch_size must be at least 1, not 0"),
@@ -975,3 +976,12 @@ def test_a_device_that_is_no_device_is_named_with_the_setting_that_gave_it():
     assert resolve_device("cpu", "device") == torch.device("cpu")
     with pytest.raises(ValueError, match=r"^device=gpu is no device: use auto, cpu, cuda or cuda:N$"):
         resolve_device("gpu", "device")
+
+
+def test_whole_number_settings_take_a_whole_float_as_its_int_and_quoted_booleans_as_booleans():
+    from crystal_train.training.config_checks import check_data_numbers, graphs_on_device
+
+    data = OmegaConf.create({"seed": 3.0, "limit": 50.0, "num_crystals": 120})
+    check_data_numbers(data)
+    assert (data.seed, data.limit) == (3, 50) and isinstance(data.limit, int)
+    assert [graphs_on_device(value) for value in (True, "true", "False", "auto")] == [True, True, False, None]

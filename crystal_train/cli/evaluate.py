@@ -10,7 +10,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from crystal_train.cli import run_reporting_errors
-from crystal_train.data.dataset import WHOLE_SOURCE, graph_settings, prepare_data
+from crystal_train.data.dataset import WHOLE_SOURCE, graph_settings, prepare_data, target_units
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.splits import SPLIT_ORDER, splits_from_ids
 from crystal_train.training import artifacts
@@ -55,7 +55,15 @@ def evaluate(cfg: DictConfig) -> dict:
     else:
         use_saved_split = bool(saved) and split_from != "data"
         _find_training_files(train_cfg.data, checkpoint.get("launch_dir"), checkpoint_path, use_saved_split)
+    trained_units = checkpoint.get("units") or ""
+    scored_units = target_units(str(train_cfg.data.target), train_cfg.data.get("units"))
+    if trained_units and scored_units and scored_units != trained_units:
+        raise ValueError(
+            f"{checkpoint_path} predicts {checkpoint.get('target')} in {trained_units}, but data.target={train_cfg.data.target} is in "
+            f"{scored_units}: name the source's column of the model's quantity (or its units with data.units=)"
+        )
     data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=ensemble.elements(), whole=whole_source)
+    data.units = data.units or trained_units  # a CGCNN folder's labels have no units of their own
     if not whole_source:
         if saved and split_from != "data" and (not other_source or _holds_every_id(data.store, saved)):
             data.splits = splits_from_ids(data.store, saved, origin=f"the split saved in {checkpoint_path}")

@@ -92,9 +92,10 @@ def file_ids(files: list[Path]) -> list[str]:
     counts = Counter(ids)
     same_name = [i for i, item_id in enumerate(ids) if counts[item_id] > 1]
     if same_name:  # distinct files (structure_files refuses repeats), so their paths below a shared folder differ
-        shared = os.path.commonpath([files[i].resolve().parent for i in same_name])
-        for i in same_name:
-            ids[i] = files[i].resolve().relative_to(shared).as_posix()
+        absolute = {i: Path(os.path.abspath(files[i])) for i in same_name}  # as given: links are not followed
+        shared = os.path.commonpath([path.parent for path in absolute.values()])
+        for i, path in absolute.items():
+            ids[i] = path.relative_to(shared).as_posix()
     return ids
 
 

@@ -29,7 +29,7 @@ def main() -> None:
     a run directory another training is writing to is refused before Hydra writes into it."""
     sys.argv[1:] = take_api_key_argument(sys.argv[1:])
     run_dir = chosen_run_dir(sys.argv[1:])
-    if run_dir is not None and int(os.environ.get("RANK", "0")) == 0:  # under torchrun only rank 0 takes the lock
+    if run_dir is not None and int(os.environ.get("RANK") or 0) == 0:  # under torchrun only rank 0 takes the lock
         try:
             check_run_dir_free(run_dir)
         except LockHeldError as error:

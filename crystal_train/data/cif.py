@@ -106,7 +106,7 @@ def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
         structures = CifParser.from_str(text).parse_structures(primitive=False)
         count = max(len(structures), _blocks_with_atoms(text))
         if count > 1:
-            raise SkippedItem(item_id, f"{count} structures in one CIF: give one structure per file or row")
+            raise SkippedItem(item_id, f"several structures in one CIF ({count}): give one structure per file or row")
         return structures[0]
 
     return crystal_via_pymatgen(only_structure, item_id, "malformed CIF")

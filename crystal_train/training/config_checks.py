@@ -111,24 +111,26 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
 
 
 def graphs_on_device(setting) -> bool | None:
-    """trainer.graphs_on_device: auto (None: when they fit), true or false."""
-    if str(setting).lower() == "auto":
+    """trainer.graphs_on_device: auto (None: when they fit), true or false (also as the strings "true", "false")."""
+    choice = str(setting).lower()
+    if choice == "auto":
         return None
-    if isinstance(setting, bool):
-        return setting
+    if choice in ("true", "false"):
+        return choice == "true"
     raise ValueError(f"trainer.graphs_on_device must be auto, true or false, not {setting!r}")
 
 
 def check_data_numbers(data_cfg: DictConfig) -> None:
-    """Raise, naming the setting, if data.seed, data.limit or data.num_crystals is not a whole number (limit may be null)."""
+    """Raise, naming the setting, if data.seed, data.limit or data.num_crystals is not a whole number (only limit may be
+    null); a whole float such as 50.0 is stored as the int it means."""
     for key in ("seed", "limit", "num_crystals"):
-        if data_cfg.get(key) is not None:
-            whole_number(data_cfg[key], f"data.{key}")
+        if key in data_cfg and not (key == "limit" and data_cfg[key] is None):
+            data_cfg[key] = whole_number(data_cfg[key], f"data.{key}")
 
 
 def whole_number(value, setting: str) -> int:
-    """`value` as an int; ValueError naming `setting` for 'two', 2.5 or true."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+    """`value` as an int; ValueError naming `setting` for 'two', 2.5, true or null."""
+    if isinstance(value, bool) or value is None or (isinstance(value, float) and not value.is_integer()):
         raise ValueError(f"{setting}={value!r}: expected a whole number")
     try:
         return int(value)

@@ -61,12 +61,17 @@ class Member:
 
     @property
     def data(self) -> str:
-        """What it trained on, as far as its config tells: the source (its file name), and a demo's size or a subset."""
+        """What it trained on, as far as its config tells: the source (its file name), a demo's size or a subset, and
+        the data.seed that generates the demo's crystals or draws the subset."""
         data = self.checkpoint["config"].get("data", {})
         snapshot = data.get("snapshot")
         source = Path(str(snapshot)).name if snapshot is not None else str(data.get("source", "materials_project"))
-        size = f", {data.get('num_crystals')} crystals" if source == "demo" else ""
-        return source + size + (f", data.limit={data['limit']}" if data.get("limit") is not None else "")
+        drawn = source == "demo" or data.get("limit") is not None
+        return (
+            source + (f", {data.get('num_crystals')} crystals" if source == "demo" else "")
+            + (f", data.limit={data['limit']}" if data.get("limit") is not None else "")
+            + (f", data.seed={data.get('seed', 0)}" if drawn else "")
+        )
 
 
 class Ensemble:

@@ -200,7 +200,8 @@ class Trainer:
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(
                 f"non-finite training loss in epoch {self.state.epoch + 1}; stopped, and {self._kept_checkpoint()}. "
-                "Resume it with trainer.grad_clip set (e.g. 1.0), or start a new run with a lower optim.lr."
+                + (f"Resume it with a smaller trainer.grad_clip (now {clip}), " if clip else "Resume it with trainer.grad_clip set (e.g. 1.0), ")
+                + "or start a new run with a lower optim.lr."
             )
         return train_loss, float(abs_error_sum) / max(count, 1)
 

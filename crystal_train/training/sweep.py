@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
-import time
+import tempfile
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -27,7 +28,7 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since
 
     A job that wrote error.txt (it diverged, was refused or raised) or has no metrics.json gets
     status `failed` and empty metrics (a metrics.json left by an earlier run of it is ignored),
-    and sorts last. With `since` (the sweep's start, a time.time()), job folders no file of which
+    and sorts last. With `since` (the sweep's start, by the file system's clock), job folders no file of which
     changed since then are an earlier sweep's in the same folder, and are left out.
     Returns (summary path, failed jobs, jobs).
     """
@@ -62,9 +63,16 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since
 
 def _last_change(job: Path) -> float:
     """When the newest file directly in `job` or in its subfolders (.hydra/, checkpoints/) last changed."""
-    times = [path.stat().st_mtime for path in job.iterdir()]
-    times += [path.stat().st_mtime for folder in job.iterdir() if folder.is_dir() for path in folder.iterdir()]
+    times = [path.lstat().st_mtime for path in job.iterdir()]
+    times += [path.lstat().st_mtime for folder in job.iterdir() if folder.is_dir() for path in folder.iterdir()]
     return max(times, default=0.0)
+
+
+def _filesystem_now(folder: Path) -> float:
+    """The time by the clock of the file system `folder` is on (a cluster's shared one may differ from this node's)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=folder, prefix=".clock-") as probe:
+        return os.fstat(probe.fileno()).st_mtime
 
 
 def _job_order(path: Path) -> tuple:
@@ -90,7 +98,7 @@ class SweepSummaryCallback(Callback):
         self.started: float | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
-        self.started = time.time() - 1.0  # a second of slack for coarse file times
+        self.started = _filesystem_now(Path(config.hydra.sweep.dir)) - 1.0  # a second of slack for coarse file times
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
         path, failed, jobs = summarize_sweep(Path(config.hydra.sweep.dir), config.hydra.output_subdir, since=self.started)
