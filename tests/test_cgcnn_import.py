@@ -166,6 +166,8 @@ def test_evaluate_converted_checkpoint_on_an_mp_csv_names_the_target_and_its_uni
     assert (report["target"], report["units"], report["source"]["n"]) == ("formation_energy_per_atom", "eV/atom", len(good_rows))
     gap = evaluate(compose_config("eval", [*base, "data.target=band_gap", "data.units=eV_PBE", f"output={tmp_path / 'gap'}"]))
     assert (gap["target"], gap["units"]) == ("band_gap", "eV_PBE")
+    with pytest.raises(ValueError, match=r"formation-energy-per-atom.pth.tar is an original CGCNN checkpoint, which records no data: give data"):
+        evaluate(compose_config("eval", [*base[:2], "device=cpu", f"output={tmp_path / 'none'}"]))  # it would download MP data
 
 
 @needs_datasets

@@ -41,6 +41,11 @@ def evaluate(cfg: DictConfig) -> dict:
     checkpoint, checkpoint_path = ensemble.checkpoint, paths[0]
     train_cfg = OmegaConf.create(checkpoint["config"])
     other_source = cfg.data.get("snapshot") is not None
+    if not other_source and checkpoint.get("source_checkpoint") is not None:
+        raise ValueError(
+            f"{checkpoint_path} is an original CGCNN checkpoint, which records no data: give data.snapshot=PATH to score it "
+            "(and data.target=COLUMN unless the labels are a column named target, as in a CGCNN folder)"
+        )
     whole_source = other_source and cfg.get("split") is None
     names = (WHOLE_SOURCE,) if whole_source else _split_names(str(cfg.get("split") or "test"))
     saved = checkpoint.get("split_ids")
