@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_NAME = "predictions.csv"  # written into a folder given as output=
 
+
 def structure_files(inputs) -> list[Path]:
     """The structure files that `input=` names: a file, a folder (its structure files), a glob, or a list of these."""
     entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)

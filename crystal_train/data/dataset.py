@@ -115,9 +115,10 @@ def prepare_data(
     if len(store) == 0:
         raise ValueError(f"no valid crystals remain in {source.description}; see the skipped reasons above")
     check_target_floor(store, source.target, data_cfg.get("target_min"))
+    units = target_units(source.target, data_cfg.get("units"))
     if whole:
         log.info("Data: %s, target %s: all %d crystals, scored as one set", source.description, source.target, len(store))
-        return PreparedData(store, {WHOLE_SOURCE: np.arange(len(store))}, source.target, target_units(source.target, data_cfg.get("units")), source.description)
+        return PreparedData(store, {WHOLE_SOURCE: np.arange(len(store))}, source.target, units, source.description)
     split_cfg = data_cfg.get("split") or {}
     splits = make_splits(
         store,
@@ -132,7 +133,7 @@ def prepare_data(
         source.target,
         ", ".join(f"{name} {len(idx)}" for name, idx in splits.items()),
     )
-    return PreparedData(store, splits, source.target, target_units(source.target, data_cfg.get("units")), source.description)
+    return PreparedData(store, splits, source.target, units, source.description)
 
 
 def target_units(target: str, units: str | None) -> str:
