@@ -9,8 +9,6 @@ import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Iterator
 
-import torch
-
 
 def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
     """Call `write(handle)` on a temporary file beside `path`, fsync it, then rename it over `path`.
@@ -79,6 +77,8 @@ def held_or_refused(path: Path, refusal: str) -> Iterator[None]:
 
 def atomic_torch_save(obj, path: Path) -> None:
     """`torch.save(obj)` to `path` through atomic_write."""
+    import torch  # here, so that the command-line tools' --help does not wait for torch
+
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
 

@@ -16,9 +16,7 @@ from omegaconf import DictConfig
 
 from crystal_train.atomic_file import LockHeldError
 from crystal_train.secrets_guard import take_api_key_argument
-from crystal_train.training.loop import NonFiniteLossError
 from crystal_train.training.resume import ResumeConfigError
-from crystal_train.training.run import check_run_dir_free, train
 from crystal_train.training.sweep import ERROR_FILE
 
 log = logging.getLogger(__name__)
@@ -30,6 +28,8 @@ def main() -> None:
     sys.argv[1:] = take_api_key_argument(sys.argv[1:])
     run_dir = chosen_run_dir(sys.argv[1:])
     if run_dir is not None and int(os.environ.get("RANK") or 0) == 0:  # under torchrun only rank 0 takes the lock
+        from crystal_train.training.run import check_run_dir_free  # torch is imported only once it is needed: --help is quick
+
         try:
             check_run_dir_free(run_dir)
         except LockHeldError as error:
@@ -60,6 +60,9 @@ def train_job(cfg: DictConfig) -> float:
     and train.log and returns infinity instead, so the other jobs still run and the sweep summary
     lists it as failed; Ctrl-C stops the whole sweep.
     """
+    from crystal_train.training.loop import NonFiniteLossError
+    from crystal_train.training.run import train
+
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     error_file = run_dir / ERROR_FILE
