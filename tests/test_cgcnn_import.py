@@ -28,8 +28,8 @@ from conftest import SHARED_DATASETS
 from graph_utils import make_batch
 from omegaconf import OmegaConf
 
-from crystal_train.cli.evaluate import evaluate
-from crystal_train.cli.predict import run_predict
+from crystal_train.training.evaluation import evaluate
+from crystal_train.training.prediction import run_predict
 from crystal_train.data.crystal import Crystal
 from crystal_train.data.features import MAX_Z
 from crystal_train.data.graphs import GraphSettings

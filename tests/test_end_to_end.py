@@ -16,8 +16,8 @@ from config_utils import compose_config
 from conftest import DEMO_OVERRIDES, cif_folder, cif_text, good_structures
 from pymatgen.core.operations import SymmOp
 
-from crystal_train.cli.evaluate import evaluate
-from crystal_train.cli.predict import file_ids, output_file, run_predict, structure_files
+from crystal_train.training.evaluation import evaluate
+from crystal_train.training.prediction import file_ids, output_file, run_predict, structure_files
 from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.training.checkpoint import load_checkpoint, load_model, save_checkpoint
 from crystal_train.training.run import train

@@ -14,8 +14,8 @@ import torch
 from config_utils import compose_config
 from conftest import cif_folder
 
-from crystal_train.cli.evaluate import evaluate
-from crystal_train.cli.predict import run_predict
+from crystal_train.training.evaluation import evaluate
+from crystal_train.training.prediction import run_predict
 from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
 from crystal_train.training.ensemble import checkpoint_paths
 

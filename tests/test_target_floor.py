@@ -11,8 +11,8 @@ import torch
 from config_utils import compose_config
 from conftest import good_structures
 from graph_utils import make_trainer, random_crystals
-from crystal_train.cli.evaluate import evaluate
-from crystal_train.cli.predict import run_predict
+from crystal_train.training.evaluation import evaluate
+from crystal_train.training.prediction import run_predict
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.data.loader import DeviceGraphs

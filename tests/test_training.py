@@ -22,7 +22,7 @@ from omegaconf import OmegaConf
 
 import crystal_train.training.loop as loop
 from crystal_train.atomic_file import LockHeldError, held_or_refused
-from crystal_train.cli.evaluate import evaluate
+from crystal_train.training.evaluation import evaluate
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.train import torchrun_arguments

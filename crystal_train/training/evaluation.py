@@ -1,0 +1,190 @@
+"""Scoring a checkpoint, or the mean of several, on its own data and split or on another source (crystal-eval)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from crystal_train.data.dataset import WHOLE_SOURCE, graph_settings, prepare_data, target_units
+from crystal_train.data.loader import DeviceGraphs
+from crystal_train.data.splits import SPLIT_ORDER, splits_from_ids
+from crystal_train.training import artifacts
+from crystal_train.training.applicability import warn_unseen_elements
+from crystal_train.training.ensemble import Ensemble, checkpoint_paths
+from crystal_train.training.inference import resolve_device
+from crystal_train.training.metrics import regression_metrics
+from crystal_train.training.run import score_splits
+
+log = logging.getLogger(__name__)
+
+SPLIT_FROM = ("auto", "checkpoint", "data")
+SOURCE_SETTINGS = ("target", "id_column", "cif_column", "units")  # data.KEY of eval.yaml, applied to another source
+
+
+def evaluate(cfg: DictConfig) -> dict:
+    """Score the checkpoint (or the mean of several); writes metrics.json and predictions_<split>.csv into `output`."""
+    paths = checkpoint_paths(cfg.ckpt)
+    split_from = str(cfg.get("split_from", "auto"))
+    if split_from not in SPLIT_FROM:
+        raise ValueError(f"split_from must be one of {', '.join(SPLIT_FROM)}, not {split_from!r}")
+    if len(paths) > 1 and not cfg.get("output"):
+        raise ValueError(f"ckpt lists {len(paths)} checkpoints: give output=FOLDER for the ensemble's scores")
+    if cfg.get("output"):
+        _refuse_a_training_run_directory(Path(cfg.output).expanduser())
+    device = resolve_device(str(cfg.device), "device")
+    ensemble = Ensemble.load(paths, device, atom_init=cfg.get("atom_init"))
+    checkpoint, checkpoint_path = ensemble.checkpoint, paths[0]
+    train_cfg = OmegaConf.create(checkpoint["config"])
+    other_source = cfg.data.get("snapshot") is not None
+    if not other_source and checkpoint.get("source_checkpoint") is not None:
+        raise ValueError(
+            f"{checkpoint_path} is an original CGCNN checkpoint, which records no data: give data.snapshot=PATH to score it "
+            "(and data.target=COLUMN unless the labels are a column named target, as in a CGCNN folder)"
+        )
+    whole_source = other_source and cfg.get("split") is None
+    names = (WHOLE_SOURCE,) if whole_source else _split_names(str(cfg.get("split") or "test"))
+    saved = checkpoint.get("split_ids")
+    columns = {key: cfg.data.get(key) for key in SOURCE_SETTINGS if cfg.data.get(key) is not None}
+    if columns and not other_source:
+        raise ValueError(f"{', '.join(f'data.{key}' for key in columns)} describe another source: give it with data.snapshot=PATH")
+    if other_source:
+        train_cfg.data.snapshot = str(cfg.data.snapshot)
+        train_cfg.data.limit = None
+        train_cfg.data.split.file = None
+        train_cfg.data.update(columns)
+    else:
+        use_saved_split = bool(saved) and split_from != "data"
+        _find_training_files(train_cfg.data, checkpoint.get("launch_dir"), checkpoint_path, use_saved_split)
+    trained_units = checkpoint.get("units") or ""
+    scored_units = target_units(str(train_cfg.data.target), train_cfg.data.get("units"))
+    if trained_units and scored_units and scored_units != trained_units:
+        raise ValueError(
+            f"{checkpoint_path} predicts {checkpoint.get('target')} in {trained_units}, but data.target={train_cfg.data.target} is in "
+            f"{scored_units}: name the source's column of the model's quantity (or its units with data.units=)"
+        )
+    data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=ensemble.elements(), whole=whole_source)
+    data.units = data.units or trained_units  # a CGCNN folder's labels have no units of their own
+    if not whole_source:
+        if saved and split_from != "data" and (not other_source or _holds_every_id(data.store, saved)):
+            data.splits = splits_from_ids(data.store, saved, origin=f"the split saved in {checkpoint_path}")
+        elif split_from == "checkpoint":
+            raise ValueError(
+                f"split_from=checkpoint: {cfg.data.snapshot} does not hold every crystal of the split saved in {checkpoint_path}"
+                if saved else f"split_from=checkpoint: {checkpoint_path} saved no split"
+            )
+    _warn_about_crystals_they_learned_from(data.store, data.splits, names, ensemble)
+    out_dir = Path(cfg.output).expanduser() if cfg.get("output") else checkpoint_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    artifacts.write_skipped(out_dir / "skipped.csv", data.store.skipped)
+    warn_unseen_elements(data.store, np.concatenate([data.splits[name] for name in names]), ensemble.training_elements())
+    graphs = DeviceGraphs(data.store, device)
+    members = {name: ensemble.member_predictions(graphs, data.splits[name], int(cfg.batch_size)) for name in names}
+    combined = {name: ensemble.combine(stack) for name, stack in members.items()}
+    train_mean = ensemble.members[0].normalizer.mean
+    report = score_splits(
+        {name: mean for name, (mean, _) in combined.items()}, data, train_mean, out_dir, ensemble.name, prediction_splits=names,
+        spreads={name: spread for name, (_, spread) in combined.items()},
+    )
+    report.update(checkpoint=str(checkpoint_path), best_epoch=_best_epoch(checkpoint) if len(paths) == 1 else None)
+    if len(paths) > 1:
+        report["members"] = [
+            {"checkpoint": str(member.path), "best_epoch": _best_epoch(member.checkpoint)}
+            | {name: regression_metrics(data.store.targets[data.splits[name]], stack[i]) for name, stack in members.items()}
+            for i, member in enumerate(ensemble.members)
+        ]
+        for member in report["members"]:
+            log.info("member %s: %s", member["checkpoint"], "  ".join(f"{name} MAE {_number(member[name]['mae'])}" for name in names))
+    artifacts.write_json(out_dir / "metrics.json", report)
+    for name in names:
+        scores = report[name]
+        log.info("%s: MAE %s  RMSE %s  R2 %s  n %d", name, _number(scores["mae"]), _number(scores["rmse"]), _number(scores["r2"]), scores["n"])
+    log.info("Wrote %s", out_dir / "metrics.json")
+    return report
+
+
+def _refuse_a_training_run_directory(out_dir: Path) -> None:
+    """Raise if `out_dir` holds a training run, whose own metrics.json and skipped.csv the scores would replace."""
+    if (out_dir / "history.csv").is_file() or (out_dir / "checkpoints").is_dir():
+        raise ValueError(
+            f"output={out_dir} holds a training run: its metrics.json and skipped.csv would be replaced. Give another "
+            f"folder, or leave output= out to write beside the checkpoint"
+        )
+
+
+def _find_training_files(data_cfg: DictConfig, launch_dir: str | None, checkpoint_path: Path, use_saved_split: bool) -> None:
+    """Point the training run's relative data.snapshot and data.split.file at the directory training ran in
+    when they are not found from here (the split file is not read at all when the checkpoint's saved split
+    replaces it), and a relative data.cache_dir at the one training used, so its graphs are not built again."""
+    cache_dir = data_cfg.get("cache_dir")
+    if cache_dir is not None and launch_dir is not None and (Path(launch_dir) / str(cache_dir)).is_dir():
+        data_cfg.cache_dir = str(Path(launch_dir) / str(cache_dir))
+    if data_cfg.get("snapshot") is not None:
+        data_cfg.snapshot = _training_path(
+            str(data_cfg.snapshot), launch_dir, checkpoint_path, "give data.snapshot=PATH (with split=test for its test split)"
+        )
+    split_cfg = data_cfg.get("split")
+    if split_cfg is not None and split_cfg.get("file") is not None:
+        split_cfg.file = None if use_saved_split else _training_path(str(split_cfg.file), launch_dir, checkpoint_path, "give data.split.file=PATH")
+
+
+def _training_path(path: str, launch_dir: str | None, checkpoint_path: Path, hint: str) -> str:
+    """`path` itself when found from here (or absolute), else the same relative path in the directory training ran in."""
+    if Path(path).expanduser().is_absolute() or Path(path).exists():
+        return path
+    if launch_dir is not None and (Path(launch_dir) / path).exists():
+        return str(Path(launch_dir) / path)
+    raise FileNotFoundError(
+        f"{checkpoint_path} was trained on {path}, relative to {launch_dir or 'the directory training ran in'}, "
+        f"and it is not found from here: run crystal-eval there, or {hint}"
+    )
+
+
+def _warn_about_crystals_they_learned_from(store, splits: dict, names: tuple[str, ...], ensemble: Ensemble) -> None:
+    """Warn, with counts and examples, when a scored split holds crystals any checkpoint trained or was selected on."""
+    by_split: list[tuple[dict, list[Path]]] = []  # checkpoints with the same saved split share one warning
+    for member in ensemble.members:
+        saved = member.checkpoint.get("split_ids")
+        if not saved:
+            if len(ensemble.members) > 1:
+                log.warning("%s saved no split: whether it trained on the crystals scored here cannot be checked", member.path)
+            continue
+        group = next((paths for split, paths in by_split if split == saved), None)
+        if group is None:
+            by_split.append((saved, [member.path]))
+        else:
+            group.append(member.path)
+    for saved, paths in by_split:
+        for name in names:
+            scored = {store.ids[i] for i in splits[name]}
+            for used in {"train": (), "val": ("train",)}.get(name, ("train", "val")):  # the splits that fitted or selected it
+                seen = sorted(scored.intersection(saved.get(used, [])))
+                if seen:
+                    log.warning(
+                        "%d of the %d crystals scored as %s were in the %s split of %s (%s): their score is optimistic",
+                        len(seen), len(scored), name, used, " and ".join(map(str, paths)),
+                        ", ".join(seen[:3]) + (", ..." if len(seen) > 3 else ""),
+                    )
+
+
+def _number(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.6f}"
+
+
+def _best_epoch(checkpoint: dict) -> int | None:
+    return checkpoint.get("train_state", {}).get("best_epoch")
+
+
+def _holds_every_id(store, saved: dict[str, list[str]]) -> bool:
+    """Whether every id of the checkpoint's saved split is in `store` (the training data, or a copy of it)."""
+    return set(store.ids).issuperset(item_id for ids in saved.values() for item_id in ids)
+
+
+def _split_names(split: str) -> tuple[str, ...]:
+    if split == "all":
+        return SPLIT_ORDER
+    if split not in SPLIT_ORDER:
+        raise ValueError(f"unknown split {split!r}: use train, val, test or all")
+    return (split,)

@@ -1,0 +1,149 @@
+"""Predictions for new structure files by a checkpoint, or the mean and spread of several (crystal-predict)."""
+
+from __future__ import annotations
+
+import glob
+import logging
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from crystal_train.data.cif import STRUCTURE_FILE_PATTERNS, is_structure_file_name, structure_file_id
+from crystal_train.data.dataset import graph_settings, report_skipped, structure_warnings
+from crystal_train.data.loader import DeviceGraphs
+from crystal_train.data.sources import RawItem, to_crystal
+from crystal_train.data.store import build_store
+from crystal_train.training import artifacts
+from crystal_train.training.applicability import warn_unseen_elements
+from crystal_train.training.ensemble import Ensemble, checkpoint_paths
+from crystal_train.training.inference import resolve_device
+
+log = logging.getLogger(__name__)
+
+DEFAULT_OUTPUT_NAME = "predictions.csv"  # written into a folder given as output=
+
+
+def structure_files(inputs) -> list[Path]:
+    """The structure files that `input=` names: a file, a folder (its structure files), a glob, or a list of these."""
+    entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    files = [file for entry in entries for file in _entry_files(str(entry))]
+    repeated = sorted(str(path) for path, count in Counter(file.resolve() for file in files).items() if count > 1)
+    if repeated:  # also when named once by a relative and once by an absolute path
+        raise ValueError(f"input= names {', '.join(repeated[:5])} more than once")
+    return files
+
+
+def _entry_files(entry: str) -> list[Path]:
+    path = Path(entry).expanduser()
+    if path.is_dir():
+        return _folder_files(path)
+    if path.exists():
+        return [path]
+    if glob.has_magic(str(path)):
+        matches = sorted(Path(match) for match in glob.glob(str(path)))
+        files = [match for match in matches if match.is_file()]
+        if not files:
+            raise FileNotFoundError(f"input pattern {entry} matches no file")
+        return files
+    raise FileNotFoundError(
+        f"input not found: {entry} (give a structure file, a folder of them, a quoted glob such as 'cifs/*.cif', or a list [a.cif,b.cif])"
+    )
+
+
+def _folder_files(path: Path) -> list[Path]:
+    entries = sorted(path.iterdir())
+    files = [f for f in entries if f.is_file() and is_structure_file_name(f.name)]
+    if not files:
+        raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_FILE_PATTERNS)}) in {path}")
+    ignored = [f.name for f in entries if f not in files and not f.is_dir()]
+    if ignored:
+        log.warning(
+            "Ignored %d file(s) in %s that are not structure files (%s) or cannot be opened: %s",
+            len(ignored), path, ", ".join(STRUCTURE_FILE_PATTERNS), ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""),
+        )
+    folders = [f.name for f in entries if f.is_dir()]
+    if folders:
+        log.warning(
+            "Not searched: %d subfolder(s) of %s (%s); add them to the input list, input=[%s,%s/...]",
+            len(folders), path, ", ".join(folders[:5]) + (", ..." if len(folders) > 5 else ""), path, path / folders[0],
+        )
+    return files
+
+
+def file_ids(files: list[Path]) -> list[str]:
+    """Each file's id, unique: files that would share one (a.cif and a.vasp) keep their whole names, and files
+    whose whole names are the same (Cu/CONTCAR and NiAl/CONTCAR) their paths below the folder they share.
+
+    Repeated until no two clash, since a whole name can equal another file's id (a.cif beside a.cif.vasp).
+    """
+    ids = [structure_file_id(f) for f in files]
+    while True:
+        counts = Counter(ids)
+        clashing = [i for i, item_id in enumerate(ids) if counts[item_id] > 1 and item_id != files[i].name]
+        if not clashing:
+            break
+        for i in clashing:
+            ids[i] = files[i].name
+    counts = Counter(ids)
+    same_name = [i for i, item_id in enumerate(ids) if counts[item_id] > 1]
+    if same_name:  # distinct files (structure_files refuses repeats), so their paths below a shared folder differ
+        absolute = {i: Path(os.path.abspath(files[i])) for i in same_name}  # as given: links are not followed
+        shared = os.path.commonpath([path.parent for path in absolute.values()])
+        for i, path in absolute.items():
+            ids[i] = path.relative_to(shared).as_posix()
+    return ids
+
+
+def run_predict(cfg: DictConfig) -> Path:
+    """Predict every readable structure; unreadable ones are logged and listed beside the output."""
+    output = output_file(str(cfg.output))
+    skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
+    files = structure_files(cfg.input)
+    ckpts = checkpoint_paths(cfg.ckpt)
+    _refuse_overwriting([*ckpts, *files, *([Path(cfg.atom_init)] if cfg.get("atom_init") else [])], (output, skipped_path))
+    device = resolve_device(str(cfg.device), "device")
+    ensemble = Ensemble.load(ckpts, device, atom_init=cfg.get("atom_init"))
+    checkpoint = ensemble.checkpoint
+    items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(files, file_ids(files))]
+    store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), ensemble.elements())
+    output.parent.mkdir(parents=True, exist_ok=True)
+    report_skipped(store, listed_in=str(skipped_path))
+    for earlier in (skipped_path, output):  # an earlier run's files would now describe other structures
+        earlier.unlink(missing_ok=True)
+    if store.skipped:
+        artifacts.write_skipped(skipped_path, store.skipped)
+        for item_id, reason in store.skipped:
+            log.warning("Not predicted: %s (%s)", item_id, reason)
+    if len(store) == 0:
+        given = cfg.input if isinstance(cfg.input, str) else ", ".join(map(str, cfg.input))
+        raise ValueError(f"none of the {len(files)} structure file(s) in {given} could be used; see {skipped_path}")
+    every_crystal = np.arange(len(store))
+    training_elements = ensemble.training_elements()
+    unseen = warn_unseen_elements(store, every_crystal, training_elements)
+    predictions, spread = ensemble.combine(ensemble.member_predictions(DeviceGraphs(store, device), every_crystal, int(cfg.batch_size)))
+    # Checkpoints that record their training elements get an unseen_elements column; others cannot tell.
+    artifacts.write_predictions(
+        output, store.ids, predictions, unseen=unseen if training_elements is not None else None, spread=spread,
+        warnings=structure_warnings(store),
+    )
+    units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
+    log.info("Wrote %d predictions of %s%s by %s to %s", len(store), checkpoint.get("target"), units, ensemble.name, output)
+    return output
+
+
+def output_file(output: str) -> Path:
+    """The CSV that `output=` names: the file itself, or predictions.csv in a folder (one that exists, or ends in /)."""
+    path = Path(output).expanduser()
+    return path / DEFAULT_OUTPUT_NAME if path.is_dir() or output.endswith(("/", os.sep)) else path
+
+
+def _refuse_overwriting(inputs: list[Path], outputs: tuple[Path, ...]) -> None:
+    """Raise before any work if an output file (or the skip list beside it) is one of the inputs."""
+    read = {path.expanduser().resolve(): path for path in inputs}
+    for path in outputs:
+        if path.resolve() in read:
+            raise ValueError(f"crystal-predict would write {path} over its input {read[path.resolve()]}: give another output= file")
