@@ -165,16 +165,21 @@ def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:
     if store.isolated_atoms:
         crystals = store.crystals_with_isolated_atoms()
         log.warning(
-            "%d atoms in %d crystal(s) have no neighbour within the cutoff, so the model sees each of them alone: %s%s",
-            store.isolated_atoms, len(crystals), ", ".join(store.ids[i] for i in crystals[:5]), ", ..." if len(crystals) > 5 else "",
+            "%d atoms in %d crystal(s) have no neighbour within the cutoff, so the model sees each of them alone: %s",
+            store.isolated_atoms, len(crystals), _first_ids(store, crystals),
         )
     crowded = store.crystals_with_close_atoms(CLOSE_ATOMS)
     if crowded.size:
         log.warning(
             "%d crystal(s) have atoms under %g Å apart, closer than any chemical bond (H2's is 0.74 Å), so their structures "
-            "are probably wrong (units, cell or coordinates) and their predictions meaningless: %s%s",
-            crowded.size, CLOSE_ATOMS, ", ".join(store.ids[i] for i in crowded[:5]), ", ..." if crowded.size > 5 else "",
+            "are probably wrong (units, cell or coordinates) and their predictions meaningless: %s",
+            crowded.size, CLOSE_ATOMS, _first_ids(store, crowded),
         )
+
+
+def _first_ids(store: GraphStore, indices: np.ndarray, shown: int = 5) -> str:
+    """The ids of the first `shown` crystals at `indices`, then ", ..." if there are more."""
+    return ", ".join(store.ids[i] for i in indices[:shown]) + (", ..." if len(indices) > shown else "")
 
 
 def structure_warnings(store: GraphStore) -> dict[str, str]:

@@ -48,16 +48,17 @@ class GraphStore:
 
     def crystals_with_isolated_atoms(self) -> np.ndarray:
         """Indices of the crystals holding an atom with no neighbour within the cutoff."""
-        edge_owner = np.repeat(np.arange(len(self)), np.diff(self.edge_ptr))
         has_neighbour = np.zeros(len(self.numbers), dtype=bool)
-        has_neighbour[self.edge_index[1].astype(np.int64) + self.node_ptr[edge_owner]] = True
-        atom_owner = np.repeat(np.arange(len(self)), np.diff(self.node_ptr))
-        return np.unique(atom_owner[~has_neighbour])
+        has_neighbour[self.edge_index[1].astype(np.int64) + self.node_ptr[self._owners(self.edge_ptr)]] = True
+        return np.unique(self._owners(self.node_ptr)[~has_neighbour])
 
     def crystals_with_close_atoms(self, closer_than: float) -> np.ndarray:
         """Indices of the crystals with two atoms (or an atom and its periodic image) under `closer_than` Å apart."""
-        edge_owner = np.repeat(np.arange(len(self)), np.diff(self.edge_ptr))
-        return np.unique(edge_owner[self.distances < closer_than])
+        return np.unique(self._owners(self.edge_ptr)[self.distances < closer_than])
+
+    def _owners(self, ptr: np.ndarray) -> np.ndarray:
+        """The crystal index of each atom (ptr=node_ptr) or edge (ptr=edge_ptr)."""
+        return np.repeat(np.arange(len(self)), np.diff(ptr))
 
     def edge_weights(self) -> np.ndarray:
         """(E,) float32 weight of every edge."""
@@ -71,8 +72,7 @@ class GraphStore:
 
     def elements(self, indices: np.ndarray) -> list[int]:
         """The sorted distinct atomic numbers over the crystals at `indices`."""
-        owner = np.repeat(np.arange(len(self)), np.diff(self.node_ptr))
-        return sorted(int(z) for z in np.unique(self.numbers[np.isin(owner, indices)]))
+        return sorted(int(z) for z in np.unique(self.numbers[np.isin(self._owners(self.node_ptr), indices)]))
 
     def state(self) -> dict:
         """Plain tensors and lists, loadable with torch.load(weights_only=True)."""

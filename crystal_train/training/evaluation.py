@@ -47,14 +47,14 @@ def evaluate(cfg: DictConfig) -> dict:
     whole_source = other_source and cfg.get("split") is None
     names = (WHOLE_SOURCE,) if whole_source else _split_names(str(cfg.get("split") or "test"))
     saved = checkpoint.get("split_ids")
-    columns = {key: cfg.data.get(key) for key in SOURCE_SETTINGS if cfg.data.get(key) is not None}
-    if columns and not other_source:
-        raise ValueError(f"{', '.join(f'data.{key}' for key in columns)} describe another source: give it with data.snapshot=PATH")
+    source_settings = {key: cfg.data.get(key) for key in SOURCE_SETTINGS if cfg.data.get(key) is not None}
+    if source_settings and not other_source:
+        raise ValueError(f"{', '.join(f'data.{key}' for key in source_settings)} describe another source: give it with data.snapshot=PATH")
     if other_source:
         train_cfg.data.snapshot = str(cfg.data.snapshot)
         train_cfg.data.limit = None
         train_cfg.data.split.file = None
-        train_cfg.data.update(columns)
+        train_cfg.data.update(source_settings)
     else:
         use_saved_split = bool(saved) and split_from != "data"
         _find_training_files(train_cfg.data, checkpoint.get("launch_dir"), checkpoint_path, use_saved_split)

@@ -191,13 +191,14 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             train_seconds=sum(row["seconds"] for row in state.history),  # training and validation, over every resume
         )
         artifacts.write_json(run_dir / "metrics.json", report)
+        units = f" {data.units}" if data.units else ""
         if report["test"]["n"]:
             log.info(
                 "Best epoch %d: val MAE %.4g, test MAE %.4g%s (mean-predictor baseline %.4g)",
-                state.best_epoch, report["val"]["mae"], report["test"]["mae"], f" {data.units}" if data.units else "", report["baseline_test_mae"],
+                state.best_epoch, report["val"]["mae"], report["test"]["mae"], units, report["baseline_test_mae"],
             )
         else:
-            log.info("Best epoch %d: val MAE %.4g%s (no test split to score)", state.best_epoch, report["val"]["mae"], f" {data.units}" if data.units else "")
+            log.info("Best epoch %d: val MAE %.4g%s (no test split to score)", state.best_epoch, report["val"]["mae"], units)
         log.info(
             "Results in %s (metrics.json, predictions_test.csv, parity_test.png); for new structures: crystal-predict ckpt=%s input=...",
             run_dir, checkpoint_dir / "best.pt",
