@@ -17,6 +17,7 @@ from crystal_train.data.features import builtin_elements
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.data.splits import make_splits
 from crystal_train.data.store import GraphStore, build_store
+from crystal_train.listing import first_few
 
 log = logging.getLogger(__name__)
 
@@ -147,10 +148,10 @@ def check_target_floor(store: GraphStore, target: str, minimum: float | None) ->
         return
     below = np.flatnonzero(store.targets < float(minimum))
     if below.size:
-        examples = ", ".join(f"{store.ids[i]} ({store.targets[i]:g})" for i in below[:5])
+        examples = first_few(f"{store.ids[i]} ({store.targets[i]:g})" for i in below)
         raise ValueError(
-            f"data.target_min={float(minimum):g}, but {below.size} crystal(s) have a {target} below it: {examples}"
-            f"{', ...' if below.size > 5 else ''}. Fix those targets, or set data.target_min=null if {target} has no lower bound"
+            f"data.target_min={float(minimum):g}, but {below.size} crystal(s) have a {target} below it: {examples}. "
+            f"Fix those targets, or set data.target_min=null if {target} has no lower bound"
         )
 
 
@@ -162,36 +163,36 @@ def report_skipped(store: GraphStore, listed_in: str = "skipped.csv") -> None:
         if len(kinds) > SHOWN_KINDS:
             summary += f"; {sum(count for _, count in kinds[SHOWN_KINDS:])} for {len(kinds) - SHOWN_KINDS} other reason(s)"
         log.warning("Skipped %d item(s) (%s); listed with their reasons in %s", len(store.skipped), summary, listed_in)
-    if store.isolated_atoms:
-        crystals = store.crystals_with_isolated_atoms()
-        log.warning(
-            "%d atoms in %d crystal(s) have no neighbour within the cutoff, so the model sees each of them alone: %s",
-            store.isolated_atoms, len(crystals), _first_ids(store, crystals),
-        )
-    crowded = store.crystals_with_close_atoms(CLOSE_ATOMS)
-    if crowded.size:
-        log.warning(
-            "%d crystal(s) have atoms under %g Å apart, closer than any chemical bond (H2's is 0.74 Å), so their structures "
-            "are probably wrong (units, cell or coordinates) and their predictions meaningless: %s",
-            crowded.size, CLOSE_ATOMS, _first_ids(store, crowded),
-        )
-
-
-def _first_ids(store: GraphStore, indices: np.ndarray, shown: int = 5) -> str:
-    """The ids of the first `shown` crystals at `indices`, then ", ..." if there are more."""
-    return ", ".join(store.ids[i] for i in indices[:shown]) + (", ..." if len(indices) > shown else "")
+    for crystals, _, warning in _suspect_structures(store):
+        if crystals.size:
+            log.warning("%s: %s", warning.format(crystals=crystals.size), first_few(store.ids[i] for i in crystals))
 
 
 def structure_warnings(store: GraphStore) -> dict[str, str]:
     """{id: what looks wrong with the structure} for the crystals report_skipped warns about (the others are absent)."""
     notes: dict[str, list[str]] = {}
-    for indices, note in (
-        (store.crystals_with_isolated_atoms(), "an atom with no neighbour within the cutoff"),
-        (store.crystals_with_close_atoms(CLOSE_ATOMS), f"atoms under {CLOSE_ATOMS:g} Å apart"),
-    ):
+    for indices, note, _ in _suspect_structures(store):
         for i in indices:
             notes.setdefault(store.ids[i], []).append(note)
     return {item_id: "; ".join(found) for item_id, found in notes.items()}
+
+
+def _suspect_structures(store: GraphStore) -> list[tuple[np.ndarray, str, str]]:
+    """(crystal indices, short note, log warning with a {crystals} count) for each kept structure that looks wrong."""
+    return [
+        (
+            store.crystals_with_isolated_atoms(),
+            "an atom with no neighbour within the cutoff",
+            f"{store.isolated_atoms} atoms in {{crystals}} crystal(s) have no neighbour within the cutoff, "
+            "so the model sees each of them alone",
+        ),
+        (
+            store.crystals_with_close_atoms(CLOSE_ATOMS),
+            f"atoms under {CLOSE_ATOMS:g} Å apart",
+            f"{{crystals}} crystal(s) have atoms under {CLOSE_ATOMS:g} Å apart, closer than any chemical bond (H2's is "
+            "0.74 Å), so their structures are probably wrong (units, cell or coordinates) and their predictions meaningless",
+        ),
+    ]
 
 
 def _reason_kind(reason: str) -> str:

@@ -34,6 +34,7 @@ import pandas as pd
 from crystal_train.data.cif import crystal_via_pymatgen, parse_cif, read_structure_file
 from crystal_train.data.crystal import Crystal, SkippedItem, check_geometry
 from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
+from crystal_train.listing import first_few
 
 ID_COLUMNS = ("material_id", "id", "mbid", "name")
 STRUCTURE_COLUMNS = ("cif", "structure", "cif_text")
@@ -349,7 +350,7 @@ def _row_splits(frame: pd.DataFrame, path: Path) -> list[str | None]:
     bad_rows = [row for row, value in enumerate(values, start=1) if value not in SPLITS]
     if bad_rows:
         bad = sorted({repr(values[row - 1]) for row in bad_rows})
-        rows = ("rows " if len(bad_rows) > 1 else "row ") + ", ".join(map(str, bad_rows[:10])) + (", ..." if len(bad_rows) > 10 else "")
+        rows = ("rows " if len(bad_rows) > 1 else "row ") + first_few(bad_rows, shown=10)
         raise ValueError(f"{path}: column {column!r} has values {', '.join(bad[:10])} ({rows}); expected only {', '.join(SPLITS)}")
     return values
 

@@ -8,6 +8,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from crystal_train.data.store import GraphStore
+from crystal_train.listing import first_few
 
 log = logging.getLogger(__name__)
 
@@ -33,10 +34,10 @@ def warn_unseen_elements(store: GraphStore, indices: np.ndarray, training_elemen
     unseen = unseen_elements(store, indices, training_elements)
     if unseen:
         symbols = sorted({symbol for found in unseen.values() for symbol in found}, key=chemical_symbols.index)
-        examples = ", ".join(f"{item_id} ({' '.join(found)})" for item_id, found in list(unseen.items())[:5])
         log.warning(
             "%d of %d crystals hold elements absent from the model's training split (%s): their predictions are "
-            "extrapolations: %s%s",
-            len(unseen), len(indices), ", ".join(symbols), examples, ", ..." if len(unseen) > 5 else "",
+            "extrapolations: %s",
+            len(unseen), len(indices), ", ".join(symbols),
+            first_few(f"{item_id} ({' '.join(found)})" for item_id, found in unseen.items()),
         )
     return unseen

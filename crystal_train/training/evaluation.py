@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from crystal_train.data.dataset import WHOLE_SOURCE, graph_settings, prepare_data, target_units
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.splits import SPLIT_ORDER, splits_from_ids
+from crystal_train.listing import first_few
 from crystal_train.training import artifacts
 from crystal_train.training.applicability import warn_unseen_elements
 from crystal_train.training.ensemble import Ensemble, checkpoint_paths
@@ -165,7 +166,7 @@ def _warn_about_crystals_they_learned_from(store, splits: dict, names: tuple[str
                     log.warning(
                         "%d of the %d crystals scored as %s were in the %s split of %s (%s): their score is optimistic",
                         len(seen), len(scored), name, used, " and ".join(map(str, paths)),
-                        ", ".join(seen[:3]) + (", ..." if len(seen) > 3 else ""),
+                        first_few(seen, shown=3),
                     )
 
 

@@ -17,6 +17,7 @@ from crystal_train.data.dataset import graph_settings, report_skipped, structure
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, to_crystal
 from crystal_train.data.store import build_store
+from crystal_train.listing import first_few
 from crystal_train.training import artifacts
 from crystal_train.training.applicability import warn_unseen_elements
 from crystal_train.training.ensemble import Ensemble, checkpoint_paths
@@ -63,13 +64,13 @@ def _folder_files(path: Path) -> list[Path]:
     if ignored:
         log.warning(
             "Ignored %d file(s) in %s that are not structure files (%s) or cannot be opened: %s",
-            len(ignored), path, ", ".join(STRUCTURE_FILE_PATTERNS), ", ".join(ignored[:5]) + (", ..." if len(ignored) > 5 else ""),
+            len(ignored), path, ", ".join(STRUCTURE_FILE_PATTERNS), first_few(ignored),
         )
     folders = [f.name for f in entries if f.is_dir()]
     if folders:
         log.warning(
             "Not searched: %d subfolder(s) of %s (%s); add them to the input list, input=[%s,%s/...]",
-            len(folders), path, ", ".join(folders[:5]) + (", ..." if len(folders) > 5 else ""), path, path / folders[0],
+            len(folders), path, first_few(folders), path, path / folders[0],
         )
     return files
 
