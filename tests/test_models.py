@@ -16,7 +16,7 @@ from graph_utils import make_batch
 
 from crystal_train.data.batch import GraphBatch
 from crystal_train.data.crystal import Crystal
-from crystal_train.data.graphs import GraphSettings
+from crystal_train.data.graphs import GraphSettings, build_graph
 from crystal_train.models import CGCNN, SchNet
 from crystal_train.models.schnet import cosine_cutoff
 
@@ -109,6 +109,39 @@ def test_prediction_invariant(eval_model, transform):
         after = model(make_batch([transform(crystal, rng)], SETTINGS[name]))
     assert before.shape == (1,)
     # float64: symmetry-equivalent inputs agree to rounding, far below the 1e-4 control below.
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-8)
+
+
+def grid_crystal(rng: np.random.Generator, index: int) -> Crystal:
+    """Atoms of random elements on a grid with vacancies: many inequivalent sites tie at the 12th and 24th neighbour."""
+    shape = rng.integers(1, 3, 3)
+    points = np.array(list(itertools.product(*(range(s) for s in shape))), dtype=float)
+    keep = rng.random(len(points)) < 0.75
+    keep[0] = True
+    lattice = np.diag(shape * rng.choice([1.8, 2.0, 2.4, 2.9], 3))
+    if index % 2:
+        lattice = lattice @ np.array([[1.0, 0, 0], [0.5, np.sqrt(3) / 2, 0], [0, 0, 1]])  # hexagonal shells tie too
+    return Crystal(f"grid{index}", lattice, rng.choice(ELEMENTS, int(keep.sum())), (points[keep] + 0.5) / shape, target=0.0)
+
+
+def supercell_of(c: Crystal, repeats: tuple[int, int, int]) -> Crystal:
+    shifts = np.array(list(itertools.product(*(range(r) for r in repeats))))
+    frac = ((c.frac_coords[:, None, :] + shifts[None]) / repeats).reshape(-1, 3)
+    return replace(c, lattice=np.array(repeats)[:, None] * c.lattice, numbers=np.repeat(c.numbers, len(shifts)), frac_coords=frac)
+
+
+@pytest.mark.parametrize("repeats", [(2, 1, 1), (1, 2, 2), (2, 2, 2)])
+def test_prediction_invariant_at_the_default_neighbour_caps_with_ties_among_inequivalent_sites(eval_model, repeats):
+    """Anisotropic supercells, another cell, rotation, permutation and translation at once, at 12 (CGCNN) and 24 (SchNet)
+    neighbours, on crystals whose cap cuts shells of inequivalent sites: keeping the first neighbours by index fails this."""
+    name, model = eval_model
+    rng = np.random.default_rng(15)
+    crystals = [grid_crystal(rng, i) for i in range(4)]
+    assert all((build_graph(c, SETTINGS[name]).weights < 1).any() for c in crystals)  # every cap cuts a shell
+    rewritten = [translated(permuted(rotated(other_cell(supercell_of(c, repeats), rng), rng), rng), rng) for c in crystals]
+    with torch.no_grad():
+        before = model(make_batch(crystals, SETTINGS[name]))
+        after = model(make_batch(rewritten, SETTINGS[name]))
     torch.testing.assert_close(after, before, rtol=0, atol=1e-8)
 
 
