@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--no-baseline", action="store_true", help="skip the PyG DataLoader baseline")
     parser.add_argument("--cache-dir", default=None, help="graph cache directory (default: a fresh temporary one, so the build is cold)")
-    parser.add_argument("--workers", type=int, default=None, help="processes for the graph build (default: all cores)")
+    parser.add_argument("--workers", type=int, default=None, help="processes for the graph build (default: the CPUs this process may use)")
     parser.add_argument("--overrides", nargs="*", default=[], help="extra Hydra overrides for the train config")
     parser.add_argument(
         "--output", default=None, help="also write the JSON to this file, rewritten after every measurement so a crash keeps the rest"
@@ -178,6 +178,10 @@ def inference_epoch(model, batches, device, precision: str) -> tuple[float, int]
     return timed_pass(batches, device, inference_step)
 
 
+# How pyg_batches loads, as the JSON records it: what a straightforward PyG training loop does.
+BASELINE_SETTINGS = {"loader": "torch_geometric.loader.DataLoader", "num_workers": 0, "pin_memory": False, "model": "uncompiled"}
+
+
 class Baseline:
     """The PyG DataLoader baseline of one model: its batches, and its training speed at each precision once measured."""
 
@@ -205,7 +209,10 @@ def pyg_batches(store, indices, batch_size: int, device, shuffle: bool):
     # A lone last crystal after other batches is dropped (crystal-train folds it into the batch before):
     # CGCNN's BatchNorm cannot train on a batch of one one-atom crystal.
     lone_tail = len(data_list) > batch_size and len(data_list) % batch_size == 1
-    loader = DataLoader(data_list, batch_size=batch_size, shuffle=shuffle, drop_last=lone_tail)
+    loader = DataLoader(
+        data_list, batch_size=batch_size, shuffle=shuffle, drop_last=lone_tail,
+        num_workers=BASELINE_SETTINGS["num_workers"], pin_memory=BASELINE_SETTINGS["pin_memory"],
+    )
 
     def batches():
         for pyg in loader:
@@ -229,13 +236,17 @@ def measure_batching(graphs, train_idx, baseline, args, device) -> dict:
     return result
 
 
-def measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline: Baseline | None) -> dict:
+def measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline: Baseline | None, publish) -> None:
     with float32_matmul_precision(precision):
-        return measure_setting(cfg, model_name, data, args, device, precision, compiled, graphs, baseline)
+        measure_setting(cfg, model_name, data, args, device, precision, compiled, graphs, baseline, publish)
 
 
-def measure_setting(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline: Baseline | None) -> dict:
-    """Training and inference speed of one (model, precision, compile) setting, and of the baseline at that precision."""
+def measure_setting(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline: Baseline | None, publish) -> None:
+    """Training and inference speed of one (model, precision, compile) setting, then of the baseline at that precision.
+
+    publish(row) is called with the setting's own figures before the baseline runs (so a run stopped during it keeps
+    them), and again with the baseline's added.
+    """
     host_reset = reset_peak_host_memory()
     torch.manual_seed(0)
     if compiled:
@@ -271,7 +282,9 @@ def measure_setting(cfg, model_name, data, args, device, precision: str, compile
         "compiled_during_timing": compiled_in_timing,  # graphs torch.compile built inside the timed passes: should be 0
         "device_memory_before_gib": device_memory_before,
         "peak_device_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "peak_host_memory_gib": peak_host_memory_gib(host_reset),
     }
+    publish(result)
     if baseline is not None:
         if precision not in baseline.train_crystals_per_s:  # the same model, uncompiled, at this precision
             train_epoch(model, optimizer, warmup_batches(baseline.batches(), warmup), normalizer, device, precision)
@@ -279,8 +292,7 @@ def measure_setting(cfg, model_name, data, args, device, precision: str, compile
             baseline.train_crystals_per_s[precision] = base_crystals / base_seconds
         result["baseline_pyg_dataloader_crystals_per_s"] = baseline.train_crystals_per_s[precision]
         result["speedup_vs_baseline"] = result["train_crystals_per_s"] / result["baseline_pyg_dataloader_crystals_per_s"]
-    result["peak_host_memory_gib"] = peak_host_memory_gib(host_reset)
-    return result
+        publish(result)
 
 
 def library_versions() -> dict:
@@ -303,14 +315,15 @@ def main(argv: list[str] | None = None) -> None:
         "versions": library_versions(),
         "batch_size": args.batch_size,
         "warmup_batches": "one epoch" if args.warmup_batches is None else args.warmup_batches,
+        "baseline": None if args.no_baseline else BASELINE_SETTINGS,
         "graphs": {},
         "runs": [],
     }
     with tempfile.TemporaryDirectory() as temporary:
         cache_dir = Path(args.cache_dir or temporary)
         compile_settings = {"off": [False], "on": [True], "both": [False, True]}[args.compile]
-        prepared = {}
-        for model_name in args.models.split(","):
+        stored = {}
+        for model_name in args.models.split(","):  # every graph build before any device use, so no worker forks after CUDA starts
             cfg = compose_cfg(args, model_name, cache_dir)
             settings = graph_settings(cfg.graph)
             host_reset = reset_peak_host_memory()
@@ -329,19 +342,22 @@ def main(argv: list[str] | None = None) -> None:
                 "first_prepare_peak_host_memory_gib": build_peak,
                 "cached_prepare_s": load_seconds,
             }
+            stored[model_name] = (cfg, data)
+        save(args, report)
+        prepared = {}
+        for model_name, (cfg, data) in stored.items():
             graphs = DeviceGraphs(data.store, device)
             train_idx = data.splits["train"]
             baseline = None if args.no_baseline else Baseline(pyg_batches(data.store, train_idx, args.batch_size, device, shuffle=True))
             report["graphs"][model_name]["resident_on_device"] = graphs.resident
             report["graphs"][model_name]["batching"] = measure_batching(graphs, train_idx, baseline, args, device)
             prepared[model_name] = (cfg, data, graphs, baseline)
+            save(args, report)
         for model_name, precision, compiled in measurement_order(list(prepared), args.precisions.split(","), compile_settings):
             cfg, data, graphs, baseline = prepared[model_name]
-            report["runs"].append(guarded_measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline))
-            if args.output:
-                write_json(Path(args.output), report)
+            guarded_measure(report, args, cfg, model_name, data, device, precision, compiled, graphs, baseline)
     print(json.dumps(report, indent=2))
-    failed = [run for run in report["runs"] if "error" in run]
+    failed = [run for run in report["runs"] if "error" in run or "baseline_error" in run]
     if failed:
         sys.exit(f"{len(failed)} of {len(report['runs'])} measurements failed; their errors are in the JSON")
 
@@ -352,15 +368,30 @@ def measurement_order(models: list[str], precisions: list[str], compile_settings
     return [(model, precision, compiled) for compiled in sorted(compile_settings, reverse=True) for precision in precisions for model in models]
 
 
-def guarded_measure(cfg, model_name, data, args, device, precision: str, compiled: bool, graphs, baseline) -> dict:
-    """measure(), or the setting and its error when it fails (a compile error, out of memory), so the others still run."""
+def save(args, report: dict) -> None:
+    """Rewrite --output with the report so far (nothing without --output)."""
+    if args.output:
+        write_json(Path(args.output), report)
+
+
+def guarded_measure(report: dict, args, cfg, model_name, data, device, precision: str, compiled: bool, graphs, baseline) -> None:
+    """measure() one setting into a row of report["runs"], saved as soon as it has figures; a failure (a compile error,
+    out of memory) is recorded in the row as `error`, or `baseline_error` once its own figures are in, and the others still run."""
+    row = {"model": model_name, "precision": precision, "compile": compiled}
+
+    def publish(figures: dict) -> None:
+        row.update(figures)
+        if not any(run is row for run in report["runs"]):
+            report["runs"].append(row)
+        save(args, report)
+
     try:
-        return measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline)
+        measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline, publish)
     except Exception as error:
         traceback.print_exc()
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return {"model": model_name, "precision": precision, "compile": compiled, "error": f"{type(error).__name__}: {error}"}
+        publish({"baseline_error" if "train_crystals_per_s" in row else "error": f"{type(error).__name__}: {error}"})
 
 
 if __name__ == "__main__":

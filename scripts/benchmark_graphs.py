@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-neighbors", type=_max_neighbors, default=12,
                         help="neighbours kept per atom, an integer or 'none' for all within the cutoff (default: 12)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="graph-building processes (default: os.cpu_count())")
+                        help="graph-building processes (default: the CPUs this process may use)")
     parser.add_argument("--cache-dir", type=Path, default=None,
                         help="folder in which a fresh, temporary cache directory is made and removed afterwards "
                              "(default: the system temporary folder)")
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "target": args.target,
             "cutoff": args.cutoff,
             "max_neighbors": args.max_neighbors,
-            "workers": args.workers or os.cpu_count(),
+            "workers": args.workers or len(os.sched_getaffinity(0)),  # what build_store uses by default
             "limit": args.limit,
         },
         "load_average_before": os.getloadavg(),

@@ -40,6 +40,7 @@ def test_benchmark_reports_throughput_memory_and_baseline_ratio(tmp_path):
     assert batching["ours_crystals_per_s"] > 0 and batching["baseline_pyg_dataloader_crystals_per_s"] > 0
     assert batching["ratio"] == pytest.approx(batching["ours_crystals_per_s"] / batching["baseline_pyg_dataloader_crystals_per_s"])
     assert report["warmup_batches"] == 1
+    assert report["baseline"] == {"loader": "torch_geometric.loader.DataLoader", "num_workers": 0, "pin_memory": False, "model": "uncompiled"}
     assert report["torch"] == torch.__version__
     assert report["versions"]["cuda"] == torch.version.cuda and report["versions"]["torch_geometric"] == torch_geometric.__version__
     assert graphs["first_prepare_peak_host_memory_gib"] > 0
@@ -202,13 +203,15 @@ def test_a_failing_setting_is_reported_and_the_others_are_kept(tmp_path, monkeyp
     module = _load_benchmark_module()
     real_measure = module.measure
 
-    def measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline):
+    output = tmp_path / "benchmark.json"
+
+    def measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline, publish):
+        assert json.loads(output.read_text())["graphs"]["cgcnn"]["batching"]["ours_crystals_per_s"] > 0  # saved before any setting
         if precision == "bf16":
             raise RuntimeError("CUDA out of memory (simulated)")
-        return real_measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline)
+        real_measure(cfg, model_name, data, args, device, precision, compiled, graphs, baseline, publish)
 
     monkeypatch.setattr(module, "measure", measure)
-    output = tmp_path / "benchmark.json"
     argv = ["--limit", "60", "--models", "cgcnn", "--device", "cpu", "--precisions", "bf16,32", "--warmup-batches", "1",
             "--batch-size", "16", "--no-baseline", "--cache-dir", str(tmp_path / "cache"), "--output", str(output)]
     with pytest.raises(SystemExit, match="1 of 2 measurements failed"):
@@ -217,6 +220,30 @@ def test_a_failing_setting_is_reported_and_the_others_are_kept(tmp_path, monkeyp
     assert failed == {"model": "cgcnn", "precision": "bf16", "compile": False, "error": "RuntimeError: CUDA out of memory (simulated)"}
     assert measured["precision"] == "32" and measured["train_crystals_per_s"] > 0
     assert json.loads(capsys.readouterr().out)["runs"] == [failed, measured]
+
+
+@pytest.mark.slow
+def test_a_setting_whose_baseline_fails_keeps_its_own_figures_saved_before_the_baseline_ran(tmp_path, monkeypatch):
+    module = _load_benchmark_module()
+    output = tmp_path / "benchmark.json"
+    real_train_epoch, epochs = module.train_epoch, []
+
+    def train_epoch(model, optimizer, batches, normalizer, device, precision):
+        epochs.append(precision)
+        if len(epochs) == 3:  # warm-up and timed epoch of the setting done: the baseline's warm-up starts
+            saved = json.loads(output.read_text())["runs"]
+            assert len(saved) == 1 and saved[0]["train_crystals_per_s"] > 0 and "speedup_vs_baseline" not in saved[0]
+            raise RuntimeError("baseline out of memory (simulated)")
+        return real_train_epoch(model, optimizer, batches, normalizer, device, precision)
+
+    monkeypatch.setattr(module, "train_epoch", train_epoch)
+    argv = ["--limit", "60", "--models", "cgcnn", "--device", "cpu", "--warmup-batches", "1", "--batch-size", "16",
+            "--cache-dir", str(tmp_path / "cache"), "--output", str(output)]
+    with pytest.raises(SystemExit, match="1 of 1 measurements failed"):
+        module.main(argv)
+    (row,) = json.loads(output.read_text())["runs"]
+    assert row["baseline_error"] == "RuntimeError: baseline out of memory (simulated)" and "error" not in row
+    assert row["train_crystals_per_s"] > 0 and row["inference_crystals_per_s"] > 0 and "speedup_vs_baseline" not in row
 
 
 @pytest.mark.parametrize(

@@ -134,6 +134,11 @@ def _build_one(item) -> tuple[str, float, str | None, _StoredGraph | None, str |
         return str(getattr(item, "id", "?")), float("nan"), None, None, f"{type(error).__name__}: {error}"
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity, which container CPU sets narrow), not every CPU of the machine."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def build_store(
     items: Sequence,
     to_crystal: Callable,
@@ -143,7 +148,7 @@ def build_store(
     progress: bool = True,
 ) -> GraphStore:
     """Turn raw items into a GraphStore, in parallel over processes; bad items are skipped."""
-    num_workers = num_workers or os.cpu_count() or 1
+    num_workers = num_workers or usable_cpus()
     init_args = (to_crystal, settings, supported_elements)
     bar = dict(total=len(items), desc="graphs", unit="crystal", disable=not progress, mininterval=1.0)
     threads = torch.get_num_threads()
