@@ -7,6 +7,7 @@ import logging
 import math
 import os
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from crystal_train.data.cif import STRUCTURE_FILE_PATTERNS, is_structure_file_na
 from crystal_train.data.dataset import graph_settings, report_skipped, structure_warnings
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, to_crystal
-from crystal_train.data.store import build_store
+from crystal_train.data.store import GraphStore, build_store
 from crystal_train.listing import first_few
 from crystal_train.training import artifacts
 from crystal_train.training.applicability import warn_unseen_elements
@@ -99,6 +100,36 @@ def file_ids(files: list[Path]) -> list[str]:
     return ids
 
 
+@dataclass
+class PredictedCrystals:
+    """An ensemble's predictions for the crystals of a store, in its order."""
+
+    ids: list[str]
+    predictions: np.ndarray  # in the target's units
+    spread: np.ndarray | None  # the members' sample standard deviation; None for one checkpoint
+    unseen: dict[str, list[str]] | None  # {id: elements its training split lacked}; None when the checkpoints do not record them
+    warnings: dict[str, str]  # {id: what looks wrong with its structure}
+
+
+def read_structures(ensemble: Ensemble, items: list[RawItem], listed_in: str, progress: bool = True) -> GraphStore:
+    """Graphs of the items at the checkpoints' graph settings; items that cannot be used are skipped and reported."""
+    settings = graph_settings(ensemble.checkpoint["config"]["graph"])
+    store = build_store(items, to_crystal, settings, ensemble.elements(), progress=progress)
+    report_skipped(store, listed_in=listed_in)
+    return store
+
+
+def predict_crystals(ensemble: Ensemble, store: GraphStore, device, batch_size: int) -> PredictedCrystals:
+    """Every crystal's prediction, with the warnings about unseen elements and suspect structures logged."""
+    every_crystal = np.arange(len(store))
+    training_elements = ensemble.training_elements()
+    unseen = warn_unseen_elements(store, every_crystal, training_elements)
+    predictions, spread = ensemble.combine(ensemble.member_predictions(DeviceGraphs(store, device), every_crystal, batch_size))
+    return PredictedCrystals(
+        list(store.ids), predictions, spread, unseen if training_elements is not None else None, structure_warnings(store)
+    )
+
+
 def run_predict(cfg: DictConfig) -> Path:
     """Predict every readable structure; unreadable ones are logged and listed beside the output."""
     output = output_file(str(cfg.output))
@@ -110,9 +141,8 @@ def run_predict(cfg: DictConfig) -> Path:
     ensemble = Ensemble.load(ckpts, device, atom_init=cfg.get("atom_init"))
     checkpoint = ensemble.checkpoint
     items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(files, file_ids(files))]
-    store = build_store(items, to_crystal, graph_settings(checkpoint["config"]["graph"]), ensemble.elements())
+    store = read_structures(ensemble, items, listed_in=str(skipped_path))
     output.parent.mkdir(parents=True, exist_ok=True)
-    report_skipped(store, listed_in=str(skipped_path))
     for earlier in (skipped_path, output):  # an earlier run's files would now describe other structures
         earlier.unlink(missing_ok=True)
     if store.skipped:
@@ -122,14 +152,10 @@ def run_predict(cfg: DictConfig) -> Path:
     if len(store) == 0:
         given = cfg.input if isinstance(cfg.input, str) else ", ".join(map(str, cfg.input))
         raise ValueError(f"none of the {len(files)} structure file(s) in {given} could be used; see {skipped_path}")
-    every_crystal = np.arange(len(store))
-    training_elements = ensemble.training_elements()
-    unseen = warn_unseen_elements(store, every_crystal, training_elements)
-    predictions, spread = ensemble.combine(ensemble.member_predictions(DeviceGraphs(store, device), every_crystal, int(cfg.batch_size)))
+    predicted = predict_crystals(ensemble, store, device, int(cfg.batch_size))
     # Checkpoints that record their training elements get an unseen_elements column; others cannot tell.
     artifacts.write_predictions(
-        output, store.ids, predictions, unseen=unseen if training_elements is not None else None, spread=spread,
-        warnings=structure_warnings(store),
+        output, predicted.ids, predicted.predictions, unseen=predicted.unseen, spread=predicted.spread, warnings=predicted.warnings
     )
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
     log.info("Wrote %d predictions of %s%s by %s to %s", len(store), checkpoint.get("target"), units, ensemble.name, output)
