@@ -16,19 +16,21 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from crystal_train.training.ensemble import Ensemble, checkpoint_paths
 from crystal_train.training.inference import resolve_device
 from crystal_train.training.prediction import file_ids, predict_crystals, read_structures
 from crystal_train.data.sources import RawItem
+from crystal_train.listing import first_few
 
 
 class Predictor:
     """A checkpoint (`ckpt`), or a list of them predicting their mean, loaded once for any number of predict calls."""
 
-    def __init__(self, ckpt: str | Path | Sequence[str | Path], device: str = "auto", atom_init: str | None = None, batch_size: int = 256):
+    def __init__(
+        self, ckpt: str | Path | Sequence[str | Path], device: str = "auto", atom_init: str | None = None, batch_size: int = 256
+    ):
         """`atom_init` is the atom_init.json an original CGCNN checkpoint (model_best.pth.tar) needs."""
         self.device = resolve_device(str(device), "device")
         self.ensemble = Ensemble.load(checkpoint_paths(ckpt), self.device, atom_init=atom_init)
@@ -49,21 +51,16 @@ class Predictor:
         (for several checkpoints), `unseen_elements` (where the checkpoints record their training elements),
         `structure_warnings`, and `skipped`, the reason a structure could not be used ("" for the others).
 
-        A structure is a pymatgen Structure, an ASE Atoms periodic along every axis, or a structure file's path;
-        `ids` default to file ids for paths (as crystal-predict names them) and positions ("0", "1", ...) otherwise.
+        A structure is a pymatgen Structure, an ASE Atoms periodic along every axis, CIF text, or a structure file's
+        path; one alone needs no list. `ids` default to file ids when every structure is a path (as crystal-predict
+        names them), else to positions ("0", "1", ...).
         """
-        structures = list(structures)
+        structures = [structures] if _is_one_structure(structures) else list(structures)
         ids = _ids(structures, ids)
-        items, skipped = [], {}
-        for item_id, structure in zip(ids, structures):
-            item = _raw_item(item_id, structure)
-            if isinstance(item, str):
-                skipped[item_id] = item
-            else:
-                items.append(item)
+        items = [_raw_item(item_id, structure) for item_id, structure in zip(ids, structures)]
         store = read_structures(self.ensemble, items, listed_in="the skipped column", progress=progress)
-        skipped.update(store.skipped)
-        table = pd.DataFrame({"id": ids, "prediction": math.nan})
+        skipped = dict(store.skipped)
+        table = pd.DataFrame({"id": pd.Series(ids, dtype=object), "prediction": math.nan})
         if self.ensemble.training_elements() is not None:
             table["unseen_elements"] = ""
         table["structure_warnings"] = ""
@@ -79,41 +76,54 @@ class Predictor:
             if predicted.unseen is not None:
                 table.loc[rows, "unseen_elements"] = [" ".join(predicted.unseen.get(item_id, [])) for item_id in predicted.ids]
             table.loc[rows, "structure_warnings"] = [predicted.warnings.get(item_id, "") for item_id in predicted.ids]
-        table["skipped"] = [skipped.get(item_id, "") for item_id in ids]
+        table["skipped"] = pd.Series([skipped.get(item_id, "") for item_id in ids], dtype=object)
         return table
 
 
-def _ids(structures: list, ids: Sequence[str] | None) -> list[str]:
-    """The given ids, checked, or the default ones: file ids for paths, positions for the others."""
-    if ids is not None:
-        ids = [str(item_id) for item_id in ids]
-        if len(ids) != len(structures):
-            raise ValueError(f"{len(ids)} ids for {len(structures)} structures")
-    else:
-        paths = [i for i, structure in enumerate(structures) if isinstance(structure, (str, os.PathLike))]
-        ids = [str(i) for i in range(len(structures))]
-        for i, file_id in zip(paths, file_ids([Path(structures[i]) for i in paths])):
-            ids[i] = file_id
-    repeated = [item_id for item_id, count in Counter(ids).items() if count > 1]
-    if repeated:
-        raise ValueError(f"ids {', '.join(repeated[:5])} are given to more than one structure; pass unique ids=")
-    return ids
-
-
-def _raw_item(item_id: str, structure) -> RawItem | str:
-    """The item to read, or the reason it cannot be used."""
+def _is_one_structure(structures) -> bool:
     from ase import Atoms
     from pymatgen.core import IStructure
 
-    if isinstance(structure, (str, os.PathLike)):
-        return RawItem(id=item_id, target=math.nan, split=None, path=os.fspath(structure))
-    if isinstance(structure, IStructure):  # Structure too
-        return RawItem(id=item_id, target=math.nan, split=None, structure=structure.as_dict())
-    if isinstance(structure, Atoms):
-        if not np.all(structure.pbc):
-            return f"ASE Atoms not periodic along every axis (pbc={structure.pbc.tolist()}): give it a cell and pbc=True"
-        arrays = {"lattice": structure.cell.array, "numbers": structure.numbers, "frac_coords": structure.get_scaled_positions(wrap=False)}
-        return RawItem(id=item_id, target=math.nan, split=None, structure=arrays)
-    raise TypeError(
-        f"structure {item_id} is a {type(structure).__name__}: give a pymatgen Structure, an ASE Atoms or a structure file's path"
-    )
+    return isinstance(structures, (str, os.PathLike, IStructure, Atoms))
+
+
+def _is_cif_text(structure) -> bool:
+    return isinstance(structure, str) and "\n" in structure
+
+
+def _ids(structures: list, ids: Sequence[str] | None) -> list[str]:
+    """The given ids, which must be unique, or the default ones: file ids if every structure is a file, else positions."""
+    if ids is None:
+        if structures and all(isinstance(s, (str, os.PathLike)) and not _is_cif_text(s) for s in structures):
+            return file_ids([Path(s).expanduser() for s in structures])  # unique, as crystal-predict's
+        return [str(i) for i in range(len(structures))]
+    ids = [str(item_id) for item_id in ids]
+    if len(ids) != len(structures):
+        raise ValueError(f"{len(ids)} ids for {len(structures)} structures")
+    repeated = [item_id for item_id, count in Counter(ids).items() if count > 1]
+    if repeated:
+        raise ValueError(f"ids={first_few(repeated)} name more than one structure each: give unique ids")
+    return ids
+
+
+def _raw_item(item_id: str, structure) -> RawItem:
+    """The item to read; what cannot be used is skipped with its reason when it is read."""
+    from ase import Atoms
+    from pymatgen.core import IStructure
+
+    item = RawItem(id=item_id, target=math.nan, split=None)
+    if _is_cif_text(structure):
+        item.cif_text = structure
+    elif isinstance(structure, (str, os.PathLike)):
+        item.path = os.fspath(Path(structure).expanduser())
+    elif isinstance(structure, IStructure):  # Structure too
+        item.structure = structure.as_dict()
+    elif isinstance(structure, Atoms):
+        item.structure = {"lattice": structure.cell.array, "numbers": structure.numbers, "cart_coords": structure.positions,
+                          "pbc": structure.pbc}
+    else:
+        raise TypeError(
+            f"structure {item_id} is a {type(structure).__name__}: give a pymatgen Structure, an ASE Atoms, CIF text "
+            "or a structure file's path"
+        )
+    return item

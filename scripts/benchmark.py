@@ -5,8 +5,8 @@ a full epoch after a warm-up, with device synchronisation), inference throughput
 and device memory, for each model × precision × compile setting, plus the same model trained
 from a plain torch_geometric DataLoader over a list of Data objects, and the speed-up ratio. The
 baseline runs the model uncompiled at each row's precision (measured once per model and
-precision). Peak host memory is per setting and per graph build where the kernel can reset it
-(Linux), else null. The defaults measure float32 uncompiled; --precisions 32,tf32,bf16 --compile both
+precision). Peak host memory is per setting (its own epochs, before its baseline's) and per graph build
+where the kernel can reset it (Linux), else null. The defaults measure float32 uncompiled; --precisions 32,tf32,bf16 --compile both
 gives the whole matrix.
 It also times batch formation alone (one pass over the training split with no model, batches
 moved to the device): the ceiling that the data path puts on training speed, for both paths.

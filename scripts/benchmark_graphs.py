@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
             "target": args.target,
             "cutoff": args.cutoff,
             "max_neighbors": args.max_neighbors,
-            "workers": args.workers or len(os.sched_getaffinity(0)),  # what build_store uses by default
+            "workers": args.workers or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()),
             "limit": args.limit,
         },
         "load_average_before": os.getloadavg(),

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -151,9 +152,9 @@ def test_gpu_benchmark_script_measures_both_steps_and_keeps_a_training_run_stopp
 
 
 FAKE_PYTHON = """#!/usr/bin/env bash
-# benchmark.py succeeds at once; the training is killed by the kernel at once (as out of memory),
-# or ignores SIGINT until timeout kills it after its grace period
-[[ $1 == scripts/benchmark.py ]] && exit 0
+# benchmark.py succeeds at once; the training ends at once, is killed by the kernel at once (as out of
+# memory), or ignores SIGINT until timeout kills it after its grace period
+[[ $1 == scripts/benchmark.py || $FAKE_TRAINING == ends ]] && exit 0
 [[ $FAKE_TRAINING == dies ]] && kill -KILL $$
 trap '' INT
 while :; do sleep 1; done
@@ -174,6 +175,19 @@ def test_gpu_script_counts_a_kill_after_the_time_limit_as_stopped_and_one_before
         logs[behaviour] = (completed.returncode, (out / "train.log").read_text())
     assert logs["dies"][0] == 137 and "training exit status 137\n" in logs["dies"][1]
     assert logs["outlives_sigint"][0] == 0 and "training exit status 137 (stopped at the time budget)" in logs["outlives_sigint"][1]
+
+
+def test_gpu_script_leaves_the_training_240_seconds_after_a_benchmark_that_used_all_of_its_time(tmp_path):
+    """At the smallest budget, 330 s: the benchmark may run 30 s and 15 s past SIGINT, the training 240 s, ending 45 s early."""
+    python = tmp_path / "python"
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    env = {**os.environ, "PYTHON": str(python), "DEVICE": "cpu", "BUDGET_SECONDS": "330", "FAKE_TRAINING": "ends"}
+    out = tmp_path / "out"
+    completed = subprocess.run(["bash", str(GPU_SCRIPT), str(tmp_path), str(out)], env=env, capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr
+    assert "for at most 30 s" in (out / "benchmark.log").read_text()
+    assert re.search(r"training for at most 28[45] s", (out / "train.log").read_text())  # 330 - 45, less the second or so spent
 
 
 def _load_benchmark_module():
@@ -249,8 +263,8 @@ def test_a_setting_whose_baseline_fails_keeps_its_own_figures_saved_before_the_b
 @pytest.mark.parametrize(
     ("variable", "value", "message"),
     [("TRAIN_SECONDS", "0", "TRAIN_SECONDS must be a positive number of seconds, not '0'"),
-     ("BUDGET_SECONDS", "120", "BUDGET_SECONDS must be at least 300"),
-     ("BUDGET_SECONDS", "10m", "BUDGET_SECONDS must be at least 300")],
+     ("BUDGET_SECONDS", "329", "BUDGET_SECONDS must be at least 330"),
+     ("BUDGET_SECONDS", "10m", "BUDGET_SECONDS must be at least 330")],
 )
 def test_gpu_script_refuses_a_time_setting_it_cannot_keep_before_writing_anything(variable, value, message, tmp_path):
     env = {**os.environ, variable: value}

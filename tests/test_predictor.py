@@ -37,7 +37,7 @@ def test_predictor_rows_follow_the_inputs_and_match_crystal_predict(demo_run, tm
     table = Predictor(ckpt, device="cpu").predict(inputs)
 
     assert list(table.columns) == ["id", "prediction", "unseen_elements", "structure_warnings", "skipped"]
-    assert table["id"].tolist() == ["0", "1", "broken", "3", "mp-nacl"]  # positions, and file ids for paths
+    assert table["id"].tolist() == ["0", "1", "2", "3", "4"]  # positions, since not all are files
     for row, name in ((0, "mp-si"), (1, "mp-cu"), (4, "mp-nacl")):
         assert table.loc[row, "prediction"] == pytest.approx(float(expected[name]["prediction"]), abs=1e-6)  # float32, CIF-rounded coordinates
         assert table.loc[row, "unseen_elements"] == expected[name]["unseen_elements"] and table.loc[row, "skipped"] == ""
@@ -45,6 +45,29 @@ def test_predictor_rows_follow_the_inputs_and_match_crystal_predict(demo_run, tm
     assert table.loc[4, "unseen_elements"] == "Na Cl"  # the demo's alloys hold neither
     assert math.isnan(table.loc[2, "prediction"]) and table.loc[2, "skipped"].startswith("malformed CIF")
     assert math.isnan(table.loc[3, "prediction"]) and "not periodic along every axis" in table.loc[3, "skipped"]
+
+    files = Predictor(ckpt, device="cpu").predict([folder / "mp-si.cif", folder, folder / "mp-cu.cif"])
+    assert files["id"].tolist() == ["mp-si", "cifs", "mp-cu"]  # file ids, as crystal-predict's, when all are files
+    assert files["prediction"].tolist() == pytest.approx([float(expected["mp-si"]["prediction"]), math.nan, float(expected["mp-cu"]["prediction"])],
+                                                         abs=1e-6, nan_ok=True)
+    assert files.loc[1, "skipped"] == "cifs is a folder, not a structure file"
+
+
+@pytest.mark.slow
+def test_predictor_takes_one_structure_alone_cif_text_and_skips_flat_cells(demo_run):
+    run_dir, _, _ = demo_run
+    predictor = Predictor(run_dir / "checkpoints" / "best.pt", device="cpu")
+    copper = good_structures()["mp-cu"]
+    alone = predictor.predict(copper)
+    assert alone["id"].tolist() == ["0"] and alone.loc[0, "skipped"] == ""
+    as_text = predictor.predict(cif_text(copper))
+    assert as_text.loc[0, "prediction"] == pytest.approx(alone.loc[0, "prediction"], abs=1e-6)
+    flat = Atoms("Cu2", positions=[[0, 0, 0], [1.8, 0, 0]], cell=[[3.6, 0, 0], [0, 3.6, 0], [0, 0, 0]], pbc=True)
+    table = predictor.predict([flat, AseAtomsAdaptor.get_atoms(copper)])
+    assert table.loc[0, "skipped"].startswith("degenerate cell: 0 Å thick") and math.isnan(table.loc[0, "prediction"])
+    assert table.loc[1, "prediction"] == pytest.approx(alone.loc[0, "prediction"], abs=1e-6)
+    empty = predictor.predict([])
+    assert len(empty) == 0 and list(empty.columns) == ["id", "prediction", "unseen_elements", "structure_warnings", "skipped"]
 
 
 @pytest.mark.slow
@@ -64,11 +87,12 @@ def test_predictor_with_two_checkpoints_adds_their_spread_and_takes_given_ids(de
     assert both.loc[0, "prediction"] == pytest.approx(mean, abs=1e-6)  # float32, other batches
 
 
-def test_default_ids_are_positions_and_file_ids_and_must_be_unique(tmp_path):
+def test_default_ids_are_file_ids_for_files_else_positions_and_given_ids_must_be_unique(tmp_path):
     copper = good_structures()["mp-cu"]
-    assert _ids([copper, tmp_path / "a" / "x.cif", copper], None) == ["0", "x", "2"]
+    assert _ids([tmp_path / "a" / "x.cif", str(tmp_path / "b" / "x.cif"), tmp_path / "1.cif"], None) == ["a/x.cif", "b/x.cif", "1"]
+    assert _ids([copper, tmp_path / "0.cif", copper], None) == ["0", "1", "2"]
     assert _ids([copper, copper], ["a", "b"]) == ["a", "b"]
     with pytest.raises(ValueError, match="2 ids for 1 structures"):
         _ids([copper], ["a", "b"])
-    with pytest.raises(ValueError, match="ids 0 are given to more than one structure"):
-        _ids([copper, tmp_path / "0.cif"], None)
+    with pytest.raises(ValueError, match="ids=a name more than one structure each"):
+        _ids([copper, copper], ["a", "a"])

@@ -54,7 +54,7 @@ class RawItem:
     split: str | None  # "train" | "val" | "test" | None
     cif_text: str | None = None  # CIF text to parse
     path: str | None = None  # a structure file to read
-    structure: dict | None = None  # pymatgen Structure.as_dict() or {"lattice", "numbers", "frac_coords"}
+    structure: dict | None = None  # pymatgen Structure.as_dict() or {"lattice", "numbers", "frac_coords" or "cart_coords"[, "pbc"]}
 
 
 @dataclass
@@ -133,6 +133,8 @@ def to_crystal(item: RawItem) -> Crystal:
 
 def _read_path(item: RawItem) -> Crystal:
     path = Path(item.path)
+    if path.is_dir():
+        raise SkippedItem(item.id, f"{path.name} is a folder, not a structure file")
     if not path.is_file():
         raise SkippedItem(item.id, f"missing file {path.name}")
     try:
@@ -150,19 +152,27 @@ def _from_structure_dict(structure: dict, item_id: str) -> Crystal:
 
 
 def _from_arrays(structure: dict, item_id: str) -> Crystal:
+    """{"lattice", "numbers", "frac_coords"}, or "cart_coords" (Å) with "pbc" as ASE's Atoms give them."""
+    pbc = np.asarray(structure.get("pbc", True))
+    if not pbc.all():
+        raise SkippedItem(item_id, f"not periodic along every axis (pbc={pbc.tolist()}): give it a cell and pbc=True")
+    coordinates = "cart_coords" if "cart_coords" in structure else "frac_coords"
     try:
         lattice = np.asarray(structure["lattice"], dtype=np.float64)
         numbers = np.asarray(structure["numbers"], dtype=np.int64)
-        frac_coords = np.asarray(structure["frac_coords"], dtype=np.float64)
+        coords = np.asarray(structure[coordinates], dtype=np.float64)
     except (KeyError, TypeError, ValueError) as error:
         raise SkippedItem(item_id, f"malformed structure arrays: {error}") from None
     n = len(numbers)
-    if lattice.shape != (3, 3) or numbers.shape != (n,) or frac_coords.shape != (n, 3) or n == 0:
+    if lattice.shape != (3, 3) or numbers.shape != (n,) or coords.shape != (n, 3) or n == 0:
         raise SkippedItem(
             item_id,
-            f"malformed structure arrays: lattice {lattice.shape}, numbers {numbers.shape}, "
-            f"frac_coords {frac_coords.shape}",
+            f"malformed structure arrays: lattice {lattice.shape}, numbers {numbers.shape}, {coordinates} {coords.shape}",
         )
+    if coordinates == "cart_coords":
+        check_geometry(lattice, np.zeros((0, 3)), item_id)  # the cell first: a flat one has no fractional coordinates
+        coords = np.linalg.solve(lattice.T, coords.T).T
+    frac_coords = coords
     check_geometry(lattice, frac_coords, item_id)
     return Crystal(id=item_id, lattice=lattice, numbers=numbers, frac_coords=frac_coords)
 
