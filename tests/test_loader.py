@@ -10,6 +10,7 @@ import torch
 from graph_utils import make_batch, random_crystals
 
 from crystal_train.data import loader
+from crystal_train.data.crystal import Crystal
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.data.loader import BatchIterator, DeviceGraphs, fits_on_device, graph_tensor_bytes
 from crystal_train.data.store import build_store
@@ -65,6 +66,23 @@ def test_iterator_covers_every_crystal_once_per_epoch_in_a_new_order_each_epoch(
     assert [torch.cat([batch.targets for batch in unshuffled]).tolist() for _ in range(2)] == [in_order, in_order]
 
 
+@pytest.mark.parametrize("resident", [True, False])
+def test_batches_carry_each_crystals_distinct_distances_and_where_each_edge_finds_its_own(resident):
+    """A symmetric crystal repeats its distances; the batch lists each crystal's once, and gathering them gives every edge's."""
+    fcc = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
+    crystals = [Crystal("fcc", np.eye(3) * 3.6, np.full(4, 29), fcc), *random_crystals(3)]
+    store = build_store(crystals, lambda c: c, SETTINGS, num_workers=1, progress=False)
+    graphs = DeviceGraphs(store, "cpu", resident=resident)
+    batch = graphs.batch(np.array([0, 1, 3, 0]))  # a crystal twice: its copies keep their own distinct distances
+    torch.testing.assert_close(batch.distinct_distances[batch.distance_index], batch.distances, rtol=0, atol=0)
+    edge_crystal = batch.batch[batch.edge_index[1]]
+    counts = [len(torch.unique(batch.distances[edge_crystal == g])) for g in range(4)]
+    assert len(batch.distinct_distances) == sum(counts)  # no value twice within a crystal
+    distinct_crystal = torch.repeat_interleave(torch.arange(4), torch.tensor(counts))
+    assert torch.equal(distinct_crystal[batch.distance_index], edge_crystal)  # each edge points into its own crystal's
+    assert counts[0] == 1 and int((edge_crystal == 0).sum()) == 48  # fcc copper: 4 atoms, each with its 12 nearest at a/√2
+
+
 def test_a_batch_size_under_one_is_refused(crystals_and_store):
     graphs = DeviceGraphs(crystals_and_store[1], "cpu")
     for size in (0, -1):
@@ -83,7 +101,8 @@ def test_graph_tensor_bytes_counts_what_device_graphs_holds(crystals_and_store):
     _, store = crystals_and_store
     graphs = DeviceGraphs(store, "cpu")
     held = [graphs.numbers, graphs.node_ptr, graphs.edge_ptr, graphs.node_count_t, graphs.edge_count_t,
-            graphs.edge_index, graphs.distances, graphs.edge_weights, graphs.targets]
+            graphs.edge_index, graphs.distances, graphs.edge_weights, graphs.targets,
+            graphs.distinct_values, graphs.distinct_ptr, graphs.distinct_count_t, graphs.distance_index]
     assert graph_tensor_bytes(store) == sum(t.numel() * t.element_size() for t in held)
 
 

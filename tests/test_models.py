@@ -17,6 +17,8 @@ from graph_utils import make_batch
 from crystal_train.data.batch import GraphBatch
 from crystal_train.data.crystal import Crystal
 from crystal_train.data.graphs import GraphSettings, build_graph
+from crystal_train.data.loader import DeviceGraphs
+from crystal_train.data.store import build_store
 from crystal_train.models import CGCNN, SchNet
 from crystal_train.models.schnet import cosine_cutoff
 
@@ -143,6 +145,28 @@ def test_prediction_invariant_at_the_default_neighbour_caps_with_ties_among_ineq
         before = model(make_batch(crystals, SETTINGS[name]))
         after = model(make_batch(rewritten, SETTINGS[name]))
     torch.testing.assert_close(after, before, rtol=0, atol=1e-8)
+
+
+def test_schnet_filters_from_distinct_distances_equal_filters_per_edge():
+    """DeviceGraphs' batches let SchNet run its filter networks once per distinct distance of a crystal: the output and
+    every gradient are those of one filter per edge (float64)."""
+    rng = np.random.default_rng(5)
+    crystals = [grid_crystal(rng, i) for i in range(3)] + [supercell_of(random_crystal(rng, 9), (2, 1, 1))]
+    store = build_store(crystals, lambda c: c, SETTINGS["schnet"], num_workers=1, progress=False)
+    distinct = DeviceGraphs(store, "cpu").batch(np.arange(len(store)))
+    assert len(distinct.distinct_distances) < len(distinct.distances) / 2  # symmetric crystals repeat their distances
+    per_edge = replace(distinct, distinct_distances=None, distance_index=None)
+    model = warmed_up("schnet").train()
+    outputs, grads = [], []
+    for batch in (distinct, per_edge):
+        model.zero_grad()
+        output = model(batch)
+        output.pow(2).sum().backward()
+        outputs.append(output.detach())
+        grads.append([p.grad.clone() for p in model.parameters()])
+    torch.testing.assert_close(outputs[0], outputs[1], rtol=0, atol=1e-12)
+    for got, want in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
 
 def shell_cut_among_inequivalent_sites() -> Crystal:

@@ -14,6 +14,8 @@ class GraphBatch:
     edge_index follows PyG: row 0 is the neighbour j (message source), row 1 the centre atom i
     (where messages are summed). distances are |r_j + image - r_i| in Å, one per edge; each
     message is multiplied by its edge weight (1 except at a shell cut by the neighbour cap).
+    `distinct_distances[distance_index]` equals `distances` where a model can compute a function of the
+    distance once per distinct value (DeviceGraphs provides them; None elsewhere).
     """
 
     atomic_numbers: torch.Tensor  # (N,) long
@@ -23,6 +25,8 @@ class GraphBatch:
     batch: torch.Tensor  # (N,) long, graph index of each atom
     num_graphs: int
     targets: torch.Tensor | None = None  # (G,) float, normalised or raw as the caller decides
+    distinct_distances: torch.Tensor | None = None  # (D,) float, each crystal's distinct edge distances
+    distance_index: torch.Tensor | None = None  # (E,) long, each edge's position in distinct_distances
 
     def to(self, device, non_blocking: bool = False) -> "GraphBatch":
         def move(t):
@@ -36,4 +40,6 @@ class GraphBatch:
             batch=move(self.batch),
             num_graphs=self.num_graphs,
             targets=move(self.targets),
+            distinct_distances=move(self.distinct_distances),
+            distance_index=move(self.distance_index),
         )

@@ -61,6 +61,12 @@ class DeviceGraphs:
         self.distances = put(store.distances, torch.float32)
         self.edge_weights = put(store.edge_weights(), torch.float32)
         self.targets = put(np.nan_to_num(store.targets, nan=0.0), torch.float64)  # float32 would round away a spread around a large mean
+        distinct = store.distinct_distances
+        self.distinct_counts = np.diff(distinct.ptr)
+        self.distinct_values = put(distinct.values, torch.float32)
+        self.distinct_ptr = put(distinct.ptr[:-1], torch.long)
+        self.distinct_count_t = put(self.distinct_counts, torch.long)
+        self.distance_index = put(distinct.local, torch.int32)  # local to each crystal; widened per batch
 
     @property
     def resident(self) -> bool:
@@ -78,6 +84,7 @@ class DeviceGraphs:
         """
         num_nodes = int(self.node_counts[indices].sum())
         num_edges = int(self.edge_counts[indices].sum())
+        num_distinct = int(self.distinct_counts[indices].sum())
         if index is None:
             index = self.upload(indices)
         node_counts = self.node_count_t[index]
@@ -86,13 +93,17 @@ class DeviceGraphs:
         edge_ids, edge_owner = _concat_ranges(self.edge_ptr[index], edge_counts, num_edges)
         first_node = torch.cumsum(node_counts, 0) - node_counts
         edge_index = self.edge_index[:, edge_ids].long() + first_node[edge_owner]
+        distinct_counts = self.distinct_count_t[index]
+        distinct_ids, _ = _concat_ranges(self.distinct_ptr[index], distinct_counts, num_distinct)
+        distance_index = self.distance_index[edge_ids].long() + (torch.cumsum(distinct_counts, 0) - distinct_counts)[edge_owner]
         tensors = (
-            self.numbers[node_ids], edge_index, self.distances[edge_ids], self.edge_weights[edge_ids], node_owner, self.targets[index]
+            self.numbers[node_ids], edge_index, self.distances[edge_ids], self.edge_weights[edge_ids], node_owner, self.targets[index],
+            self.distinct_values[distinct_ids], distance_index,
         )
         if not self.resident:
             pin = self.device.type == "cuda"  # an asynchronous copy needs page-locked memory
             tensors = tuple((tensor.pin_memory() if pin else tensor).to(self.device, non_blocking=True) for tensor in tensors)
-        numbers, edge_index, distances, weights, owner, targets = tensors
+        numbers, edge_index, distances, weights, owner, targets, distinct_distances, distance_index = tensors
         return GraphBatch(
             atomic_numbers=numbers,
             edge_index=edge_index,
@@ -101,14 +112,17 @@ class DeviceGraphs:
             batch=owner,
             num_graphs=len(indices),
             targets=targets,
+            distinct_distances=distinct_distances,
+            distance_index=distance_index,
         )
 
 
 def graph_tensor_bytes(store: GraphStore) -> int:
     """Bytes DeviceGraphs takes for `store`: int64 atoms, pointers and counts, int32 edges, float32 distances and
-    weights, float64 targets."""
+    weights, float64 targets, float32 distinct distances with int64 pointers and counts, and an int32 index per edge."""
     crystals, atoms, edges = len(store), len(store.numbers), int(store.edge_ptr[-1])
-    return 8 * atoms + 8 * 4 * crystals + 4 * 2 * edges + 4 * 2 * edges + 8 * crystals
+    distinct = len(store.distinct_distances.values)
+    return 8 * atoms + 8 * 4 * crystals + 4 * 2 * edges + 4 * 2 * edges + 8 * crystals + 4 * distinct + 8 * 2 * crystals + 4 * edges
 
 
 def _concat_ranges(starts: torch.Tensor, counts: torch.Tensor, total: int):

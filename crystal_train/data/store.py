@@ -7,6 +7,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Callable, Iterable, Iterator, NamedTuple, Sequence
 
 import numpy as np
@@ -18,6 +19,15 @@ from crystal_train.data.graphs import CrystalGraph, GraphSettings, build_graph
 
 SPLIT_CODES = {None: -1, "train": 0, "val": 1, "test": 2}
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
+
+
+class DistinctDistances(NamedTuple):
+    """Per crystal, the distinct values among its edges' distances: distances[e] == values[ptr[c] + local[e]] for an edge
+    e of crystal c."""
+
+    values: np.ndarray  # (D,) float32, each crystal's ascending
+    ptr: np.ndarray  # (G+1,) int64
+    local: np.ndarray  # (E,) int32, each edge's position among its crystal's values
 
 
 @dataclass
@@ -59,6 +69,18 @@ class GraphStore:
     def _owners(self, ptr: np.ndarray) -> np.ndarray:
         """The crystal index of each atom (ptr=node_ptr) or edge (ptr=edge_ptr)."""
         return np.repeat(np.arange(len(self)), np.diff(ptr))
+
+    @cached_property
+    def distinct_distances(self) -> DistinctDistances:
+        """Each crystal's edge distances without repeats (symmetry makes about a fifth of MP's distinct, per crystal)."""
+        owner = self._owners(self.edge_ptr)
+        # positive float32 values as their bit patterns: an exact, order-keeping integer key beside the crystal's index
+        keys = owner << 32 | self.distances.astype(np.float32).view(np.uint32).astype(np.int64)
+        distinct, inverse = np.unique(keys, return_inverse=True)
+        ptr = np.zeros(len(self) + 1, dtype=np.int64)
+        np.cumsum(np.bincount(distinct >> 32, minlength=len(self)), out=ptr[1:])
+        values = (distinct & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
+        return DistinctDistances(values, ptr, (inverse.reshape(-1) - ptr[owner]).astype(np.int32))
 
     def edge_weights(self) -> np.ndarray:
         """(E,) float32 weight of every edge."""
