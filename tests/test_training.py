@@ -88,7 +88,7 @@ def _train_command(run_dir: Path, cache: Path, max_epochs: int) -> list[str]:
 def _kill_after_epochs(command: list[str], run_dir: Path, epochs: int, cwd: Path, timeout: float = 180, sig=signal.SIGKILL) -> int:
     """Start `command`, send it `sig` as soon as history.csv has `epochs` rows; rows written by then.
 
-    SIGKILL must kill it; SIGINT (Ctrl-C) must end it with status 130.
+    SIGKILL must kill it; SIGINT (Ctrl-C) must end it with status 130 and SIGTERM with 143.
     """
     process = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + timeout
@@ -100,7 +100,7 @@ def _kill_after_epochs(command: list[str], run_dir: Path, epochs: int, cwd: Path
                 pytest.fail(f"no {epochs} epochs in history.csv after {timeout} s")
             time.sleep(0.002)
         os.kill(process.pid, sig)
-        assert process.wait(timeout=60) == (-signal.SIGKILL if sig == signal.SIGKILL else 130)
+        assert process.wait(timeout=60) == {signal.SIGKILL: -signal.SIGKILL, signal.SIGINT: 130, signal.SIGTERM: 143}[sig]
     finally:
         if process.poll() is None:
             process.kill()
@@ -551,6 +551,21 @@ def test_ctrl_c_ends_a_run_with_status_130_and_says_how_to_resume_it(tmp_path):
     assert f"run the same command with hydra.run.dir={run_dir} to continue" in log
     assert "Traceback" not in log and not (run_dir / "error.txt").exists() and not (run_dir / "metrics.json").exists()
     assert load_checkpoint(run_dir / "checkpoints" / "last.pt")["train_state"]["epoch"] >= 2
+
+
+@pytest.mark.slow
+def test_sigterm_ends_a_run_with_status_143_and_it_resumes(tmp_path):
+    """A batch scheduler's time limit or preemption sends SIGTERM: the run stops with a note, and the same command goes on."""
+    run_dir = tmp_path / "run"
+    command = _train_command(run_dir, tmp_path / "cache", 4)
+    rows = _kill_after_epochs(command, run_dir, 2, cwd=tmp_path, sig=signal.SIGTERM)
+    log = (run_dir / "train.log").read_text()
+    assert f"Terminated (SIGTERM): {run_dir / 'checkpoints' / 'last.pt'} holds the last finished epoch" in log
+    assert "Traceback" not in log and not (run_dir / "error.txt").exists()
+    result = subprocess.run(command, cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    assert [int(row["epoch"]) for row in _history(run_dir)] == [1, 2, 3, 4] and rows >= 2
+    assert re.search(r"Resumed from \S+last\.pt after epoch [23]\b", (run_dir / "train.log").read_text())
 
 
 def test_the_interrupt_note_of_a_run_that_started_over_does_not_advise_starting_over_again(tmp_path, caplog):

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -20,6 +23,27 @@ from crystal_train.training.resume import ResumeConfigError
 from crystal_train.training.sweep import ERROR_FILE
 
 log = logging.getLogger(__name__)
+
+
+class Terminated(Exception):
+    """SIGTERM arrived during a single run: a batch scheduler's time limit or preemption, or `kill`."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises_terminated(enabled: bool):
+    """While in the block, SIGTERM raises Terminated (in the main thread, where handlers can be set); then as before."""
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def main() -> None:
@@ -53,9 +77,9 @@ def chosen_run_dir(arguments: list[str]) -> Path | None:
 def train_job(cfg: DictConfig) -> float:
     """Train and return the best validation MAE (the value a Hydra sweeper minimises).
 
-    A diverging run or a refused resume exits with status 2, an interrupted one (Ctrl-C) with 130
-    and a note on how to resume it. Any other error of a single run (a setting, a missing file)
-    exits with status 1, its message logged and its traceback kept in error.txt (HYDRA_FULL_ERROR=1
+    A diverging run or a refused resume exits with status 2, an interrupted one (Ctrl-C) with 130 and
+    one stopped by SIGTERM (a scheduler's time limit) with 143, each with a note on how to resume it.
+    Any other error of a single run (a setting, a missing file) exits with status 1, its message logged and its traceback kept in error.txt (HYDRA_FULL_ERROR=1
     raises it instead). In a multirun, a job that fails for any reason writes its error to error.txt
     and train.log and returns infinity instead, so the other jobs still run and the sweep summary
     lists it as failed; Ctrl-C stops the whole sweep.
@@ -67,13 +91,15 @@ def train_job(cfg: DictConfig) -> float:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     error_file = run_dir / ERROR_FILE
     error_file.unlink(missing_ok=True)
+    single_run = hydra_cfg.mode != RunMode.MULTIRUN
     try:
-        return train(cfg, run_dir)
-    except KeyboardInterrupt:
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        with _sigterm_raises_terminated(single_run):
+            return train(cfg, run_dir)
+    except (KeyboardInterrupt, Terminated) as stop:
+        if not single_run:
             raise
-        _report_interrupt(run_dir, str(cfg.trainer.get("resume", "auto")).lower())
-        sys.exit(130)
+        _report_interrupt(run_dir, str(cfg.trainer.get("resume", "auto")).lower(), stop)
+        sys.exit(143 if isinstance(stop, Terminated) else 130)
     except LockHeldError as error:  # the directory is another live run's: its files are not this one's to touch
         log.error("%s", error)
         if hydra_cfg.mode == RunMode.MULTIRUN:
@@ -95,13 +121,14 @@ def train_job(cfg: DictConfig) -> float:
     sys.exit(status)
 
 
-def _report_interrupt(run_dir: Path, resume: str) -> None:
+def _report_interrupt(run_dir: Path, resume: str, stop: BaseException | None = None) -> None:
+    what = "Terminated (SIGTERM)" if isinstance(stop, Terminated) else "Interrupted"
     last = run_dir / "checkpoints" / "last.pt"
     if last.exists():
         how = "the same command" if resume != "false" else "the same command with trainer.resume=auto (not false, which starts over)"
-        log.warning("Interrupted: %s holds the last finished epoch; run %s with hydra.run.dir=%s to continue", last, how, run_dir)
+        log.warning("%s: %s holds the last finished epoch; run %s with hydra.run.dir=%s to continue", what, last, how, run_dir)
     else:
-        log.warning("Interrupted before the first epoch finished: there is no checkpoint to resume from")
+        log.warning("%s before the first epoch finished: there is no checkpoint to resume from", what)
 
 
 if __name__ == "__main__":
