@@ -346,7 +346,8 @@ def main(argv: list[str] | None = None) -> None:
         save(args, report)
         prepared = {}
         for model_name, (cfg, data) in stored.items():
-            graphs = DeviceGraphs(data.store, device)
+            distinct = getattr(hydra.utils.get_class(cfg.model._target_), "uses_distinct_distances", False)
+            graphs = DeviceGraphs(data.store, device, distinct_distances=distinct)
             train_idx = data.splits["train"]
             baseline = None if args.no_baseline else Baseline(pyg_batches(data.store, train_idx, args.batch_size, device, shuffle=True))
             report["graphs"][model_name]["resident_on_device"] = graphs.resident

@@ -44,11 +44,11 @@ def test_batches_equal_collating_the_same_crystals(crystals_and_store, resident)
 def test_non_resident_graphs_stay_on_the_host_and_batches_move_to_the_device(crystals_and_store):
     """The meta device stands in for a GPU: storage stays on the CPU, every batch tensor is moved."""
     _, store = crystals_and_store
-    graphs = DeviceGraphs(store, "meta", resident=False)
+    graphs = DeviceGraphs(store, "meta", resident=False, distinct_distances=True)
     assert not graphs.resident and graphs.distances.device.type == "cpu"
-    reference = DeviceGraphs(store, "cpu").batch(np.arange(4))
+    reference = DeviceGraphs(store, "cpu", distinct_distances=True).batch(np.arange(4))
     batch = graphs.batch(np.arange(4))
-    for name in ("atomic_numbers", "edge_index", "distances", "edge_weights", "batch", "targets"):
+    for name in ("atomic_numbers", "edge_index", "distances", "edge_weights", "batch", "targets", "distinct_distances", "distance_index"):
         moved, expected = getattr(batch, name), getattr(reference, name)
         assert moved.device.type == "meta" and moved.shape == expected.shape and moved.dtype == expected.dtype, name
 
@@ -72,7 +72,8 @@ def test_batches_carry_each_crystals_distinct_distances_and_where_each_edge_find
     fcc = np.array([[0, 0, 0], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]])
     crystals = [Crystal("fcc", np.eye(3) * 3.6, np.full(4, 29), fcc), *random_crystals(3)]
     store = build_store(crystals, lambda c: c, SETTINGS, num_workers=1, progress=False)
-    graphs = DeviceGraphs(store, "cpu", resident=resident)
+    graphs = DeviceGraphs(store, "cpu", resident=resident, distinct_distances=True)
+    assert DeviceGraphs(store, "cpu").batch(np.array([0, 1])).distance_index is None  # only for models that use them
     batch = graphs.batch(np.array([0, 1, 3, 0]))  # a crystal twice: its copies keep their own distinct distances
     torch.testing.assert_close(batch.distinct_distances[batch.distance_index], batch.distances, rtol=0, atol=0)
     edge_crystal = batch.batch[batch.edge_index[1]]
@@ -97,13 +98,15 @@ def test_targets_keep_their_spread_around_a_large_mean(crystals_and_store):
     np.testing.assert_allclose(normalizer.normalize(batch.targets).numpy(), normalizer.normalize(store.targets), rtol=0, atol=1e-6)
 
 
-def test_graph_tensor_bytes_counts_what_device_graphs_holds(crystals_and_store):
+@pytest.mark.parametrize("distinct", [False, True])
+def test_graph_tensor_bytes_counts_what_device_graphs_holds(crystals_and_store, distinct):
     _, store = crystals_and_store
-    graphs = DeviceGraphs(store, "cpu")
+    graphs = DeviceGraphs(store, "cpu", distinct_distances=distinct)
     held = [graphs.numbers, graphs.node_ptr, graphs.edge_ptr, graphs.node_count_t, graphs.edge_count_t,
-            graphs.edge_index, graphs.distances, graphs.edge_weights, graphs.targets,
-            graphs.distinct_values, graphs.distinct_ptr, graphs.distinct_count_t, graphs.distance_index]
-    assert graph_tensor_bytes(store) == sum(t.numel() * t.element_size() for t in held)
+            graphs.edge_index, graphs.distances, graphs.edge_weights, graphs.targets]
+    if distinct:
+        held += [graphs.distinct_values, graphs.distinct_ptr, graphs.distinct_count_t, graphs.distance_index]
+    assert graph_tensor_bytes(store, distinct) == sum(t.numel() * t.element_size() for t in held)
 
 
 def test_fits_on_device_uses_half_the_free_gpu_memory(monkeypatch):

@@ -153,7 +153,7 @@ def test_schnet_filters_from_distinct_distances_equal_filters_per_edge():
     rng = np.random.default_rng(5)
     crystals = [grid_crystal(rng, i) for i in range(3)] + [supercell_of(random_crystal(rng, 9), (2, 1, 1))]
     store = build_store(crystals, lambda c: c, SETTINGS["schnet"], num_workers=1, progress=False)
-    distinct = DeviceGraphs(store, "cpu").batch(np.arange(len(store)))
+    distinct = DeviceGraphs(store, "cpu", distinct_distances=True).batch(np.arange(len(store)))
     assert len(distinct.distinct_distances) < len(distinct.distances) / 2  # symmetric crystals repeat their distances
     per_edge = replace(distinct, distinct_distances=None, distance_index=None)
     model = warmed_up("schnet").train()

@@ -75,6 +75,19 @@ def small_cfg(compose_train_cfg, shared_cache, tmp_path):
     return make
 
 
+@pytest.mark.parametrize(("model", "distinct"), [("schnet", True), ("cgcnn", False)])
+def test_training_batches_carry_distinct_distances_only_for_a_model_that_uses_them(
+    compose_train_cfg, shared_cache, tmp_path, monkeypatch, model, distinct
+):
+    import crystal_train.training.run as run_module
+
+    asked, real = [], run_module.DeviceGraphs
+    monkeypatch.setattr(run_module, "DeviceGraphs", lambda *args, **kwargs: asked.append(kwargs.get("distinct_distances")) or real(*args, **kwargs))
+    overrides = ["data=demo", "data.num_crystals=120", f"model={model}", "trainer.batch_size=16", "trainer.max_epochs=1", "seed=3"]
+    train(compose_train_cfg([*overrides, f"data.cache_dir={shared_cache}"], tmp_path), tmp_path / "run")
+    assert asked == [distinct]
+
+
 # ----- 1. resume after SIGKILL --------------------------------------------------------------
 
 

@@ -30,7 +30,8 @@ class DeviceGraphs:
     device memory); otherwise they stay in host memory and each batch is gathered there, pinned
     and copied over asynchronously (pinning the whole dataset would lock up to twice its size in
     the pinned-memory cache). Per-crystal counts are kept on the host too, so the batch sizes are
-    known without a device synchronisation.
+    known without a device synchronisation. With `distinct_distances` (for models that use them,
+    `uses_distinct_distances`) batches also carry each crystal's distinct distances and an index per edge.
     """
 
     def __init__(
@@ -38,10 +39,11 @@ class DeviceGraphs:
         store: GraphStore,
         device: torch.device | str = "cpu",
         resident: bool | None = None,
+        distinct_distances: bool = False,
     ):
         device = torch.device(device)
         if resident is None:
-            resident = fits_on_device(graph_tensor_bytes(store), device)
+            resident = fits_on_device(graph_tensor_bytes(store, distinct_distances), device)
         storage = device if resident else torch.device("cpu")
 
         def put(array, dtype):
@@ -61,12 +63,14 @@ class DeviceGraphs:
         self.distances = put(store.distances, torch.float32)
         self.edge_weights = put(store.edge_weights(), torch.float32)
         self.targets = put(np.nan_to_num(store.targets, nan=0.0), torch.float64)  # float32 would round away a spread around a large mean
-        distinct = store.distinct_distances
-        self.distinct_counts = np.diff(distinct.ptr)
-        self.distinct_values = put(distinct.values, torch.float32)
-        self.distinct_ptr = put(distinct.ptr[:-1], torch.long)
-        self.distinct_count_t = put(self.distinct_counts, torch.long)
-        self.distance_index = put(distinct.local, torch.int32)  # local to each crystal; widened per batch
+        self.distinct_distances = distinct_distances
+        if distinct_distances:
+            distinct = store.distinct_distances
+            self.distinct_counts = np.diff(distinct.ptr)
+            self.distinct_values = put(distinct.values, torch.float32)
+            self.distinct_ptr = put(distinct.ptr[:-1], torch.long)
+            self.distinct_count_t = put(self.distinct_counts, torch.long)
+            self.distance_index = put(distinct.local, torch.int32)  # local to each crystal; widened per batch
 
     @property
     def resident(self) -> bool:
@@ -84,7 +88,6 @@ class DeviceGraphs:
         """
         num_nodes = int(self.node_counts[indices].sum())
         num_edges = int(self.edge_counts[indices].sum())
-        num_distinct = int(self.distinct_counts[indices].sum())
         if index is None:
             index = self.upload(indices)
         node_counts = self.node_count_t[index]
@@ -93,16 +96,13 @@ class DeviceGraphs:
         edge_ids, edge_owner = _concat_ranges(self.edge_ptr[index], edge_counts, num_edges)
         first_node = torch.cumsum(node_counts, 0) - node_counts
         edge_index = self.edge_index[:, edge_ids].long() + first_node[edge_owner]
-        distinct_counts = self.distinct_count_t[index]
-        distinct_ids, _ = _concat_ranges(self.distinct_ptr[index], distinct_counts, num_distinct)
-        distance_index = self.distance_index[edge_ids].long() + (torch.cumsum(distinct_counts, 0) - distinct_counts)[edge_owner]
         tensors = (
             self.numbers[node_ids], edge_index, self.distances[edge_ids], self.edge_weights[edge_ids], node_owner, self.targets[index],
-            self.distinct_values[distinct_ids], distance_index,
+            *(self._distinct(indices, index, edge_ids, edge_owner) if self.distinct_distances else (None, None)),
         )
         if not self.resident:
             pin = self.device.type == "cuda"  # an asynchronous copy needs page-locked memory
-            tensors = tuple((tensor.pin_memory() if pin else tensor).to(self.device, non_blocking=True) for tensor in tensors)
+            tensors = tuple(None if t is None else (t.pin_memory() if pin else t).to(self.device, non_blocking=True) for t in tensors)
         numbers, edge_index, distances, weights, owner, targets, distinct_distances, distance_index = tensors
         return GraphBatch(
             atomic_numbers=numbers,
@@ -116,13 +116,23 @@ class DeviceGraphs:
             distance_index=distance_index,
         )
 
+    def _distinct(self, indices: np.ndarray, index: torch.Tensor, edge_ids: torch.Tensor, edge_owner: torch.Tensor):
+        """The batch's distinct distances, crystal after crystal, and each edge's position among them."""
+        counts = self.distinct_count_t[index]
+        distinct_ids, _ = _concat_ranges(self.distinct_ptr[index], counts, int(self.distinct_counts[indices].sum()))
+        distance_index = self.distance_index[edge_ids].long() + (torch.cumsum(counts, 0) - counts)[edge_owner]
+        return self.distinct_values[distinct_ids], distance_index
 
-def graph_tensor_bytes(store: GraphStore) -> int:
+
+def graph_tensor_bytes(store: GraphStore, distinct_distances: bool = False) -> int:
     """Bytes DeviceGraphs takes for `store`: int64 atoms, pointers and counts, int32 edges, float32 distances and
-    weights, float64 targets, float32 distinct distances with int64 pointers and counts, and an int32 index per edge."""
+    weights, float64 targets; with `distinct_distances`, also float32 distinct distances with int64 pointers and
+    counts, and an int32 index per edge."""
     crystals, atoms, edges = len(store), len(store.numbers), int(store.edge_ptr[-1])
-    distinct = len(store.distinct_distances.values)
-    return 8 * atoms + 8 * 4 * crystals + 4 * 2 * edges + 4 * 2 * edges + 8 * crystals + 4 * distinct + 8 * 2 * crystals + 4 * edges
+    held = 8 * atoms + 8 * 4 * crystals + 4 * 2 * edges + 4 * 2 * edges + 8 * crystals
+    if distinct_distances:
+        held += 4 * len(store.distinct_distances.values) + 8 * 2 * crystals + 4 * edges
+    return held
 
 
 def _concat_ranges(starts: torch.Tensor, counts: torch.Tensor, total: int):

@@ -18,6 +18,7 @@ from crystal_train.data.crystal import Crystal, SkippedItem
 from crystal_train.data.graphs import CrystalGraph, GraphSettings, build_graph
 
 SPLIT_CODES = {None: -1, "train": 0, "val": 1, "test": 2}
+DISTINCT_CHUNK_EDGES = 1 << 22  # edges sorted at a time by GraphStore.distinct_distances
 SPLIT_NAMES = {code: name for name, code in SPLIT_CODES.items()}
 
 
@@ -25,7 +26,7 @@ class DistinctDistances(NamedTuple):
     """Per crystal, the distinct values among its edges' distances: distances[e] == values[ptr[c] + local[e]] for an edge
     e of crystal c."""
 
-    values: np.ndarray  # (D,) float32, each crystal's ascending
+    values: np.ndarray  # (D,) float32, each crystal's in the order of their bit patterns (ascending for positive values)
     ptr: np.ndarray  # (G+1,) int64
     local: np.ndarray  # (E,) int32, each edge's position among its crystal's values
 
@@ -68,19 +69,31 @@ class GraphStore:
 
     def _owners(self, ptr: np.ndarray) -> np.ndarray:
         """The crystal index of each atom (ptr=node_ptr) or edge (ptr=edge_ptr)."""
-        return np.repeat(np.arange(len(self)), np.diff(ptr))
+        return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(ptr))
 
     @cached_property
     def distinct_distances(self) -> DistinctDistances:
-        """Each crystal's edge distances without repeats (symmetry makes about a fifth of MP's distinct, per crystal)."""
-        owner = self._owners(self.edge_ptr)
-        # positive float32 values as their bit patterns: an exact, order-keeping integer key beside the crystal's index
-        keys = owner << 32 | self.distances.astype(np.float32).view(np.uint32).astype(np.int64)
-        distinct, inverse = np.unique(keys, return_inverse=True)
-        ptr = np.zeros(len(self) + 1, dtype=np.int64)
-        np.cumsum(np.bincount(distinct >> 32, minlength=len(self)), out=ptr[1:])
-        values = (distinct & 0xFFFFFFFF).astype(np.uint32).view(np.float32)
-        return DistinctDistances(values, ptr, (inverse.reshape(-1) - ptr[owner]).astype(np.int32))
+        """Each crystal's edge distances without repeats (symmetry makes about a fifth of MP's distinct, per crystal).
+
+        Found by sorting (crystal, float32 bits) integer keys, a few million edges of whole crystals at a time, so
+        the memory it takes stays small beside the store (and beside every rank's under torchrun).
+        """
+        bits = self.distances.astype(np.float32).view(np.uint32).astype(np.int64)
+        counts, local, values = np.zeros(len(self), dtype=np.int64), np.empty(bits.size, dtype=np.int32), []
+        start = 0
+        while start < len(self):
+            stop = max(start + 1, int(np.searchsorted(self.edge_ptr, self.edge_ptr[start] + DISTINCT_CHUNK_EDGES, side="right")) - 1)
+            stop = min(stop, len(self))
+            first, last = self.edge_ptr[start], self.edge_ptr[stop]
+            owner = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(self.edge_ptr[start : stop + 1]))
+            distinct, inverse = np.unique(owner << 32 | bits[first:last], return_inverse=True)
+            counts[start:stop] = np.bincount(distinct >> 32, minlength=stop - start)
+            chunk_ptr = np.concatenate([[0], np.cumsum(counts[start:stop])])
+            local[first:last] = inverse.reshape(-1) - chunk_ptr[owner]
+            values.append((distinct & 0xFFFFFFFF).astype(np.uint32).view(np.float32))
+            start = stop
+        ptr = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return DistinctDistances(np.concatenate(values) if values else np.zeros(0, np.float32), ptr, local)
 
     def edge_weights(self) -> np.ndarray:
         """(E,) float32 weight of every edge."""

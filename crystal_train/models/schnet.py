@@ -62,8 +62,8 @@ class PeriodicInteraction(InteractionBlock):
     ) -> Tensor:
         conv = self.conv
         filters = conv.nn(edge_attr)
-        if edge_attr_index is not None:
-            filters = filters.index_select(0, edge_attr_index)
+        if edge_attr_index is not None:  # in filter_scale's dtype first: the gather's backward sums over edges, not in bf16
+            filters = filters.to(filter_scale.dtype).index_select(0, edge_attr_index)
         filters = filters * filter_scale.unsqueeze(-1)
         x = conv.lin2(conv.propagate(edge_index, x=conv.lin1(x), W=filters))
         return self.lin(self.act(x))
@@ -76,6 +76,8 @@ def cosine_cutoff(distances: Tensor, cutoff: float) -> Tensor:
 
 class SchNet(nn.Module):
     """SchNet on periodic crystal graphs; one scalar per crystal (mean of per-atom outputs)."""
+
+    uses_distinct_distances = True  # DeviceGraphs(..., distinct_distances=True) batches make its filters cheaper
 
     def __init__(
         self,

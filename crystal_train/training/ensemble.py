@@ -113,6 +113,11 @@ class Ensemble:
         kinds = sorted({type(member.model).__name__ for member in self.members})
         return kinds[0] if len(self.members) == 1 else f"ensemble of {len(self.members)} ({', '.join(kinds)})"
 
+    @property
+    def uses_distinct_distances(self) -> bool:
+        """Whether a member computes from each crystal's distinct distances (DeviceGraphs' distinct_distances)."""
+        return any(getattr(member.model, "uses_distinct_distances", False) for member in self.members)
+
     def elements(self) -> frozenset[int]:
         """The elements every member can featurise."""
         return frozenset.intersection(*(model_elements(member.model) for member in self.members))

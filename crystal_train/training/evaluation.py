@@ -81,7 +81,7 @@ def evaluate(cfg: DictConfig) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     artifacts.write_skipped(out_dir / "skipped.csv", data.store.skipped)
     warn_unseen_elements(data.store, np.concatenate([data.splits[name] for name in names]), ensemble.training_elements())
-    graphs = DeviceGraphs(data.store, device)
+    graphs = DeviceGraphs(data.store, device, distinct_distances=ensemble.uses_distinct_distances)
     members = {name: ensemble.member_predictions(graphs, data.splits[name], int(cfg.batch_size)) for name in names}
     combined = {name: ensemble.combine(stack) for name, stack in members.items()}
     train_mean = ensemble.members[0].normalizer.mean

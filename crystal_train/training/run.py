@@ -121,9 +121,10 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         artifacts.write_skipped(run_dir / "skipped.csv", data.store.skipped)
 
     device = context.device
-    graphs = DeviceGraphs(data.store, device, resident=graphs_on_device(cfg.trainer.get("graphs_on_device", "auto")))
+    distinct = getattr(model, "uses_distinct_distances", False)
+    graphs = DeviceGraphs(data.store, device, graphs_on_device(cfg.trainer.get("graphs_on_device", "auto")), distinct_distances=distinct)
     log.info(
-        "Graph tensors (%.0f MiB) %s", graph_tensor_bytes(data.store) / 2**20,
+        "Graph tensors (%.0f MiB) %s", graph_tensor_bytes(data.store, distinct) / 2**20,
         f"on {device}" if graphs.resident else f"in host memory, each batch pinned and copied to {device}",
     )
     loggers = make_loggers(cfg.get("logger"), run_dir) if context.is_main else []
