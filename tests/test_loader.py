@@ -10,6 +10,7 @@ import torch
 from graph_utils import make_batch, random_crystals
 
 from crystal_train.data import loader
+from crystal_train.data import store as store_module
 from crystal_train.data.crystal import Crystal
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.data.loader import BatchIterator, DeviceGraphs, fits_on_device, graph_tensor_bytes
@@ -82,6 +83,17 @@ def test_batches_carry_each_crystals_distinct_distances_and_where_each_edge_find
     distinct_crystal = torch.repeat_interleave(torch.arange(4), torch.tensor(counts))
     assert torch.equal(distinct_crystal[batch.distance_index], edge_crystal)  # each edge points into its own crystal's
     assert counts[0] == 1 and int((edge_crystal == 0).sum()) == 48  # fcc copper: 4 atoms, each with its 12 nearest at a/√2
+
+
+def test_distinct_distances_found_a_few_crystals_at_a_time_equal_those_found_at_once(crystals_and_store, monkeypatch):
+    _, store = crystals_and_store
+    whole = dataclasses.replace(store).distinct_distances
+    monkeypatch.setattr(store_module, "DISTINCT_CHUNK_EDGES", int(np.diff(store.edge_ptr).max()) + 1)  # one or two crystals a chunk
+    chunked = dataclasses.replace(store).distinct_distances
+    for got, want in zip(chunked, whole):
+        np.testing.assert_array_equal(got, want)
+    owner = np.repeat(np.arange(len(store)), np.diff(store.edge_ptr))
+    np.testing.assert_array_equal(chunked.values[chunked.ptr[owner] + chunked.local], store.distances)
 
 
 def test_a_batch_size_under_one_is_refused(crystals_and_store):

@@ -82,8 +82,9 @@ class GraphStore:
         counts, local, values = np.zeros(len(self), dtype=np.int64), np.empty(bits.size, dtype=np.int32), []
         start = 0
         while start < len(self):
-            stop = max(start + 1, int(np.searchsorted(self.edge_ptr, self.edge_ptr[start] + DISTINCT_CHUNK_EDGES, side="right")) - 1)
-            stop = min(stop, len(self))
+            # the crystals whose edges fit in one chunk (at least one crystal, however many edges it has)
+            fitting = int(np.searchsorted(self.edge_ptr, self.edge_ptr[start] + DISTINCT_CHUNK_EDGES, side="right")) - 1
+            stop = min(max(start + 1, fitting), len(self))
             first, last = self.edge_ptr[start], self.edge_ptr[stop]
             owner = np.repeat(np.arange(stop - start, dtype=np.int64), np.diff(self.edge_ptr[start : stop + 1]))
             distinct, inverse = np.unique(owner << 32 | bits[first:last], return_inverse=True)

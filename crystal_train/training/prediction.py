@@ -124,7 +124,8 @@ def predict_crystals(ensemble: Ensemble, store: GraphStore, device, batch_size: 
     every_crystal = np.arange(len(store))
     training_elements = ensemble.training_elements()
     unseen = warn_unseen_elements(store, every_crystal, training_elements)
-    predictions, spread = ensemble.combine(ensemble.member_predictions(DeviceGraphs(store, device, distinct_distances=ensemble.uses_distinct_distances), every_crystal, batch_size))
+    graphs = DeviceGraphs(store, device, distinct_distances=ensemble.uses_distinct_distances)
+    predictions, spread = ensemble.combine(ensemble.member_predictions(graphs, every_crystal, batch_size))
     return PredictedCrystals(
         list(store.ids), predictions, spread, unseen if training_elements is not None else None, structure_warnings(store)
     )
