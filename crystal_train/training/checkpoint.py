@@ -96,13 +96,16 @@ def warn_if_other_graphs(checkpoint: dict, path: Path) -> None:
 
 def model_from_checkpoint(checkpoint: dict) -> torch.nn.Module:
     """Rebuild the model from the checkpoint's config and load its weights."""
-    model_cfg = OmegaConf.create(checkpoint["config"]["model"])
-    state = checkpoint["model_state"]
-    # The saved element table decides the model's input width (e.g. an imported atom_init.json).
-    extra = {"atom_features": state["atom_features"]} if "atom_features" in state else {}
-    model = hydra.utils.instantiate(model_cfg, **extra)
-    model.load_state_dict(state)
+    model = hydra.utils.instantiate(OmegaConf.create(checkpoint["config"]["model"]), **element_table(checkpoint))
+    model.load_state_dict(checkpoint["model_state"])
     return model
+
+
+def element_table(checkpoint: dict) -> dict:
+    """The model argument that gives it the checkpoint's element table, which decides its input width (e.g. an
+    imported atom_init.json); none for a model without one."""
+    state = checkpoint["model_state"]
+    return {"atom_features": state["atom_features"]} if "atom_features" in state else {}
 
 
 def trained_precision(checkpoint: dict) -> str:

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from crystal_train.atomic_file import held_or_refused, remove_unfinished_writes
 from crystal_train.data.dataset import PreparedData, graph_settings, prepare_data
+from crystal_train.data.features import model_elements
 from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.data.loader import BatchIterator, DeviceGraphs, graph_tensor_bytes
 from crystal_train.data.splits import split_ids
@@ -25,6 +26,7 @@ from crystal_train.training.checkpoint import load_checkpoint, recover_interrupt
 from crystal_train.training.config_checks import check_settings, graphs_on_device
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
 from crystal_train.training.inference import predict, resolve_device
+from crystal_train.training.initial_weights import starting_model
 from crystal_train.training.loggers import check_loggers, make_loggers
 from crystal_train.training.loop import Trainer, seed_everything
 from crystal_train.training.lr_scaling import lr_scale, scale_learning_rate
@@ -94,11 +96,13 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         warn_if_other_graphs(saved, last)
     check_settings(cfg)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
-    model = hydra.utils.instantiate(cfg.model)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
+    model = starting_model(cfg, saved)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
     check_loggers(cfg.get("logger"))
 
-    data = prepare_data(cfg.data, graph_settings(cfg.graph), progress=bool(cfg.trainer.get("progress_bar", True)))
+    data = prepare_data(
+        cfg.data, graph_settings(cfg.graph), progress=bool(cfg.trainer.get("progress_bar", True)), elements=model_elements(model)
+    )
     _check_trainable_splits(data)
     _check_training_shard(model, data.store, data.splits["train"], context.world_size)
     ids_by_split = split_ids(data.store, data.splits)

@@ -1,0 +1,107 @@
+"""Where a training's weights start: fresh, from trainer.init_from's checkpoint (fine-tuning), or from last.pt (resuming)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from importlib import resources
+from pathlib import Path
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from crystal_train.training.checkpoint import element_table, load_checkpoint, warn_if_other_graphs
+from crystal_train.training.resume import ABSENT, config_changes
+
+log = logging.getLogger(__name__)
+
+# The blocks of a config that decide what the weights mean: the layers, and the graphs they read.
+ARCHITECTURE = ("model", "graph")
+
+
+def starting_model(cfg: DictConfig, resumed: dict | None = None) -> torch.nn.Module:
+    """The configured model, with trainer.init_from's weights when set; with `resumed` (last.pt) its element table
+    only, since Trainer.restore loads its weights with the optimizer's state."""
+    init_from = cfg.trainer.get("init_from")
+    if resumed is not None:
+        return hydra.utils.instantiate(cfg.model, **element_table(resumed))
+    if init_from is None:
+        return hydra.utils.instantiate(cfg.model)
+    path = Path(str(init_from)).expanduser()
+    checkpoint = _init_checkpoint(path)
+    check_same_architecture(checkpoint, cfg, path)
+    warn_if_other_graphs(checkpoint, path)
+    model = hydra.utils.instantiate(cfg.model, **element_table(checkpoint))
+    model.load_state_dict(checkpoint["model_state"])
+    units = f" ({checkpoint['units']})" if checkpoint.get("units") else ""
+    log.info(
+        "Starting from the weights of %s (trained on %s%s); the optimizer, the learning-rate schedule and the target "
+        "normalisation start afresh", path, checkpoint.get("target", "an unrecorded target"), units,
+    )
+    return model
+
+
+def _init_checkpoint(path: Path) -> dict:
+    """trainer.init_from's checkpoint; errors name the setting, and an original CGCNN one the conversion it needs."""
+    if path.name.endswith(".pth.tar"):
+        raise ValueError(
+            f"trainer.init_from={path} is an original CGCNN checkpoint: convert it first (python "
+            f"scripts/convert_cgcnn_checkpoint.py {path} --atom-init atom_init.json --output {path.name.removesuffix('.pth.tar')}.pt)"
+        )
+    try:
+        return load_checkpoint(path)
+    except (FileNotFoundError, IsADirectoryError, ValueError) as error:
+        raise type(error)(f"trainer.init_from: {error}") from None
+
+
+def check_same_architecture(checkpoint: dict, cfg: DictConfig, path: Path) -> None:
+    """Raise ValueError naming each model or graph setting of this run that differs from the checkpoint's, with the
+    overrides that match it: its weights only mean something in the model, and on the graphs, they were trained in."""
+    current = OmegaConf.to_container(cfg, resolve=True)
+    saved = checkpoint["config"]
+    changes = {
+        key: values
+        for key, values in config_changes(*({block: config.get(block, {}) for block in ARCHITECTURE} for config in (saved, current))).items()
+        if values[0] is not ABSENT or values[1] is not None  # a setting added since its checkpoint, left at null
+    }
+    if not changes:
+        return
+    listed = "; ".join(f"{key}: {_shown(old)} there, {_shown(new)} here" for key, (old, new) in changes.items())
+    old_target = changes.get("model._target_", (None,))[0]
+    if old_target is not None:
+        option = _model_option(old_target)
+        advice = f"choose model={option} with its settings" if option else f"build its model ({old_target})"
+    else:
+        advice = "add " + " ".join(_override(key, old, new) for key, (old, new) in changes.items())
+    raise ValueError(
+        f"trainer.init_from={path} was trained with other model or graph settings ({listed}); its weights only fit the "
+        f"model and graphs they were trained in: {advice}"
+    )
+
+
+def _model_option(target: str) -> str | None:
+    """The packaged model= option that builds `target`, if one does."""
+    for file in sorted(resources.files("crystal_train.configs").joinpath("model").iterdir(), key=lambda file: file.name):
+        if file.name.endswith(".yaml") and OmegaConf.create(file.read_text()).model.get("_target_") == target:
+            return file.name.removesuffix(".yaml")
+    return None
+
+
+def _override(key: str, wanted, current) -> str:
+    """The command-line override that turns `current` into `wanted` (either may be ABSENT)."""
+    if wanted is ABSENT:
+        return f"~{key}"
+    return f"{'+' if current is ABSENT else ''}{key}={_hydra_value(wanted)}"
+
+
+def _hydra_value(value) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return value
+    return json.dumps(value)  # true/false, numbers and lists as Hydra reads them
+
+
+def _shown(value) -> str:
+    return "(absent)" if value is ABSENT else _hydra_value(value)
