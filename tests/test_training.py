@@ -537,6 +537,25 @@ def test_cli_exits_with_status_2_and_a_message_on_a_diverging_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_cli_refused_resume_exits_with_status_2_and_leaves_the_runs_hydra_record_as_it_was(tmp_path):
+    run_dir = tmp_path / "run"
+    common = [CRYSTAL_TRAIN, *SMALL, *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]
+    first = subprocess.run([*common, "trainer.max_epochs=1"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, (first.stdout + first.stderr)[-3000:]
+    record = {path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")}
+    assert set(record) == {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+    refused = subprocess.run([*common, "trainer.max_epochs=2", "optim.lr=0.01"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert refused.returncode == 2, (refused.stdout + refused.stderr)[-3000:]
+    assert "optim.lr: 0.001 -> 0.01" in refused.stdout + refused.stderr
+    assert {path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")} == record
+
+    resumed = subprocess.run([*common, "trainer.max_epochs=2"], cwd=tmp_path, env=_env(), capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, (resumed.stdout + resumed.stderr)[-3000:]
+    assert "trainer.max_epochs=2" in (run_dir / ".hydra" / "overrides.yaml").read_text()  # a launch that trains records itself
+
+
+@pytest.mark.slow
 def test_cli_reports_a_bad_setting_in_one_line_and_keeps_the_traceback_in_error_txt(tmp_path):
     run_dir = tmp_path / "run"
     command = [CRYSTAL_TRAIN, *SMALL, "+trainer.max_epoch=2", *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", f"hydra.run.dir={run_dir}"]

@@ -46,6 +46,11 @@ def _sigterm_raises_terminated(enabled: bool):
         signal.signal(signal.SIGTERM, previous)
 
 
+# Hydra's record (.hydra/*.yaml) of the training in the chosen run directory, read before Hydra rewrites it for this
+# launch: put back if this launch's resume is refused, so that the record still describes the training there.
+_hydra_record_before: dict[str, bytes] = {}
+
+
 def main() -> None:
     """crystal-train: a Materials Project API key given as data.api_key=KEY is taken off the command line first, and
     a run directory another training is writing to is refused before Hydra writes into it."""
@@ -58,6 +63,7 @@ def main() -> None:
             check_run_dir_free(run_dir)
         except LockHeldError as error:
             sys.exit(f"Error: {error}")
+        _hydra_record_before.update({path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")})
     train_job()
 
 
@@ -108,6 +114,9 @@ def train_job(cfg: DictConfig) -> float:
     except (NonFiniteLossError, ResumeConfigError) as error:  # explained in full by their message
         log.error("%s", error)
         failure, details, status = error, "", 2
+        if isinstance(error, ResumeConfigError) and single_run:
+            for name, content in _hydra_record_before.items():
+                (run_dir / ".hydra" / name).write_bytes(content)
     except Exception as error:
         if hydra_cfg.mode != RunMode.MULTIRUN and os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
