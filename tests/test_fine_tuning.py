@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import json
 import logging
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from config_utils import compose_config
 from conftest import SHARED_DATASETS
 from crystal_train.models.cgcnn_import import convert_reference_checkpoint
 from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
@@ -17,34 +20,72 @@ from crystal_train.training.resume import ResumeConfigError, check_same_training
 from crystal_train.training.run import train
 
 SMALL = ["data=demo", "data.num_crystals=120", "model.n_conv=1", "trainer.batch_size=16", "seed=3"]
+QUIET_CPU = ["trainer.device=cpu", "trainer.progress_bar=false"]
 REFERENCE = SHARED_DATASETS / "cgcnn_pretrained" / "formation-energy-per-atom.pth.tar"
 ATOM_INIT = SHARED_DATASETS / "cgcnn_sample" / "sample-regression" / "atom_init.json"
 
 
-def _parameters(checkpoint_path: Path) -> dict[str, torch.Tensor]:
-    """The trained parameters in a checkpoint's model_state (not the BatchNorm running statistics or the element table)."""
-    state = load_checkpoint(checkpoint_path)["model_state"]
-    return {name: tensor for name, tensor in state.items() if "running_" not in name and "num_batches" not in name and name != "atom_features"}
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> tuple[Path, Path]:
+    """(best.pt of a one-epoch demo run, the graph cache it built), shared by this module's trainings."""
+    folder = tmp_path_factory.mktemp("pretrained")
+    train(compose_config("train", [*SMALL, *QUIET_CPU, f"data.cache_dir={folder / 'cache'}", "trainer.max_epochs=1"]), folder / "run")
+    return folder / "run" / "checkpoints" / "best.pt", folder / "cache"
 
 
-def test_a_fine_tuning_run_starts_from_the_checkpoint_weights(compose_train_cfg, tmp_path, caplog):
-    cache = f"data.cache_dir={tmp_path / 'cache'}"
-    train(compose_train_cfg([*SMALL, cache, "trainer.max_epochs=1"], tmp_path), tmp_path / "pretrained")
-    pretrained = tmp_path / "pretrained" / "checkpoints" / "best.pt"
+def _variant(source: Path, target: Path, **changes) -> Path:
+    """A copy of checkpoint `source` at `target` with some of its entries replaced."""
+    save_checkpoint(target, **{**load_checkpoint(source), **changes})
+    return target
+
+
+def test_a_fine_tuning_run_starts_from_the_checkpoint_weights_with_its_own_normalisation(pretrained, tmp_path, caplog):
+    best, cache = pretrained
+    # a normalisation no training split of the demo data gives: the tuned run must fit its own
+    started = _variant(best, tmp_path / "started.pt", normalizer={"mean": 100.0, "std": 50.0, "minimum": None})
 
     # With a zero learning rate the weights stay where they start: the pretrained run's, not seed 3's fresh ones.
-    frozen = ["trainer.max_epochs=1", "optim.lr=0.0"]
+    frozen = [*SMALL, *QUIET_CPU, f"data.cache_dir={cache}", "trainer.max_epochs=1", "optim.lr=0.0"]
     with caplog.at_level(logging.INFO, logger="crystal_train.training.initial_weights"):
-        train(compose_train_cfg([*SMALL, cache, *frozen, f"trainer.init_from={pretrained}"], tmp_path), tmp_path / "tuned")
-    train(compose_train_cfg([*SMALL, cache, *frozen], tmp_path), tmp_path / "fresh")
+        train(compose_config("train", [*frozen, f"trainer.init_from={started}"]), tmp_path / "tuned")
+    train(compose_config("train", frozen), tmp_path / "fresh")
 
-    started = _parameters(pretrained)
-    tuned, fresh = (_parameters(tmp_path / name / "checkpoints" / "best.pt") for name in ("tuned", "fresh"))
-    assert started.keys() == tuned.keys()
-    assert all(torch.equal(started[name], tuned[name]) for name in started)
-    assert not all(torch.equal(started[name], fresh[name]) for name in started)
-    assert f"Starting from the weights of {pretrained}" in caplog.text
-    assert OmegaConf.load(tmp_path / "tuned" / "config.yaml").trainer.init_from == str(pretrained)
+    tuned, fresh = (load_checkpoint(tmp_path / name / "checkpoints" / "best.pt") for name in ("tuned", "fresh"))
+    weights = _parameters(load_checkpoint(best))
+    assert weights.keys() == _parameters(tuned).keys()
+    assert all(torch.equal(weights[name], _parameters(tuned)[name]) for name in weights)
+    assert not all(torch.equal(weights[name], _parameters(fresh)[name]) for name in weights)
+    assert tuned["normalizer"] == fresh["normalizer"] != {"mean": 100.0, "std": 50.0, "minimum": None}
+    assert f"Starting from the weights of {started}" in caplog.text
+    assert OmegaConf.load(tmp_path / "tuned" / "config.yaml").trainer.init_from == str(started)
+
+
+def test_a_fine_tuning_run_keeps_the_checkpoints_element_table_and_resumes_without_its_file(pretrained, tmp_path):
+    best, cache = pretrained
+    state = load_checkpoint(best)["model_state"]
+    table = state["atom_features"].clone()
+    table[78] = 0.0  # platinum, an element of the demo data, as an imported atom_init.json may lack one
+    no_platinum = _variant(best, tmp_path / "no_platinum.pt", model_state={**state, "atom_features": table})
+
+    settings = [*SMALL, *QUIET_CPU, f"data.cache_dir={cache}", f"trainer.init_from={no_platinum}"]
+    train(compose_config("train", [*settings, "trainer.max_epochs=1"]), tmp_path / "run")
+    with open(tmp_path / "run" / "skipped.csv", newline="") as handle:
+        reasons = [row["reason"] for row in csv.DictReader(handle)]
+    assert reasons and set(reasons) == {"element outside the feature table: Pt"}
+    assert not load_checkpoint(tmp_path / "run" / "checkpoints" / "best.pt")["model_state"]["atom_features"][78].any()
+
+    # a resume reads last.pt only: its element table keeps the same crystals (else the changed data would be refused)
+    no_platinum.unlink()
+    train(compose_config("train", [*settings, "trainer.max_epochs=2"]), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+
+
+def _parameters(checkpoint: dict) -> dict[str, torch.Tensor]:
+    """The trained parameters in a checkpoint's model_state (not the BatchNorm running statistics or the element table)."""
+    return {
+        name: tensor for name, tensor in checkpoint["model_state"].items()
+        if "running_" not in name and "num_batches" not in name and name != "atom_features"
+    }
 
 
 def _checkpoint_of(compose_train_cfg, tmp_path, *overrides: str) -> dict:
@@ -79,6 +120,11 @@ def test_a_missing_or_unconverted_init_checkpoint_is_named_with_the_setting(comp
     (tmp_path / "model_best.pth.tar").write_bytes(b"")
     with pytest.raises(ValueError, match=r"is an original CGCNN checkpoint: convert it first \(python scripts/convert_cgcnn_checkpoint.py"):
         starting_model(compose_train_cfg([*SMALL, f"trainer.init_from={tmp_path / 'model_best.pth.tar'}"], tmp_path))
+    (tmp_path / "renamed.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError) as refused:
+        starting_model(compose_train_cfg([*SMALL, f"trainer.init_from={tmp_path / 'renamed.pt'}"], tmp_path))
+    assert "renamed.pt is not a crystal-train checkpoint" in str(refused.value) and "atom_init=" not in str(refused.value)
+    assert "an original CGCNN checkpoint needs converting first (python scripts/convert_cgcnn_checkpoint.py" in str(refused.value)
 
 
 def test_a_resumed_fine_tuning_may_not_start_from_other_weights(compose_train_cfg, tmp_path):
@@ -88,6 +134,9 @@ def test_a_resumed_fine_tuning_may_not_start_from_other_weights(compose_train_cf
     check_same_training(resolved("trainer.init_from=a.pt"), resolved("trainer.init_from=a.pt"), tmp_path / "last.pt")
     with pytest.raises(ResumeConfigError, match=r"trainer\.init_from: 'a\.pt' -> 'b\.pt'"):
         check_same_training(resolved("trainer.init_from=a.pt"), resolved("trainer.init_from=b.pt"), tmp_path / "last.pt")
+    # the same file named otherwise (absolute now, relative to where the run was launched then) is no change
+    (tmp_path / "a.pt").write_bytes(b"weights")
+    check_same_training(resolved("trainer.init_from=a.pt"), resolved(f"trainer.init_from={tmp_path / 'a.pt'}"), tmp_path / "last.pt", str(tmp_path))
     # a run trained before the setting existed resumes without it
     before = resolved()
     del before["trainer"]["init_from"]

@@ -46,9 +46,9 @@ def _sigterm_raises_terminated(enabled: bool):
         signal.signal(signal.SIGTERM, previous)
 
 
-# Hydra's record (.hydra/*.yaml) of the training in the chosen run directory, read before Hydra rewrites it for this
-# launch: put back if this launch's resume is refused, so that the record still describes the training there.
-_hydra_record_before: dict[str, bytes] = {}
+# Hydra's record (.hydra/*.yaml) of the training in the run directory chosen on the command line, read before Hydra
+# rewrites it for this launch: put back if this launch's resume is refused, so that it still describes that training.
+_hydra_record_before: dict = {}
 
 
 def main() -> None:
@@ -63,8 +63,17 @@ def main() -> None:
             check_run_dir_free(run_dir)
         except LockHeldError as error:
             sys.exit(f"Error: {error}")
-        _hydra_record_before.update({path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")})
+        _hydra_record_before.update(run_dir=run_dir.resolve(), files={path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")})
     train_job()
+
+
+def _put_back_hydra_record(folder: Path, files: dict[str, bytes]) -> None:
+    """Make `folder` hold `files` again: rewrite those, remove the YAML files the launch added."""
+    for path in folder.glob("*.yaml"):
+        if path.name not in files:
+            path.unlink()
+    for name, content in files.items():
+        (folder / name).write_bytes(content)
 
 
 def chosen_run_dir(arguments: list[str]) -> Path | None:
@@ -114,9 +123,8 @@ def train_job(cfg: DictConfig) -> float:
     except (NonFiniteLossError, ResumeConfigError) as error:  # explained in full by their message
         log.error("%s", error)
         failure, details, status = error, "", 2
-        if isinstance(error, ResumeConfigError) and single_run:
-            for name, content in _hydra_record_before.items():
-                (run_dir / ".hydra" / name).write_bytes(content)
+        if isinstance(error, ResumeConfigError) and single_run and _hydra_record_before.get("run_dir") == run_dir.resolve():
+            _put_back_hydra_record(run_dir / ".hydra", _hydra_record_before["files"])
     except Exception as error:
         if hydra_cfg.mode != RunMode.MULTIRUN and os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

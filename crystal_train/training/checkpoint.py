@@ -50,8 +50,12 @@ def recover_interrupted_saves(checkpoint_dir: Path, last: dict) -> None:
         )
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
-    """Load a crystal-train checkpoint with weights_only=True; clear error for anything else."""
+ORIGINAL_CGCNN_HINT = "an original CGCNN *.pth.tar needs atom_init=PATH to be converted"
+
+
+def load_checkpoint(path: Path, map_location="cpu", original_cgcnn_hint: str = ORIGINAL_CGCNN_HINT) -> dict:
+    """Load a crystal-train checkpoint with weights_only=True; clear error for anything else (ending with
+    `original_cgcnn_hint` for a file torch cannot load)."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"checkpoint not found: {path}")
@@ -61,10 +65,7 @@ def load_checkpoint(path: Path, map_location="cpu") -> dict:
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:
-        raise ValueError(
-            f"{path} is not a crystal-train checkpoint ({type(error).__name__}); an original CGCNN "
-            "*.pth.tar needs atom_init=PATH to be converted"
-        ) from None
+        raise ValueError(f"{path} is not a crystal-train checkpoint ({type(error).__name__}); {original_cgcnn_hint}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a crystal-train checkpoint")
     return checkpoint

@@ -37,20 +37,20 @@ def starting_model(cfg: DictConfig, resumed: dict | None = None) -> torch.nn.Mod
     units = f" ({checkpoint['units']})" if checkpoint.get("units") else ""
     log.info(
         "Starting from the weights of %s (trained on %s%s); the optimizer, the learning-rate schedule and the target "
-        "normalisation start afresh", path, checkpoint.get("target", "an unrecorded target"), units,
+        "normalisation start afresh", path.resolve(), checkpoint.get("target", "an unrecorded target"), units,
     )
     return model
 
 
 def _init_checkpoint(path: Path) -> dict:
     """trainer.init_from's checkpoint; errors name the setting, and an original CGCNN one the conversion it needs."""
-    if path.name.endswith(".pth.tar"):
-        raise ValueError(
-            f"trainer.init_from={path} is an original CGCNN checkpoint: convert it first (python "
-            f"scripts/convert_cgcnn_checkpoint.py {path} --atom-init atom_init.json --output {path.name.removesuffix('.pth.tar')}.pt)"
-        )
+    original = path.name.endswith(".pth.tar")
+    output = f"{path.name.removesuffix('.pth.tar')}.pt" if original else "converted.pt"
+    convert = f"python scripts/convert_cgcnn_checkpoint.py {path} --atom-init atom_init.json --output {output}"
+    if original:
+        raise ValueError(f"trainer.init_from={path} is an original CGCNN checkpoint: convert it first ({convert})")
     try:
-        return load_checkpoint(path)
+        return load_checkpoint(path, original_cgcnn_hint=f"an original CGCNN checkpoint needs converting first ({convert})")
     except (FileNotFoundError, IsADirectoryError, ValueError) as error:
         raise type(error)(f"trainer.init_from: {error}") from None
 

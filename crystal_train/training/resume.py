@@ -17,6 +17,9 @@ RESUMABLE_CHANGES = frozenset({
 
 ABSENT = object()  # stands for a key one of two configs lacks
 
+# Settings that name a file, which a resumed run may spell otherwise (relative where it was absolute, from elsewhere).
+FILE_SETTINGS = ("data.snapshot", "trainer.init_from")
+
 
 class ResumeConfigError(ValueError):
     """The run directory's last.pt was trained with settings this run would change."""
@@ -38,12 +41,13 @@ def check_same_training(saved: dict, current: dict, last: Path, launch_dir: str 
     """Raise ResumeConfigError naming every setting (outside RESUMABLE_CHANGES) that differs from last.pt's.
 
     A setting last.pt lacks that is null here was added to crystal-train since, and null keeps it off.
-    A data.snapshot spelled otherwise (relative to `launch_dir`, where training ran, and absolute now) is no change.
+    A data.snapshot or trainer.init_from spelled otherwise (relative to `launch_dir`, where training ran, and absolute
+    now) is no change.
     """
     changes = {
         key: (old, new) for key, (old, new) in config_changes(saved, current).items()
         if not _resumable(key) and not (old is ABSENT and new is None)
-        and not (key == "data.snapshot" and _same_file(old, launch_dir, new))
+        and not (key in FILE_SETTINGS and _same_file(old, launch_dir, new))
     }
     if changes:
         listed = "; ".join(f"{key}: {_show(old)} -> {_show(new)}" for key, (old, new) in changes.items())
