@@ -63,7 +63,8 @@ def main() -> None:
             check_run_dir_free(run_dir)
         except LockHeldError as error:
             sys.exit(f"Error: {error}")
-        _hydra_record_before.update(run_dir=run_dir.resolve(), files={path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")})
+        record = {path.name: path.read_bytes() for path in (run_dir / ".hydra").glob("*.yaml")}
+        _hydra_record_before.update(run_dir=run_dir.resolve(), files=record)
     train_job()
 
 

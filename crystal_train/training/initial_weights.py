@@ -58,11 +58,10 @@ def _init_checkpoint(path: Path) -> dict:
 def check_same_architecture(checkpoint: dict, cfg: DictConfig, path: Path) -> None:
     """Raise ValueError naming each model or graph setting of this run that differs from the checkpoint's, with the
     overrides that match it: its weights only mean something in the model, and on the graphs, they were trained in."""
-    current = OmegaConf.to_container(cfg, resolve=True)
-    saved = checkpoint["config"]
+    configs = (checkpoint["config"], OmegaConf.to_container(cfg, resolve=True))
+    saved, current = ({block: config.get(block, {}) for block in ARCHITECTURE} for config in configs)
     changes = {
-        key: values
-        for key, values in config_changes(*({block: config.get(block, {}) for block in ARCHITECTURE} for config in (saved, current))).items()
+        key: values for key, values in config_changes(saved, current).items()
         if values[0] is not ABSENT or values[1] is not None  # a setting added since its checkpoint, left at null
     }
     if not changes:
