@@ -108,10 +108,17 @@ def test_other_model_or_graph_settings_are_refused_with_the_overrides_that_match
     check_same_architecture(saved, matched, Path("pre.pt"))
 
 
-def test_another_model_class_is_refused_naming_the_model_option(compose_train_cfg, tmp_path):
+def test_another_model_class_is_refused_naming_the_model_option_and_its_overrides(compose_train_cfg, tmp_path):
+    cgcnn = compose_train_cfg(["data=demo"], tmp_path)
     saved = _checkpoint_of(compose_train_cfg, tmp_path, "data=demo", "model=schnet")
-    with pytest.raises(ValueError, match=r"model\._target_: crystal_train\.models\.schnet\.SchNet there.*choose model=schnet with its settings$"):
-        check_same_architecture(saved, compose_train_cfg(["data=demo"], tmp_path), Path("pre.pt"))
+    with pytest.raises(ValueError, match=r"model\._target_: crystal_train\.models\.schnet\.SchNet there.*: choose model=schnet$"):
+        check_same_architecture(saved, cgcnn, Path("pre.pt"))
+
+    saved = _checkpoint_of(compose_train_cfg, tmp_path, "data=demo", "model=schnet", "model.num_interactions=4", "graph.max_neighbors=32")
+    advice = "choose model=schnet and add graph.max_neighbors=32 model.num_interactions=4"
+    with pytest.raises(ValueError, match=rf"{advice}$"):
+        check_same_architecture(saved, cgcnn, Path("pre.pt"))
+    check_same_architecture(saved, compose_train_cfg(["data=demo", *advice.removeprefix("choose ").replace(" and add", "").split()], tmp_path), Path("pre.pt"))
 
 
 def test_a_missing_or_unconverted_init_checkpoint_is_named_with_the_setting(compose_train_cfg, tmp_path):

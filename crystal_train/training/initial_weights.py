@@ -60,31 +60,42 @@ def check_same_architecture(checkpoint: dict, cfg: DictConfig, path: Path) -> No
     overrides that match it: its weights only mean something in the model, and on the graphs, they were trained in."""
     configs = (checkpoint["config"], OmegaConf.to_container(cfg, resolve=True))
     saved, current = ({block: config.get(block, {}) for block in ARCHITECTURE} for config in configs)
-    changes = {
-        key: values for key, values in config_changes(saved, current).items()
-        if values[0] is not ABSENT or values[1] is not None  # a setting added since its checkpoint, left at null
-    }
+    changes = _differences(saved, current)
     if not changes:
         return
     listed = "; ".join(f"{key}: {_shown(old)} there, {_shown(new)} here" for key, (old, new) in changes.items())
     old_target = changes.get("model._target_", (None,))[0]
-    if old_target is not None:
-        option = _model_option(old_target)
-        advice = f"choose model={option} with its settings" if option else f"build its model ({old_target})"
+    if old_target is None:
+        advice = "add " + _overrides(changes)
+    elif (option := _model_option(old_target)) is None:
+        advice = f"build its model ({old_target})"
     else:
-        advice = "add " + " ".join(_override(key, old, new) for key, (old, new) in changes.items())
+        name, defaults = option
+        rest = _overrides(_differences(saved, defaults))
+        advice = f"choose model={name}" + (f" and add {rest}" if rest else "")
     raise ValueError(
         f"trainer.init_from={path} was trained with other model or graph settings ({listed}); its weights only fit the "
         f"model and graphs they were trained in: {advice}"
     )
 
 
-def _model_option(target: str) -> str | None:
-    """The packaged model= option that builds `target`, if one does."""
+def _differences(saved: dict, current: dict) -> dict[str, tuple]:
+    """{dotted key: (saved, current)} of the architecture settings that differ, but for one added since `saved` and null."""
+    return {key: values for key, values in config_changes(saved, current).items() if values[0] is not ABSENT or values[1] is not None}
+
+
+def _model_option(target: str) -> tuple[str, dict] | None:
+    """(name, resolved model and graph blocks) of the packaged model= option that builds `target`, if one does."""
     for file in sorted(resources.files("crystal_train.configs").joinpath("model").iterdir(), key=lambda file: file.name):
-        if file.name.endswith(".yaml") and OmegaConf.create(file.read_text()).model.get("_target_") == target:
-            return file.name.removesuffix(".yaml")
+        option = OmegaConf.to_container(OmegaConf.create(file.read_text()), resolve=True) if file.name.endswith(".yaml") else {}
+        if option.get("model", {}).get("_target_") == target:
+            return file.name.removesuffix(".yaml"), {block: option.get(block, {}) for block in ARCHITECTURE}
     return None
+
+
+def _overrides(changes: dict[str, tuple]) -> str:
+    """The command-line overrides that turn each change's second value into its first."""
+    return " ".join(_override(key, wanted, current) for key, (wanted, current) in changes.items())
 
 
 def _override(key: str, wanted, current) -> str:
