@@ -81,7 +81,8 @@ def check_same_architecture(checkpoint: dict, cfg: DictConfig, path: Path) -> No
 
 def _differences(saved: dict, current: dict) -> dict[str, tuple]:
     """{dotted key: (saved, current)} of the architecture settings that differ, but for one added since `saved` and null."""
-    return {key: values for key, values in config_changes(saved, current).items() if values[0] is not ABSENT or values[1] is not None}
+    changes = config_changes(saved, current).items()
+    return {key: (old, new) for key, (old, new) in changes if old is not ABSENT or new is not None}
 
 
 def _model_option(target: str) -> tuple[str, dict] | None:
