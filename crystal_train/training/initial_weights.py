@@ -12,7 +12,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from crystal_train.training.checkpoint import element_table, load_checkpoint, warn_if_other_graphs
-from crystal_train.training.resume import ABSENT, config_changes
+from crystal_train.training.resume import ABSENT, setting_changes
 
 log = logging.getLogger(__name__)
 
@@ -23,9 +23,9 @@ ARCHITECTURE = ("model", "graph")
 def starting_model(cfg: DictConfig, resumed: dict | None = None) -> torch.nn.Module:
     """The configured model, with trainer.init_from's weights when set; with `resumed` (last.pt) its element table
     only, since Trainer.restore loads its weights with the optimizer's state."""
-    init_from = cfg.trainer.get("init_from")
     if resumed is not None:
         return hydra.utils.instantiate(cfg.model, **element_table(resumed))
+    init_from = cfg.trainer.get("init_from")
     if init_from is None:
         return hydra.utils.instantiate(cfg.model)
     path = Path(str(init_from)).expanduser()
@@ -60,7 +60,7 @@ def check_same_architecture(checkpoint: dict, cfg: DictConfig, path: Path) -> No
     overrides that match it: its weights only mean something in the model, and on the graphs, they were trained in."""
     configs = (checkpoint["config"], OmegaConf.to_container(cfg, resolve=True))
     saved, current = ({block: config.get(block, {}) for block in ARCHITECTURE} for config in configs)
-    changes = _differences(saved, current)
+    changes = setting_changes(saved, current)
     if not changes:
         return
     listed = "; ".join(f"{key}: {_shown(old)} there, {_shown(new)} here" for key, (old, new) in changes.items())
@@ -71,18 +71,12 @@ def check_same_architecture(checkpoint: dict, cfg: DictConfig, path: Path) -> No
         advice = f"build its model ({old_target})"
     else:
         name, defaults = option
-        rest = _overrides(_differences(saved, defaults))
+        rest = _overrides(setting_changes(saved, defaults))
         advice = f"choose model={name}" + (f" and add {rest}" if rest else "")
     raise ValueError(
         f"trainer.init_from={path} was trained with other model or graph settings ({listed}); its weights only fit the "
         f"model and graphs they were trained in: {advice}"
     )
-
-
-def _differences(saved: dict, current: dict) -> dict[str, tuple]:
-    """{dotted key: (saved, current)} of the architecture settings that differ, but for one added since `saved` and null."""
-    changes = config_changes(saved, current).items()
-    return {key: (old, new) for key, (old, new) in changes if old is not ABSENT or new is not None}
 
 
 def _model_option(target: str) -> tuple[str, dict] | None:

@@ -45,9 +45,8 @@ def check_same_training(saved: dict, current: dict, last: Path, launch_dir: str 
     now) is no change.
     """
     changes = {
-        key: (old, new) for key, (old, new) in config_changes(saved, current).items()
-        if not _resumable(key) and not (old is ABSENT and new is None)
-        and not (key in FILE_SETTINGS and _same_file(old, launch_dir, new))
+        key: (old, new) for key, (old, new) in setting_changes(saved, current).items()
+        if not _resumable(key) and not (key in FILE_SETTINGS and _same_file(old, launch_dir, new))
     }
     if changes:
         listed = "; ".join(f"{key}: {_show(old)} -> {_show(new)}" for key, (old, new) in changes.items())
@@ -108,6 +107,12 @@ def check_same_data(saved: dict, split_ids: dict[str, list[str]], normalizer: di
             "would mix them, and could score crystals it trained on as test. Start a new run: another hydra.run.dir, "
             "or trainer.resume=false to start over in this directory."
         )
+
+
+def setting_changes(saved: dict, current: dict) -> dict[str, tuple]:
+    """config_changes but for a key `saved` lacks that is null in `current`: a setting added to crystal-train since
+    `saved` was written, whose null keeps it off."""
+    return {key: (old, new) for key, (old, new) in config_changes(saved, current).items() if not (old is ABSENT and new is None)}
 
 
 def config_changes(saved: dict, current: dict) -> dict[str, tuple]:
