@@ -47,9 +47,10 @@ class Predictor:
         return self.ensemble.checkpoint.get("units")
 
     def predict(self, structures: Sequence, ids: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
-        """One row per structure, in the order given: `id`, `prediction` (in `units`; NaN where skipped), `member_std`
-        (for several checkpoints), `unseen_elements` (where the checkpoints record their training elements),
-        `structure_warnings`, and `skipped`, the reason a structure could not be used ("" for the others).
+        """One row per structure, in the order given: `id`, `prediction` (in `units`, or a classifier's probability of
+        class 1; NaN where skipped), `member_std` (for several checkpoints), `unseen_elements` (where the checkpoints
+        record their training elements), `structure_warnings`, and `skipped`, the reason a structure could not be used
+        ("" for the others).
 
         A structure is a pymatgen Structure, an ASE Atoms periodic along every axis, CIF text, or a structure file's
         path; one alone needs no list. `ids` default to file ids when every structure is a path (as crystal-predict

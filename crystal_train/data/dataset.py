@@ -116,10 +116,13 @@ def prepare_data(
     if len(store) == 0:
         raise ValueError(f"no valid crystals remain in {source.description}; see the skipped reasons above")
     check_target_floor(store, source.target, data_cfg.get("target_min"))
-    units = target_units(source.target, data_cfg.get("units"))
+    target, units = source.target, target_units(source.target, data_cfg.get("units"))
+    if str(data_cfg.get("task", "regression")) == "classification":
+        store.targets, target = class_labels(store, source.target, data_cfg.get("positive_at_most"))
+        units = ""
     if whole:
-        log.info("Data: %s, target %s: all %d crystals, scored as one set", source.description, source.target, len(store))
-        return PreparedData(store, {WHOLE_SOURCE: np.arange(len(store))}, source.target, units, source.description)
+        log.info("Data: %s, target %s: all %d crystals, scored as one set", source.description, target, len(store))
+        return PreparedData(store, {WHOLE_SOURCE: np.arange(len(store))}, target, units, source.description)
     split_cfg = data_cfg.get("split") or {}
     splits = make_splits(
         store,
@@ -128,18 +131,32 @@ def prepare_data(
         seed=seed,
         file=split_cfg.get("file"),
     )
-    log.info(
-        "Data: %s, target %s: %s",
-        source.description,
-        source.target,
-        ", ".join(f"{name} {len(idx)}" for name, idx in splits.items()),
-    )
-    return PreparedData(store, splits, source.target, units, source.description)
+    log.info("Data: %s, target %s: %s", source.description, target, ", ".join(f"{name} {len(idx)}" for name, idx in splits.items()))
+    return PreparedData(store, splits, target, units, source.description)
 
 
 def target_units(target: str, units: str | None) -> str:
     """data.units if set, else the known units of the target's column ("" when unknown)."""
     return str(units) if units is not None else KNOWN_UNITS.get(target, "")
+
+
+def class_labels(store: GraphStore, target: str, positive_at_most: float | None) -> tuple[np.ndarray, str]:
+    """data.task=classification: the crystals' labels (1.0 or 0.0) and the name reports give them.
+
+    With data.positive_at_most=X a crystal is of class 1 when its `target` is at most X (a band gap of 0 eV: a
+    metal), and the labels are named after the rule; without it the column must hold 0 and 1.
+    """
+    values = store.targets
+    if positive_at_most is not None:
+        return (values <= float(positive_at_most)).astype(np.float64), f"{target} <= {float(positive_at_most):g}"
+    others = np.flatnonzero((values != 0) & (values != 1))
+    if others.size:
+        examples = first_few(f"{store.ids[i]} ({values[i]:g})" for i in others)
+        raise ValueError(
+            f"data.task=classification needs labels 0 and 1 in {target}, but {others.size} crystal(s) have other values: "
+            f"{examples}. To make two classes of a number, set data.positive_at_most=X (class 1 where {target} <= X)"
+        )
+    return values.astype(np.float64), target
 
 
 def check_target_floor(store: GraphStore, target: str, minimum: float | None) -> None:

@@ -17,19 +17,16 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from crystal_train.atomic_file import atomic_write
-from crystal_train.training.metrics import regression_metrics
-
-HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_mae", "val_mae", "seconds")
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_mae", "val_mae", "seconds")  # a regression's; a classification's score log_loss
 
 
-def metrics_report(
-    results: dict[str, tuple[np.ndarray, np.ndarray]], target: str, units: str, train_mean: float, **extra
-) -> dict:
-    """The metrics.json object: one entry per split plus the mean-predictor baseline on test."""
-    report = {name: regression_metrics(y, yhat) for name, (y, yhat) in results.items()}
-    report.update(target=target, units=units)
+def metrics_report(results: dict[str, tuple[np.ndarray, np.ndarray]], target: str, units: str, transform, **extra) -> dict:
+    """The metrics.json object: one entry per split (the task's metrics) plus, on test, the baseline of a model that
+    learnt nothing: the training mean's MAE (regression), the training majority class's accuracy (classification)."""
+    report = {name: transform.metrics(y, yhat) for name, (y, yhat) in results.items()}
+    report.update(target=target, units=units, task=transform.task)
     if "test" in results and len(results["test"][0]):
-        report["baseline_test_mae"] = float(np.mean(np.abs(results["test"][0] - train_mean)))
+        report.update(transform.baseline(results["test"][0]))
     report.update(extra)
     return report
 
@@ -103,7 +100,9 @@ def write_skipped(path: Path, skipped: Iterable[tuple[str, str]]) -> None:
 
 
 def write_history(path: Path, rows: Sequence[dict]) -> None:
-    write_csv(path, HISTORY_COLUMNS, ([_finite_or_nan(row[k]) for k in HISTORY_COLUMNS] for row in rows))
+    """history.csv: a column per key of the rows (HISTORY_COLUMNS for none)."""
+    columns = tuple(rows[0]) if rows else HISTORY_COLUMNS
+    write_csv(path, columns, ([_finite_or_nan(row[k]) for k in columns] for row in rows))
 
 
 def _finite_or_nan(value):

@@ -14,6 +14,7 @@ from crystal_train.training.ema import checked_decay
 from crystal_train.training.inference import PRECISIONS
 from crystal_train.training.loop import LOSSES
 from crystal_train.training.lr_scaling import RULES
+from crystal_train.training.tasks import TASKS
 
 
 def check_settings(cfg: DictConfig) -> None:
@@ -22,6 +23,7 @@ def check_settings(cfg: DictConfig) -> None:
     check_group_settings(cfg)
     check_trainer_choices(cfg.trainer)
     check_data_numbers(cfg.data)
+    check_task(cfg.data)
 
 
 @cache
@@ -126,6 +128,24 @@ def check_data_numbers(data_cfg: DictConfig) -> None:
     for key in ("seed", "limit", "num_crystals"):
         if key in data_cfg and not (key == "limit" and data_cfg[key] is None):
             data_cfg[key] = whole_number(data_cfg[key], f"data.{key}")
+
+
+def check_task(data_cfg: DictConfig) -> None:
+    """Raise if data.task is unknown, or a setting of the other task is set: data.target_min (a regression's floor) for
+    a classifier, data.positive_at_most (how classes are made) for a regression."""
+    task = str(data_cfg.get("task", "regression"))
+    if task not in TASKS:
+        raise ValueError(f"data.task must be one of {', '.join(TASKS)}, not {task!r}")
+    if task == "classification" and data_cfg.get("target_min") is not None:
+        raise ValueError(
+            f"data.target_min={data_cfg.target_min} floors a regression's predictions, but data.task=classification predicts "
+            "probabilities: add data.target_min=null (or choose data=mp_metal for metals against non-metals)"
+        )
+    if task == "regression" and data_cfg.get("positive_at_most") is not None:
+        raise ValueError(
+            f"data.positive_at_most={data_cfg.positive_at_most} makes two classes of the target, but data.task=regression: "
+            "add data.task=classification, or drop data.positive_at_most"
+        )
 
 
 def whole_number(value, setting: str) -> int:

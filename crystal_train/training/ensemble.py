@@ -21,6 +21,7 @@ from crystal_train.data.graphs import GraphSettings
 from crystal_train.training.checkpoint import load_model, trained_precision
 from crystal_train.training.inference import predict
 from crystal_train.training.metrics import Normalizer
+from crystal_train.training.tasks import ClassProbability, output_transform
 
 log = logging.getLogger(__name__)
 
@@ -48,12 +49,13 @@ class Member:
     model: torch.nn.Module
 
     @property
-    def normalizer(self) -> Normalizer:
-        return Normalizer(**self.checkpoint["normalizer"])
+    def normalizer(self) -> Normalizer | ClassProbability:
+        return output_transform(self.checkpoint["normalizer"])
 
     @property
-    def target(self) -> tuple[str | None, str | None]:
-        return self.checkpoint.get("target"), self.checkpoint.get("units")
+    def target(self) -> tuple[str | None, str | None, str]:
+        """(target, units, task)."""
+        return self.checkpoint.get("target"), self.checkpoint.get("units"), self.normalizer.task
 
     @property
     def settings(self) -> GraphSettings:
@@ -145,7 +147,7 @@ class Ensemble:
 
 def _describe(what: str, member: Member) -> str:
     if what == "target":
-        target, units = member.target
-        return f"target {target} ({units})"
+        target, units, task = member.target
+        return f"target {target} ({units}, {task})"
     settings = member.settings
     return f"graph settings cutoff {settings.cutoff} Å, max_neighbors {settings.max_neighbors}"

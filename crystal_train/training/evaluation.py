@@ -16,13 +16,13 @@ from crystal_train.training import artifacts
 from crystal_train.training.applicability import warn_unseen_elements
 from crystal_train.training.ensemble import Ensemble, checkpoint_paths
 from crystal_train.training.inference import resolve_device
-from crystal_train.training.metrics import regression_metrics
+from crystal_train.training.metrics import METRIC_LABELS
 from crystal_train.training.run import score_splits
 
 log = logging.getLogger(__name__)
 
 SPLIT_FROM = ("auto", "checkpoint", "data")
-SOURCE_SETTINGS = ("target", "id_column", "cif_column", "units")  # data.KEY of eval.yaml, applied to another source
+SOURCE_SETTINGS = ("target", "id_column", "cif_column", "units", "positive_at_most")  # data.KEY of eval.yaml, applied to another source
 
 
 def evaluate(cfg: DictConfig) -> dict:
@@ -51,6 +51,8 @@ def evaluate(cfg: DictConfig) -> dict:
     source_settings = {key: cfg.data.get(key) for key in SOURCE_SETTINGS if cfg.data.get(key) is not None}
     if source_settings and not other_source:
         raise ValueError(f"{', '.join(f'data.{key}' for key in source_settings)} describe another source: give it with data.snapshot=PATH")
+    if "positive_at_most" in source_settings and ensemble.members[0].normalizer.task != "classification":
+        raise ValueError(f"data.positive_at_most makes two classes for a classifier, but {checkpoint_path} is a regression model")
     if other_source:
         train_cfg.data.snapshot = str(cfg.data.snapshot)
         train_cfg.data.limit = None
@@ -84,24 +86,29 @@ def evaluate(cfg: DictConfig) -> dict:
     graphs = DeviceGraphs(data.store, device, distinct_distances=ensemble.uses_distinct_distances)
     members = {name: ensemble.member_predictions(graphs, data.splits[name], int(cfg.batch_size)) for name in names}
     combined = {name: ensemble.combine(stack) for name, stack in members.items()}
-    train_mean = ensemble.members[0].normalizer.mean
+    transform = ensemble.members[0].normalizer
     report = score_splits(
-        {name: mean for name, (mean, _) in combined.items()}, data, train_mean, out_dir, ensemble.name, prediction_splits=names,
+        {name: mean for name, (mean, _) in combined.items()}, data, transform, out_dir, ensemble.name, prediction_splits=names,
         spreads={name: spread for name, (_, spread) in combined.items()},
     )
     report.update(checkpoint=str(checkpoint_path), best_epoch=_best_epoch(checkpoint) if len(paths) == 1 else None)
     if len(paths) > 1:
         report["members"] = [
             {"checkpoint": str(member.path), "best_epoch": _best_epoch(member.checkpoint)}
-            | {name: regression_metrics(data.store.targets[data.splits[name]], stack[i]) for name, stack in members.items()}
+            | {name: transform.metrics(data.store.targets[data.splits[name]], stack[i]) for name, stack in members.items()}
             for i, member in enumerate(ensemble.members)
         ]
+        headline = "mae" if transform.task == "regression" else "roc_auc"
         for member in report["members"]:
-            log.info("member %s: %s", member["checkpoint"], "  ".join(f"{name} MAE {_number(member[name]['mae'])}" for name in names))
+            log.info(
+                "member %s: %s", member["checkpoint"],
+                "  ".join(f"{name} {METRIC_LABELS[headline]} {_number(member[name][headline])}" for name in names),
+            )
     artifacts.write_json(out_dir / "metrics.json", report)
     for name in names:
         scores = report[name]
-        log.info("%s: MAE %s  RMSE %s  R2 %s  n %d", name, _number(scores["mae"]), _number(scores["rmse"]), _number(scores["r2"]), scores["n"])
+        shown = "  ".join(f"{METRIC_LABELS[key]} {_number(value)}" for key, value in scores.items() if key != "n")
+        log.info("%s: %s  n %d", name, shown, scores["n"])
     log.info("Wrote %s", out_dir / "metrics.json")
     return report
 

@@ -8,16 +8,16 @@ import numpy as np
 import torch
 
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
-from crystal_train.training.metrics import Normalizer
 
 PRECISIONS = ("32", "tf32", "bf16")  # trainer.precision
 
 
 @torch.no_grad()
 def predict(
-    model: torch.nn.Module, graphs: DeviceGraphs, indices: np.ndarray, normalizer: Normalizer, batch_size: int, precision: str = "32"
+    model: torch.nn.Module, graphs: DeviceGraphs, indices: np.ndarray, normalizer, batch_size: int, precision: str = "32"
 ) -> np.ndarray:
-    """Model predictions (denormalised, float64) for the crystals at `indices`, in that order.
+    """Model predictions (float64, through `normalizer`: a regression's Normalizer, a classification's
+    ClassProbability) for the crystals at `indices`, in that order.
 
     The model runs in the precision training validated it in (trainer.precision).
     """

@@ -5,11 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-SCALARS = ("train_loss", "train_mae", "val_mae", "lr", "seconds")
-
-
 class EpochLogger:
-    """Receives one history row (epoch, lr, train_loss, train_mae, val_mae, seconds) per epoch."""
+    """Receives one history row per epoch: epoch, lr, train_loss, the task's train and val scores (train_mae and val_mae,
+    or train_log_loss and val_log_loss), seconds."""
 
     def log_epoch(self, row: dict) -> None:
         raise NotImplementedError
@@ -27,8 +25,8 @@ class TensorBoardLogger(EpochLogger):
 
     def log_epoch(self, row: dict) -> None:
         step = int(row["epoch"])
-        for key in SCALARS:
-            if row.get(key) is not None:
+        for key in row:
+            if key != "epoch" and row[key] is not None:
                 self.writer.add_scalar(key, float(row[key]), global_step=step)
         self.writer.flush()
 

@@ -19,6 +19,7 @@ from crystal_train.training.distributed import DistributedContext
 from crystal_train.training.ema import WeightAverage
 from crystal_train.training.inference import float32_matmul_precision, precision_context
 from crystal_train.training.metrics import Normalizer
+from crystal_train.training.tasks import ClassProbability
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ class TrainState:
     """Progress that a resumed run must restore."""
 
     epoch: int = 0  # epochs completed
-    best_val_mae: float = math.inf
+    best_val_score: float = math.inf  # the transform's score: MAE (regression) or log loss (classification)
     best_epoch: int = 0
     epochs_since_best: int = 0
     history: list = field(default_factory=list)
@@ -49,7 +50,7 @@ class Trainer:
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
         scheduler,
-        normalizer: Normalizer,
+        normalizer: Normalizer | ClassProbability,
         train_batches: BatchIterator,
         val_batches: BatchIterator,
         trainer_cfg,
@@ -69,7 +70,9 @@ class Trainer:
         self.checkpoint_meta = checkpoint_meta
         self.on_epoch_end = on_epoch_end
         self.state = TrainState()
-        self.loss_fn = LOSSES[trainer_cfg.get("loss", "mse")]
+        self.loss_fn = LOSSES[trainer_cfg.get("loss", "mse")] if normalizer.task == "regression" else normalizer.loss
+        self.score = normalizer.score  # history's train_<score> and val_<score> columns
+        self.score_label = normalizer.score_label
         self.precision = str(trainer_cfg.get("precision", "32"))
         self.context = context or DistributedContext(device=next(model.parameters()).device)
         ema_decay = trainer_cfg.get("ema_decay")
@@ -104,7 +107,7 @@ class Trainer:
         self.optimizer.load_state_dict(checkpoint["optimizer_state"])
         if self.scheduler is not None and checkpoint.get("scheduler_state") is not None:
             self.scheduler.load_state_dict(checkpoint["scheduler_state"])
-        self.state = TrainState(**checkpoint["train_state"])
+        self.state = TrainState(**_renamed_fields(checkpoint["train_state"]))
         if self.average is not None:
             self.average.load(checkpoint["model_state"], updates=self.state.epoch * len(self.train_batches))
         rng = checkpoint["rng_state"]
@@ -130,27 +133,30 @@ class Trainer:
             if first_step < self.warmup_steps:
                 self._set_warmup_lr(first_step)  # so that history's lr is the one of the epoch's first step
             lr = self.optimizer.param_groups[0]["lr"]
-            train_loss, train_mae = self._train_epoch()
-            val_mae = self._validate()
+            train_loss, train_score = self._train_epoch()
+            val_score = self._validate()
             epoch = self.state.epoch + 1
-            if not math.isfinite(val_mae):  # no epoch could improve on it, and best.pt would never be written
+            if not math.isfinite(val_score):  # no epoch could improve on it, and best.pt would never be written
                 raise NonFiniteLossError(
-                    f"non-finite validation MAE in epoch {epoch} (finite training loss {train_loss:.4g}); stopped, and "
+                    f"non-finite validation {self.score_label} in epoch {epoch} (finite training loss {train_loss:.4g}); stopped, and "
                     f"{self._kept_checkpoint()}. In trainer.precision=bf16 try 32; otherwise lower optim.lr or set trainer.grad_clip."
                 )
             if self.scheduler is not None and epoch * len(self.train_batches) >= self.warmup_steps:
                 if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
-                    self.scheduler.step(val_mae)
+                    self.scheduler.step(val_score)
                 else:
                     self.scheduler.step()
-            improved = val_mae < self.state.best_val_mae - min_delta
+            improved = val_score < self.state.best_val_score - min_delta
             if improved:
-                self.state.best_val_mae, self.state.best_epoch, self.state.epochs_since_best = val_mae, epoch, 0
+                self.state.best_val_score, self.state.best_epoch, self.state.epochs_since_best = val_score, epoch, 0
             else:
                 self.state.epochs_since_best += 1
             self.state.epoch = epoch
             self.state.stopped_early = self.state.epochs_since_best >= patience
-            row = dict(epoch=epoch, lr=lr, train_loss=train_loss, train_mae=train_mae, val_mae=val_mae, seconds=time.perf_counter() - start)
+            row = {
+                "epoch": epoch, "lr": lr, "train_loss": train_loss, f"train_{self.score}": train_score, f"val_{self.score}": val_score,
+                "seconds": time.perf_counter() - start,
+            }
             self.state.history.append(row)
             if self.context.is_main:
                 checkpoint = self.checkpoint()
@@ -159,13 +165,17 @@ class Trainer:
                 if improved:
                     save_checkpoint(self.checkpoint_dir / "best.pt", **checkpoint)
             log.info(
-                "epoch %d/%d  lr %.2e  train loss %.4g  train MAE %.4g  val MAE %.4g%s  (%.1f s)",
-                epoch, max_epochs, lr, train_loss, train_mae, val_mae, "  *best*" if improved else "", row["seconds"],
+                "epoch %d/%d  lr %.2e  train loss %.4g  train %s %.4g  val %s %.4g%s  (%.1f s)",
+                epoch, max_epochs, lr, train_loss, self.score_label, train_score, self.score_label, val_score,
+                "  *best*" if improved else "", row["seconds"],
             )
             if self.on_epoch_end is not None and self.context.is_main:
                 self.on_epoch_end(self.state)
         if self.state.stopped_early:
-            log.info("Early stopping: no val MAE improvement for %d epochs (best %.4g at epoch %d)", patience, self.state.best_val_mae, self.state.best_epoch)
+            log.info(
+                "Early stopping: no val %s improvement for %d epochs (best %.4g at epoch %d)",
+                self.score_label, patience, self.state.best_val_score, self.state.best_epoch,
+            )
         return self.state
 
     def _train_epoch(self) -> tuple[float, float]:
@@ -173,7 +183,7 @@ class Trainer:
         clip = self.cfg.get("grad_clip")
         device = next(self.model.parameters()).device
         loss_sum = torch.zeros((), device=device)
-        abs_error_sum = torch.zeros((), device=device)
+        error_sum = torch.zeros((), device=device)
         count = 0
         batches = tqdm(self.train_batches, desc=f"epoch {self.state.epoch + 1}", leave=False, disable=not self.cfg.get("progress_bar", True), mininterval=1.0)
         for step, batch in enumerate(batches, start=self.state.epoch * len(self.train_batches)):
@@ -192,10 +202,10 @@ class Trainer:
             if self.average is not None:
                 self.average.update()
             loss_sum += loss.detach() * batch.num_graphs
-            abs_error_sum += (output.detach() - target).abs().sum() * self.normalizer.std
+            error_sum += self.normalizer.train_errors(output.detach(), target).sum()
             count += batch.num_graphs
-        totals = self.context.all_reduce_sum(torch.stack([loss_sum, abs_error_sum, torch.tensor(float(count), device=device)]))
-        loss_sum, abs_error_sum, count = totals[0], totals[1], int(totals[2])
+        totals = self.context.all_reduce_sum(torch.stack([loss_sum, error_sum, torch.tensor(float(count), device=device)]))
+        loss_sum, error_sum, count = totals[0], totals[1], int(totals[2])
         train_loss = float(loss_sum) / max(count, 1)
         if not math.isfinite(train_loss):
             raise NonFiniteLossError(
@@ -203,7 +213,7 @@ class Trainer:
                 + (f"Resume it with a smaller trainer.grad_clip (now {clip}), " if clip else "Resume it with trainer.grad_clip set (e.g. 1.0), ")
                 + "or start a new run with a lower optim.lr."
             )
-        return train_loss, float(abs_error_sum) / max(count, 1)
+        return train_loss, float(error_sum) / max(count, 1)
 
     def _kept_checkpoint(self) -> str:
         last = self.checkpoint_dir / "last.pt"
@@ -219,15 +229,14 @@ class Trainer:
         self.evaluated.eval()
         self.context.broadcast_buffers(self.evaluated)
         device = next(self.model.parameters()).device
-        abs_error_sum = torch.zeros((), device=device, dtype=torch.float64)
+        error_sum = torch.zeros((), device=device, dtype=torch.float64)
         count = 0
         for batch in self.val_batches:
             with precision_context(device.type, self.precision):
                 output = self.eval_forward(batch)
-            prediction = self.normalizer.denormalize(output.double())
-            abs_error_sum += (prediction - batch.targets.double()).abs().sum()
+            error_sum += self.normalizer.validation_errors(output.double(), batch.targets.double()).sum()
             count += batch.num_graphs
-        totals = self.context.all_reduce_sum(torch.stack([abs_error_sum, torch.tensor(float(count), device=device, dtype=torch.float64)]))
+        totals = self.context.all_reduce_sum(torch.stack([error_sum, torch.tensor(float(count), device=device, dtype=torch.float64)]))
         return float(totals[0]) / max(float(totals[1]), 1.0)
 
 
@@ -242,6 +251,14 @@ def _forwards(model: torch.nn.Module, evaluated: torch.nn.Module, context: Distr
         device_ids = [context.device.index] if context.device.type == "cuda" else None
         return compiled(torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)), eval_forward
     return (eval_forward if evaluated is model else compiled(model)), eval_forward
+
+
+def _renamed_fields(train_state: dict) -> dict:
+    """A saved TrainState with fields renamed since: best_val_mae became best_val_score."""
+    state = dict(train_state)
+    if "best_val_mae" in state:
+        state["best_val_score"] = state.pop("best_val_mae")
+    return state
 
 
 def _as_tuple(value):

@@ -1,10 +1,16 @@
-"""Regression metrics and the target normaliser."""
+"""Regression and classification metrics, and the regression target's normaliser."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
+# How reports name each metric of metrics.json.
+METRIC_LABELS = {
+    "mae": "MAE", "rmse": "RMSE", "r2": "R2",
+    "accuracy": "accuracy", "precision": "precision", "recall": "recall", "f1": "F1", "roc_auc": "ROC AUC", "log_loss": "log loss",
+}
 
 
 def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict:
@@ -24,6 +30,28 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict:
     }
 
 
+def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """Accuracy, precision, recall and F1 of class 1 at probability 0.5, ROC AUC, log loss and n."""
+    from sklearn import metrics as sk  # here: importing scikit-learn takes a second that the command-line start should not
+
+    labels = np.asarray(labels, dtype=np.float64)
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    n = int(labels.size)
+    if n == 0:
+        return {name: None for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "log_loss")} | {"n": 0}
+    predicted = probabilities >= 0.5
+    both_classes = 0 < labels.sum() < n
+    return {
+        "accuracy": float(np.mean(predicted == labels)),
+        "precision": float(sk.precision_score(labels, predicted, zero_division=0)),
+        "recall": float(sk.recall_score(labels, predicted, zero_division=0)),
+        "f1": float(sk.f1_score(labels, predicted, zero_division=0)),
+        "roc_auc": float(sk.roc_auc_score(labels, probabilities)) if both_classes else None,  # undefined for one class
+        "log_loss": float(sk.log_loss(labels, probabilities, labels=[0.0, 1.0])),
+        "n": n,
+    }
+
+
 @dataclass
 class Normalizer:
     """Standardises targets with the mean and standard deviation of the training split.
@@ -35,6 +63,10 @@ class Normalizer:
     mean: float
     std: float
     minimum: float | None = None
+
+    task = "regression"
+    score = "mae"  # what early stopping and model selection minimise (history's train_mae and val_mae)
+    score_label = "MAE"
 
     @classmethod
     def fit(cls, train_targets: np.ndarray, minimum: float | None = None) -> "Normalizer":
@@ -53,6 +85,21 @@ class Normalizer:
         """Model outputs (NumPy array or tensor) in the target's units, floored at `minimum`."""
         values = values * self.std + self.mean
         return values if self.minimum is None else values.clip(self.minimum, None)
+
+    def train_errors(self, outputs, normalized_targets):
+        """Absolute errors in the target's units, of outputs against normalised targets (not floored)."""
+        return (outputs - normalized_targets).abs() * self.std
+
+    def validation_errors(self, outputs, targets):
+        """Absolute errors of the (floored) predictions in the target's units."""
+        return (self.denormalize(outputs) - targets).abs()
+
+    def metrics(self, targets: np.ndarray, predictions: np.ndarray) -> dict:
+        return regression_metrics(targets, predictions)
+
+    def baseline(self, test_targets: np.ndarray) -> dict:
+        """The test MAE of predicting the training split's mean for every crystal."""
+        return {"baseline_test_mae": float(np.mean(np.abs(np.asarray(test_targets) - self.mean)))}
 
     def state(self) -> dict:
         return {"mean": self.mean, "std": self.std, "minimum": self.minimum}

@@ -1,4 +1,4 @@
-"""Parity and learning-curve plots for a run directory.
+"""Parity (regression), ROC (classification) and learning-curve plots for a run directory.
 
 Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot,
 so the caller's backend and pyplot's figure registry are left untouched.
@@ -16,7 +16,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from crystal_train.atomic_file import atomic_write
-from crystal_train.training.metrics import regression_metrics
+from crystal_train.training.metrics import METRIC_LABELS, classification_metrics, regression_metrics
 
 FIGSIZE = (6.0, 5.0)
 DPI = 150
@@ -125,20 +125,60 @@ def parity_plot(
     return _save(make_parity_figure(targets, predictions, target_name, units, split=split, title=title), path)
 
 
+def make_roc_figure(labels: np.ndarray, probabilities: np.ndarray, target_name: str, split: str = "test", title: str | None = None) -> Figure:
+    """The ROC curve of a binary classifier (true against false positive rate as the threshold on the probability of
+    class 1 falls), with accuracy, ROC AUC, F1 and n."""
+    from sklearn.metrics import roc_curve
+
+    labels = np.asarray(labels, dtype=np.float64).ravel()
+    probabilities = np.asarray(probabilities, dtype=np.float64).ravel()
+    if labels.shape != probabilities.shape:
+        raise ValueError(f"{labels.size} labels but {probabilities.size} predictions")
+    figure = _new_figure()
+    ax = figure.add_subplot()
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.set_title(title if title is not None else f"{split} split")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.01)
+    ax.set_aspect("equal", adjustable="box")
+    ax.plot([0, 1], [0, 1], linestyle="--", linewidth=1, color=_DIAGONAL_COLOR)
+    scores = classification_metrics(labels, probabilities)
+    if scores["roc_auc"] is not None:
+        false_positive, true_positive, _ = roc_curve(labels, probabilities)
+        ax.plot(false_positive, true_positive, color=_VAL_COLOR, linewidth=1.8, label=f"class 1: {target_name}")
+        ax.legend(loc="lower right")
+    annotation = "\n".join(
+        [f"{METRIC_LABELS[key]} = {_fmt(scores[key])}" for key in ("roc_auc", "accuracy", "f1")]
+        + [f"n = {scores['n']:,}" + ("" if scores["roc_auc"] is not None else " (one class: no curve)")]
+    )
+    ax.text(0.04, 0.96, annotation, transform=ax.transAxes, ha="left", va="top", bbox=_BOX, zorder=4)
+    figure.tight_layout()
+    return figure
+
+
+def roc_plot(labels: np.ndarray, probabilities: np.ndarray, path: Path, target_name: str, split: str = "test", title: str | None = None) -> Path:
+    """Save :func:`make_roc_figure` as a PNG at ``path``."""
+    return _save(make_roc_figure(labels, probabilities, target_name, split=split, title=title), path)
+
+
 def _column(history: list[dict], key: str) -> np.ndarray:
     return np.array([math.nan if row.get(key) is None else float(row[key]) for row in history], dtype=np.float64)
 
 
 def make_learning_curve_figure(history: list[dict], units: str, best_epoch: int | None = None) -> Figure:
-    """Train/val MAE per epoch with the selected epoch marked and the learning rate on a twin axis.
+    """Train/val score per epoch (MAE, or a classifier's log loss) with the selected epoch marked and the learning
+    rate on a twin axis.
 
     `best_epoch` is the epoch of the kept checkpoint (with trainer.min_delta it need not have the
-    lowest val MAE); without it the lowest val MAE is marked.
+    lowest val score); without it the lowest val score is marked.
     """
+    score = "log_loss" if history and "val_log_loss" in history[0] else "mae"
+    label = METRIC_LABELS[score]
     figure = _new_figure()
     ax = figure.add_subplot()
     ax.set_xlabel("epoch")
-    ax.set_ylabel(_axis_label("MAE", units))
+    ax.set_ylabel(_axis_label(label, units))
     if not history:
         ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center", fontsize=14)
         ax.set_xticks([])
@@ -147,21 +187,21 @@ def make_learning_curve_figure(history: list[dict], units: str, best_epoch: int 
         return figure
 
     epochs = _column(history, "epoch")
-    train_mae, val_mae, lr = _column(history, "train_mae"), _column(history, "val_mae"), _column(history, "lr")
+    train_score, val_score, lr = _column(history, f"train_{score}"), _column(history, f"val_{score}"), _column(history, "lr")
     marker = "o" if len(history) <= 50 else None
-    ax.plot(epochs, train_mae, color=_TRAIN_COLOR, marker=marker, markersize=3, label="train MAE (running, training mode)")
-    ax.plot(epochs, val_mae, color=_VAL_COLOR, marker=marker, markersize=3, label="val MAE")
-    best = _marked_epoch_index(epochs, val_mae, best_epoch)
+    ax.plot(epochs, train_score, color=_TRAIN_COLOR, marker=marker, markersize=3, label=f"train {label} (running, training mode)")
+    ax.plot(epochs, val_score, color=_VAL_COLOR, marker=marker, markersize=3, label=f"val {label}")
+    best = _marked_epoch_index(epochs, val_score, best_epoch)
     if best is not None:
         ax.axvline(epochs[best], color=_VAL_COLOR, linestyle=":", linewidth=1)
         ax.plot(
-            epochs[best], val_mae[best], linestyle="none", marker="*", markersize=14, color=_VAL_COLOR,
+            epochs[best], val_score[best], linestyle="none", marker="*", markersize=14, color=_VAL_COLOR,
             markeredgecolor="black", zorder=5,
-            label=f"best val {_fmt(val_mae[best])}{' ' + units if units else ''} (epoch {int(epochs[best])})",
+            label=f"best val {_fmt(val_score[best])}{' ' + units if units else ''} (epoch {int(epochs[best])})",
         )
-    mae = np.concatenate([train_mae, val_mae])
-    mae = mae[np.isfinite(mae) & (mae > 0)]
-    if mae.size and mae.max() / mae.min() > 10:
+    values = np.concatenate([train_score, val_score])
+    values = values[np.isfinite(values) & (values > 0)]
+    if values.size and values.max() / values.min() > 10:
         ax.set_yscale("log")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if epochs.min() == epochs.max():
@@ -178,17 +218,17 @@ def make_learning_curve_figure(history: list[dict], units: str, best_epoch: int 
     lr_handles, lr_labels = lr_ax.get_legend_handles_labels()
     ax.legend(
         handles + lr_handles, labels + lr_labels, loc="lower left", bbox_to_anchor=(0.0, 1.01, 1.0, 0.1),
-        mode="expand", ncol=2, frameon=False, borderaxespad=0.0,
+        mode="expand", ncol=2 if max(map(len, labels)) <= 36 else 1, frameon=False, borderaxespad=0.0,  # one column for long labels
     )
     figure.tight_layout()
     return figure
 
 
-def _marked_epoch_index(epochs: np.ndarray, val_mae: np.ndarray, best_epoch: int | None) -> int | None:
-    """Row of `best_epoch` if the history has it, else of the lowest val MAE (None when there is none)."""
+def _marked_epoch_index(epochs: np.ndarray, val_score: np.ndarray, best_epoch: int | None) -> int | None:
+    """Row of `best_epoch` if the history has it, else of the lowest val score (None when there is none)."""
     if best_epoch is not None and best_epoch in epochs:
         return int(np.flatnonzero(epochs == best_epoch)[0])
-    return int(np.nanargmin(val_mae)) if np.isfinite(val_mae).any() else None
+    return int(np.nanargmin(val_score)) if np.isfinite(val_score).any() else None
 
 
 def learning_curve_plot(history: list[dict], path: Path, units: str, best_epoch: int | None = None) -> Path:

@@ -17,6 +17,9 @@ RESUMABLE_CHANGES = frozenset({
 
 ABSENT = object()  # stands for a key one of two configs lacks
 
+# Settings added to crystal-train with a default other than null: a checkpoint that predates one trained as its default does.
+ADDED_SETTINGS = {"data.task": "regression"}
+
 # Settings that name a file, which a resumed run may spell otherwise (relative where it was absolute, from elsewhere).
 FILE_SETTINGS = ("data.snapshot", "trainer.init_from")
 
@@ -110,9 +113,12 @@ def check_same_data(saved: dict, split_ids: dict[str, list[str]], normalizer: di
 
 
 def setting_changes(saved: dict, current: dict) -> dict[str, tuple]:
-    """config_changes but for a key `saved` lacks that is null in `current`: a setting added to crystal-train since
-    `saved` was written, whose null keeps it off."""
-    return {key: (old, new) for key, (old, new) in config_changes(saved, current).items() if not (old is ABSENT and new is None)}
+    """config_changes but for a key `saved` lacks that is null in `current` (a setting added to crystal-train since
+    `saved` was written, whose null keeps it off) or that is its ADDED_SETTINGS default."""
+    return {
+        key: (old, new) for key, (old, new) in config_changes(saved, current).items()
+        if not (old is ABSENT and (new is None or ADDED_SETTINGS.get(key, ABSENT) == new))
+    }
 
 
 def config_changes(saved: dict, current: dict) -> dict[str, tuple]:

@@ -30,8 +30,8 @@ from crystal_train.training.initial_weights import starting_model
 from crystal_train.training.loggers import check_loggers, make_loggers
 from crystal_train.training.loop import Trainer, seed_everything
 from crystal_train.training.lr_scaling import lr_scale, scale_learning_rate
-from crystal_train.training.metrics import Normalizer
-from crystal_train.training.plots import learning_curve_plot, parity_plot
+from crystal_train.training.tasks import fit_output_transform
+from crystal_train.training.plots import learning_curve_plot, parity_plot, roc_plot
 from crystal_train.training.resume import (
     check_same_data, check_same_lr_scale, check_same_training, keep_old_config, set_aside_earlier_run, should_resume,
 )
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 RUN_LOCK = ".crystal-train.lock"
 # Files a finished run writes at its end: a resumed run removes them, so that until it finishes
 # again none of them describes a model its checkpoints no longer hold.
-FINAL_RESULTS = ("metrics.json", "predictions_test.csv", "parity_test.png", "learning_curve.png")
+FINAL_RESULTS = ("metrics.json", "predictions_test.csv", "parity_test.png", "roc_test.png", "learning_curve.png")
 # Everything a training writes into its run directory (beside Hydra's own files): a run that starts
 # over where an earlier one trained (left any of TRAINED_MARKS) moves that one's files into
 # previous-N, so neither is lost nor mixed with the other.
@@ -50,7 +50,8 @@ TRAINED_MARKS = ("checkpoints/last.pt", "checkpoints/best.pt", "history.csv", "m
 
 
 def train(cfg: DictConfig, run_dir: Path) -> float:
-    """Train, select on validation, score the selected model on every split; returns best val MAE.
+    """Train, select on validation, score the selected model on every split; returns the best validation score
+    (MAE for regression, log loss for classification).
 
     Under torchrun every rank trains on its shard of each epoch; only rank 0 writes files.
     """
@@ -106,7 +107,9 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     _check_trainable_splits(data)
     _check_training_shard(model, data.store, data.splits["train"], context.world_size)
     ids_by_split = split_ids(data.store, data.splits)
-    normalizer = Normalizer.fit(data.store.targets[data.splits["train"]], minimum=cfg.data.get("target_min"))
+    normalizer = fit_output_transform(
+        str(cfg.data.get("task", "regression")), data.store.targets[data.splits["train"]], minimum=cfg.data.get("target_min")
+    )
     if resume:
         check_same_data(saved, ids_by_split, normalizer.state(), last)
     if context.is_main:
@@ -182,7 +185,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             logger.close()
     if context.is_main:
         artifacts.write_history(run_dir / "history.csv", state.history)
-        learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units, state.best_epoch)
+        learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units if normalizer.task == "regression" else "", state.best_epoch)
         best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
         model.load_state_dict(best["model_state"])
         precision = str(cfg.trainer.get("precision", "32"))
@@ -190,26 +193,42 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             name: predict(model, graphs, data.splits[name], normalizer, int(cfg.trainer.eval_batch_size), precision)
             for name in ("train", "val", "test")
         }
-        report = score_splits(predictions, data, normalizer.mean, run_dir, type(model).__name__)
+        report = score_splits(predictions, data, normalizer, run_dir, type(model).__name__)
         report.update(
             best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed),
             train_seconds=sum(row["seconds"] for row in state.history),  # training and validation, over every resume
         )
         artifacts.write_json(run_dir / "metrics.json", report)
-        units = f" {data.units}" if data.units else ""
-        if report["test"]["n"]:
-            log.info(
-                "Best epoch %d: val MAE %.4g, test MAE %.4g%s (mean-predictor baseline %.4g)",
-                state.best_epoch, report["val"]["mae"], report["test"]["mae"], units, report["baseline_test_mae"],
-            )
-        else:
-            log.info("Best epoch %d: val MAE %.4g%s (no test split to score)", state.best_epoch, report["val"]["mae"], units)
+        log.info("Best epoch %d: %s", state.best_epoch, result_line(report, data.units))
         log.info(
-            "Results in %s (metrics.json, predictions_test.csv, parity_test.png); for new structures: crystal-predict ckpt=%s input=...",
-            run_dir, checkpoint_dir / "best.pt",
+            "Results in %s (metrics.json, predictions_test.csv, %s_test.png); for new structures: crystal-predict ckpt=%s input=...",
+            run_dir, "parity" if normalizer.task == "regression" else "roc", checkpoint_dir / "best.pt",
         )
     context.barrier()
-    return float(state.best_val_mae)
+    return float(state.best_val_score)
+
+
+def result_line(report: dict, units: str) -> str:
+    """The validation and test scores of a metrics.json report, with the baseline of a model that learnt nothing."""
+    if report.get("task", "regression") == "classification":
+        scores = ", ".join(
+            f"{name} accuracy {_shown(report[name]['accuracy'])}, ROC AUC {_shown(report[name]['roc_auc'])}, "
+            f"log loss {_shown(report[name]['log_loss'])}"
+            for name in ("val", "test") if report[name]["n"]
+        )
+        baseline = report.get("baseline_test_accuracy")
+        return scores + (f" (majority-class baseline accuracy {baseline:.4g})" if baseline is not None else "")
+    units = f" {units}" if units else ""
+    if not report["test"]["n"]:
+        return f"val MAE {report['val']['mae']:.4g}{units} (no test split to score)"
+    return (
+        f"val MAE {report['val']['mae']:.4g}, test MAE {report['test']['mae']:.4g}{units} "
+        f"(mean-predictor baseline {report['baseline_test_mae']:.4g})"
+    )
+
+
+def _shown(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4g}"
 
 
 def _resumed_seed(configured, saved: dict | None):
@@ -293,13 +312,14 @@ def _agreed_seed(seed, context: DistributedContext) -> int:
 def score_splits(
     predictions: dict[str, np.ndarray],
     data: PreparedData,
-    train_mean: float,
+    transform,
     out_dir: Path,
     model_name: str,
     prediction_splits: tuple[str, ...] = ("test",),
     spreads: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """Metrics for each split's predictions (metrics.json schema); writes predictions_<split>.csv and parity plots.
+    """Metrics for each split's predictions (metrics.json schema); writes predictions_<split>.csv and parity plots
+    (regression) or ROC curves (classification), using `transform`'s metrics and baseline.
 
     `spreads` (an ensemble's; None for a split, or all, without one) adds each crystal's member_std to the predictions files.
     """
@@ -313,8 +333,12 @@ def score_splits(
                 out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predicted, targets,
                 spread=(spreads or {}).get(name),
             )
-            parity_plot(targets, predicted, out_dir / f"parity_{name}.png", data.target, data.units, split=name, title=f"{model_name}: {name} split")
-    return artifacts.metrics_report(results, data.target, data.units, train_mean)
+            title = f"{model_name}: {name} split"
+            if transform.task == "classification":
+                roc_plot(targets, predicted, out_dir / f"roc_{name}.png", data.target, split=name, title=title)
+            else:
+                parity_plot(targets, predicted, out_dir / f"parity_{name}.png", data.target, data.units, split=name, title=title)
+    return artifacts.metrics_report(results, data.target, data.units, transform)
 
 
 def _log_epoch(run_dir: Path, state, loggers) -> None:

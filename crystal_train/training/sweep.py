@@ -1,4 +1,4 @@
-"""A Hydra callback that writes sweep_summary.csv for a multirun, sorted by validation MAE."""
+"""A Hydra callback that writes sweep_summary.csv for a multirun, sorted by validation score (MAE, or a classifier's log loss)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,8 @@ ERROR_FILE = "error.txt"  # written into a job's directory by crystal-train when
 SUMMARY_COLUMNS = (
     "overrides", "status", "best_epoch", "epochs", "train_seconds", "val_mae", "val_rmse", "val_r2", "test_mae", "test_rmse", "test_r2", "run_dir",
 )
+# A sweep of classifiers (data.task=classification) reports these metrics in place of MAE, RMSE and R².
+CLASSIFICATION_METRICS = ("log_loss", "accuracy", "roc_auc")
 
 
 def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since: float | None = None) -> tuple[Path, int, int]:
@@ -39,7 +41,7 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since
         if earlier:
             log.info("Left out %d job folder(s) of an earlier sweep in %s: %s", len(earlier), sweep_dir, ", ".join(job.name for job in earlier[:5]))
         jobs = [job for job in jobs if job not in earlier]
-    rows = []
+    rows, classifiers = [], False
     for run_dir in sorted(jobs, key=_job_order):
         metrics_path = run_dir / "metrics.json"
         overrides_path = run_dir / output_subdir / "overrides.yaml" if output_subdir else None
@@ -47,18 +49,27 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since
         row = {"overrides": " ".join(str(o) for o in overrides), "status": "failed", "run_dir": str(run_dir)}
         if metrics_path.exists() and not (run_dir / ERROR_FILE).exists():
             metrics = json.loads(metrics_path.read_text())
+            classifiers |= metrics.get("task") == "classification"
             row.update(
                 status="ok",
                 best_epoch=metrics.get("best_epoch"),
                 epochs=metrics.get("epochs"),
                 train_seconds=metrics.get("train_seconds"),
-                **{f"{split}_{name}": metrics.get(split, {}).get(name) for split in ("val", "test") for name in ("mae", "rmse", "r2")},
+                **{f"{split}_{name}": value for split in ("val", "test") for name, value in metrics.get(split, {}).items()},
             )
         rows.append(row)
-    rows.sort(key=lambda row: float("inf") if row.get("val_mae") is None else row["val_mae"])
+    columns = _classifier_columns() if classifiers else SUMMARY_COLUMNS
+    score = columns[5]  # val_mae, or val_log_loss
+    rows.sort(key=lambda row: float("inf") if row.get(score) is None else row[score])
     path = sweep_dir / "sweep_summary.csv"
-    write_csv(path, SUMMARY_COLUMNS, ([row.get(column, "") for column in SUMMARY_COLUMNS] for row in rows))
+    write_csv(path, columns, ([row.get(column, "") for column in columns] for row in rows))
     return path, sum(row["status"] == "failed" for row in rows), len(rows)
+
+
+def _classifier_columns() -> tuple[str, ...]:
+    """SUMMARY_COLUMNS with CLASSIFICATION_METRICS in place of MAE, RMSE and R²."""
+    scores = tuple(f"{split}_{name}" for split in ("val", "test") for name in CLASSIFICATION_METRICS)
+    return (*SUMMARY_COLUMNS[:5], *scores, SUMMARY_COLUMNS[-1])
 
 
 def _last_change(job: Path) -> float:
