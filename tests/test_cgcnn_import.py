@@ -34,7 +34,7 @@ from crystal_train.data.crystal import Crystal
 from crystal_train.data.features import MAX_Z
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.models.cgcnn import CGCNN
-from crystal_train.models.cgcnn_import import convert_reference_checkpoint
+from crystal_train.models.cgcnn_import import SAFE_GLOBALS, convert_reference_checkpoint
 from crystal_train.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint, load_model, model_from_checkpoint
 from config_utils import compose_config
 
@@ -91,8 +91,9 @@ def reference_inputs(cif: Path) -> tuple[torch.Tensor, torch.Tensor, torch.Tenso
     return torch.Tensor(atom_fea), torch.Tensor(nbr_fea), torch.from_numpy(nbr_idx)
 
 
-def reference_forward(state: dict, atom_fea: torch.Tensor, nbr_fea: torch.Tensor, nbr_idx: torch.Tensor) -> float:
-    """CrystalGraphConvNet.forward for one crystal, eval mode, from the raw state_dict tensors."""
+def reference_forward(state: dict, atom_fea: torch.Tensor, nbr_fea: torch.Tensor, nbr_idx: torch.Tensor) -> torch.Tensor:
+    """CrystalGraphConvNet.forward for one crystal, eval mode, from the raw state_dict tensors: its outputs (one for
+    regression; a classifier's two, before the log-softmax)."""
 
     def batch_norm(x, name):
         return F.batch_norm(
@@ -116,16 +117,22 @@ def reference_forward(state: dict, atom_fea: torch.Tensor, nbr_fea: torch.Tensor
     while f"fcs.{k}.weight" in state:
         crys = F.softplus(F.linear(crys, state[f"fcs.{k}.weight"], state[f"fcs.{k}.bias"]))
         k += 1
-    return float(F.linear(crys, state["fc_out.weight"], state["fc_out.bias"]))
+    return F.linear(crys, state["fc_out.weight"], state["fc_out.bias"])[0]
 
 
 @cache
 def reference_predictions(name: str) -> dict[str, float]:
-    """Denormalised reference predictions of pretrained model `name` for the ten sample CIFs."""
-    raw = torch.load(PRETRAINED / f"{name}.pth.tar", map_location="cpu", weights_only=True)
+    """Denormalised reference predictions of pretrained model `name` for the ten sample CIFs (a classifier's: the
+    probability of class 1, the exponential of its log-softmax output 1)."""
+    with torch.serialization.safe_globals(SAFE_GLOBALS):  # a classifier's best AUC is a numpy scalar
+        raw = torch.load(PRETRAINED / f"{name}.pth.tar", map_location="cpu", weights_only=True)
     mean, std = float(raw["normalizer"]["mean"]), float(raw["normalizer"]["std"])
+    predictions = {}
     with torch.no_grad():
-        return {cif.stem: reference_forward(raw["state_dict"], *reference_inputs(cif)) * std + mean for cif in sorted(SAMPLE.glob("*.cif"))}
+        for cif in sorted(SAMPLE.glob("*.cif")):
+            outputs = reference_forward(raw["state_dict"], *reference_inputs(cif))
+            predictions[cif.stem] = float(torch.log_softmax(outputs, 0)[1].exp()) if len(outputs) == 2 else float(outputs[0]) * std + mean
+    return predictions
 
 
 # --- pretrained checkpoints ----------------------------------------------------------------
@@ -148,13 +155,18 @@ def test_predict_matches_independent_reference(name, tmp_path):
 
 
 @needs_datasets
-def test_pretrained_classification_rejected(tmp_path):
-    path = PRETRAINED / "semi-metal-classification.pth.tar"
-    with pytest.raises(ValueError, match=re.escape(f"{path} is a CGCNN classification checkpoint: only regression")):
-        convert_reference_checkpoint(path, ATOM_INIT)
-    script = load_script()
-    assert script.main([str(path), "--atom-init", str(ATOM_INIT), "--output", str(tmp_path / "out.pt")]) == 1
-    assert not (tmp_path / "out.pt").exists()
+def test_pretrained_classifier_predicts_the_reference_probabilities(tmp_path):
+    """The metal/semiconductor classifier, converted, gives the reference's probability of class 1 (metal) for every crystal."""
+    original = PRETRAINED / "semi-metal-classification.pth.tar"
+    converted = tmp_path / "metal.pt"
+    assert load_script().main([str(original), "--atom-init", str(ATOM_INIT), "--output", str(converted)]) == 0
+    assert load_checkpoint(converted)["normalizer"] == {"task": "classification", "positive_fraction": None}
+    cfg = compose_config("predict", [f"ckpt={converted}", f"input={SAMPLE}", f"output={tmp_path / 'preds.csv'}", "device=cpu"])
+    ours = read_predictions(run_predict(cfg))
+    reference = reference_predictions("semi-metal-classification")
+    assert sorted(ours) == sorted(reference) and len(ours) == 10
+    assert max(abs(ours[item] - reference[item]) for item in reference) < 1e-5
+    assert min(reference.values()) < 0.1 and max(reference.values()) > 0.5  # both classes among the ten, not a constant
 
 
 @needs_datasets
@@ -224,7 +236,9 @@ def test_script_output_loads_and_predicts_identically(tmp_path):
 SIZES = {"atom_fea_len": 8, "n_conv": 2, "h_fea_len": 6, "n_h": 2}
 
 
-def write_reference_style(tmp_path: Path, task: str = "regression", gaussian_step: float = 0.2, **arg_changes) -> tuple[Path, Path, CGCNN]:
+def write_reference_style(
+    tmp_path: Path, task: str = "regression", gaussian_step: float = 0.2, outputs: int = 2, **arg_changes
+) -> tuple[Path, Path, CGCNN]:
     """An old-style (non-zip) *.pth.tar laid out like the reference's, its atom_init.json, and the model it holds."""
     torch.manual_seed(0)
     table = torch.rand(9, 92).round()
@@ -236,7 +250,7 @@ def write_reference_style(tmp_path: Path, task: str = "regression", gaussian_ste
             module.running_var.uniform_(0.5, 2.0)
     state = {k: v for k, v in model.state_dict().items() if k != "atom_features" and not k.endswith("num_batches_tracked")}
     if task == "classification":
-        state["fc_out.weight"], state["fc_out.bias"] = torch.zeros(2, SIZES["h_fea_len"]), torch.zeros(2)
+        state["fc_out.weight"], state["fc_out.bias"] = torch.randn(outputs, SIZES["h_fea_len"]), torch.randn(outputs)  # `outputs` classes
     args = argparse.Namespace(task=task, lr=0.01, data_options=["root"], **{**SIZES, **arg_changes})
     checkpoint = {
         "epoch": 12,
@@ -293,9 +307,28 @@ def test_script_writes_loadable_checkpoint(tmp_path):
         torch.testing.assert_close(converted.eval()(batch), model(batch), rtol=0, atol=0)
 
 
-def test_classification_rejected(tmp_path):
+def test_a_classifiers_two_outputs_become_the_logit_of_class_one(tmp_path):
+    """sigmoid(converted output) equals the reference's softmax over its two outputs, class 1, on the same hidden features."""
     path, atom_init, _ = write_reference_style(tmp_path, task="classification")
-    with pytest.raises(ValueError, match="classification checkpoint: only regression checkpoints can be imported"):
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        two_outputs = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    checkpoint = convert_reference_checkpoint(path, atom_init)
+    assert checkpoint["normalizer"] == {"task": "classification", "positive_fraction": None}
+    assert checkpoint["config"]["data"]["task"] == "classification"
+    converted = model_from_checkpoint(checkpoint).eval()
+    hidden = []
+    converted.fc_out.register_forward_hook(lambda module, inputs, output: hidden.append(inputs[0]))
+    batch = make_batch(small_crystals(), GraphSettings(cutoff=8.0, max_neighbors=12), dtype=torch.float32)
+    with torch.no_grad():
+        probability = torch.sigmoid(converted(batch))
+        reference = torch.softmax(F.linear(hidden[0], two_outputs["fc_out.weight"], two_outputs["fc_out.bias"]), dim=1)[:, 1]
+    torch.testing.assert_close(probability, reference, rtol=1e-6, atol=1e-6)
+    assert reference.max() - reference.min() > 1e-3  # the crystals differ: the outputs are not a constant
+
+
+def test_three_class_checkpoints_rejected(tmp_path):
+    path, atom_init, _ = write_reference_style(tmp_path, task="classification", outputs=3)
+    with pytest.raises(ValueError, match=re.escape(f"{path} is a classification checkpoint with 3 outputs: expected 1 for regression, 2")):
         convert_reference_checkpoint(path, atom_init)
 
 

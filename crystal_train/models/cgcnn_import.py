@@ -3,7 +3,8 @@
 The reference keeps the element table (``atom_init.json``) and the graph settings outside its
 checkpoints. Its data loader's defaults (radius 8 Å, 12 neighbours, Gaussians from 0 to 8 Å in
 steps of 0.2 Å, i.e. 41 edge features) are assumed and checked against the weights' shapes.
-Only regression checkpoints can be imported: crystal-train models have one scalar output.
+Regression checkpoints keep their one output; a binary classifier's two outputs (log-softmax over class 0 and
+class 1) become one logit of class 1, the difference of the two, which gives the same probabilities.
 """
 
 from __future__ import annotations
@@ -43,16 +44,19 @@ SAFE_GLOBALS = [
 
 
 def convert_reference_checkpoint(path: Path, atom_init: Path) -> dict:
-    """A crystal-train checkpoint dict from a reference regression ``*.pth.tar`` and its atom_init.json."""
+    """A crystal-train checkpoint dict from a reference ``*.pth.tar`` (regression, or a binary classifier) and its atom_init.json."""
     path, atom_init = Path(path), Path(atom_init)
     raw = _load_reference(path)
     args = _args_dict(raw["args"], path)
     task = args.get("task", "regression")
-    if task != "regression":
-        raise ValueError(f"{path} is a CGCNN {task} checkpoint: only regression checkpoints can be imported")
+    if task not in ("regression", "classification"):
+        raise ValueError(f"{path} is a CGCNN {task} checkpoint: only regression and classification checkpoints can be imported")
     state = dict(raw["state_dict"])
-    if state["fc_out.weight"].shape[0] != 1:
-        raise ValueError(f"{path} has {state['fc_out.weight'].shape[0]} outputs: only one-output regression checkpoints can be imported")
+    outputs = state["fc_out.weight"].shape[0]
+    if outputs != (1 if task == "regression" else 2):
+        raise ValueError(f"{path} is a {task} checkpoint with {outputs} outputs: expected 1 for regression, 2 for classification")
+    if task == "classification":
+        state["fc_out.weight"], state["fc_out.bias"] = _class_one_logit(state["fc_out.weight"], state["fc_out.bias"])
     missing = [name for name in MODEL_SIZES if not isinstance(args.get(name), int)]
     if missing:
         raise ValueError(f"{path}: args lack the model sizes {missing}")
@@ -72,14 +76,22 @@ def convert_reference_checkpoint(path: Path, atom_init: Path) -> dict:
         "version": CHECKPOINT_VERSION,
         "graph_version": GRAPH_VERSION,  # gives the reference's predictions where the neighbours tied at its cap are equivalent
         "model_state": state,
-        "normalizer": {"mean": float(normalizer["mean"]), "std": float(normalizer["std"])},
-        "config": {"model": model_cfg, "graph": dict(REFERENCE_GRAPH), "data": _data_config()},
+        "normalizer": (
+            {"mean": float(normalizer["mean"]), "std": float(normalizer["std"])} if task == "regression"
+            else {"task": "classification", "positive_fraction": None}  # the reference records no class balance
+        ),
+        "config": {"model": model_cfg, "graph": dict(REFERENCE_GRAPH), "data": _data_config(task)},
         "target": "reference CGCNN target",
         "units": "",
         "source_checkpoint": str(path),
         "reference_args": args,
         "train_state": {"best_epoch": None if raw.get("epoch") is None else int(raw["epoch"])},
     }
+
+
+def _class_one_logit(weight: torch.Tensor, bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The (1, H) weight and (1,) bias of z1 - z0 from a two-class output layer: softmax(z)[1] = sigmoid(z1 - z0)."""
+    return (weight[1] - weight[0]).unsqueeze(0), (bias[1] - bias[0]).unsqueeze(0)
 
 
 def _load_reference(path: Path) -> dict:
@@ -139,9 +151,9 @@ def _check_weights(model_cfg: dict, state: dict, path: Path) -> None:
         raise ValueError(f"{path}: the weights do not match the sizes in its args {options}: {error}") from None
 
 
-def _data_config() -> dict:
-    """configs/data/mp_formation.yaml with a placeholder target: score with data.snapshot=PATH."""
+def _data_config(task: str) -> dict:
+    """configs/data/mp_formation.yaml with a placeholder target and the checkpoint's task: score with data.snapshot=PATH."""
     text = resources.files("crystal_train.configs").joinpath("data", "mp_formation.yaml").read_text()
     config = OmegaConf.to_container(OmegaConf.create(text), resolve=True)
-    config.update(name="cgcnn_reference", target="target", units=None, snapshot=None)  # units follow data.target= when scored
+    config.update(name="cgcnn_reference", target="target", units=None, snapshot=None, task=task)  # units follow data.target= when scored
     return config
