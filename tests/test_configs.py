@@ -32,7 +32,8 @@ def test_experiment_overlays_compose(experiment):
     assert cfg.trainer.max_epochs > 0 and cfg.trainer.patience > 0
     if experiment.startswith("mp2018"):
         assert cfg.data.snapshot.endswith("mp2018_megnet_with_structures.csv.xz")
-        assert cfg.data.target == ("band_gap" if "_gap" in experiment else "formation_energy_per_atom")
+        assert cfg.data.target == ("formation_energy_per_atom" if "_formation" in experiment else "band_gap")
+        assert cfg.data.task == ("classification" if "_metal" in experiment else "regression")
         assert cfg.model._target_.endswith("SchNet" if "schnet" in experiment else "CGCNN")
 
 
@@ -67,7 +68,7 @@ def test_an_overlay_with_another_model_or_scheduler_instantiates_or_is_refused_b
                     train(cfg, run_dir)
     # The GPU-sized overlays set ReduceLROnPlateau's factor and patience and their model's sizes; the _cpu ones neither.
     gpu_overlays = [name for name in EXPERIMENTS if name.startswith("mp2018") and not name.endswith("_cpu")]
-    assert len(gpu_overlays) == 4
+    assert len(gpu_overlays) == 5
     assert sorted(refused) == sorted(
         (name, option) for name in gpu_overlays for option in ("cosine", "step", "schnet" if "cgcnn" in name else "cgcnn")
     )

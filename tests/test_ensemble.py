@@ -128,7 +128,7 @@ def test_checkpoints_of_another_target_or_graph_are_refused_by_name(two_members,
     first, second = two_members
     checkpoint = load_checkpoint(second)
     gap = _variant(checkpoint, tmp_path / "gap.pt", target="band_gap", units="eV")
-    with pytest.raises(ValueError, match=re.escape(f"{gap} has target band_gap (eV) but {first} has target formation_energy_per_atom (eV/atom)")):
+    with pytest.raises(ValueError, match=re.escape(f"{gap} has target band_gap (eV, regression) but {first} has target formation_energy_per_atom (eV/atom, regression)")):
         evaluate(compose_config("eval", [f"ckpt=[{first},{gap}]", f"output={tmp_path / 'e'}", "device=cpu"]))
     config = checkpoint["config"]
     wider = _variant(checkpoint, tmp_path / "wider.pt", config={**config, "graph": {**config["graph"], "max_neighbors": 16}})

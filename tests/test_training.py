@@ -384,7 +384,7 @@ def test_a_run_directory_another_training_is_writing_to_is_refused(small_cfg, tm
 def test_a_resumed_run_that_dies_leaves_no_results_of_the_run_before(small_cfg, tmp_path, monkeypatch):
     run_dir = tmp_path / "run"
     train(small_cfg("trainer.max_epochs=1"), run_dir)
-    assert all((run_dir / name).exists() for name in FINAL_RESULTS)
+    assert [name for name in FINAL_RESULTS if not (run_dir / name).exists()] == ["roc_test.png"]  # a classifier's plot
 
     def dies(self):
         raise MemoryError("killed (simulated)")

@@ -146,10 +146,11 @@ def class_labels(store: GraphStore, target: str, positive_at_most: float | None)
     With data.positive_at_most=X a crystal is of class 1 when its `target` is at most X (a band gap of 0 eV: a
     metal), and the labels are named after the rule; without it the column must hold 0 and 1.
     """
-    values = store.targets
+    values = store.targets  # NaN (unlabelled) stays NaN
     if positive_at_most is not None:
-        return (values <= float(positive_at_most)).astype(np.float64), f"{target} <= {float(positive_at_most):g}"
-    others = np.flatnonzero((values != 0) & (values != 1))
+        labels = np.where(np.isnan(values), np.nan, values <= float(positive_at_most))
+        return labels.astype(np.float64), f"{target} <= {float(positive_at_most):g}"
+    others = np.flatnonzero((values != 0) & (values != 1) & ~np.isnan(values))
     if others.size:
         examples = first_few(f"{store.ids[i]} ({values[i]:g})" for i in others)
         raise ValueError(

@@ -100,16 +100,22 @@ def check_same_data(saved: dict, split_ids: dict[str, list[str]], normalizer: di
             examples = ", ".join([*(f"+{i}" for i in added[:2]), *(f"-{i}" for i in missing[:2])])
             problems.append(f"the {name} split gained {len(added)} and lost {len(missing)} crystal(s) ({examples})")
     if not problems and saved["normalizer"] != normalizer:
-        problems.append(
-            f"the training targets changed (mean {saved['normalizer']['mean']:.6g} -> {normalizer['mean']:.6g}, "
-            f"std {saved['normalizer']['std']:.6g} -> {normalizer['std']:.6g})"
-        )
+        problems.append(f"the training targets changed ({_target_change(saved['normalizer'], normalizer)})")
     if problems:
         raise ResumeConfigError(
             f"cannot resume {last}: the data read now are not the data it trained on: {'; '.join(problems)}. Training on "
             "would mix them, and could score crystals it trained on as test. Start a new run: another hydra.run.dir, "
             "or trainer.resume=false to start over in this directory."
         )
+
+
+def _target_change(before: dict, now: dict) -> str:
+    """How two fitted output transforms' states differ: a regression's mean and std, a classifier's share of class 1."""
+    if "mean" in before and "mean" in now:
+        return f"mean {before['mean']:.6g} -> {now['mean']:.6g}, std {before['std']:.6g} -> {now['std']:.6g}"
+    if "positive_fraction" in before and "positive_fraction" in now:
+        return f"share of class 1 {before['positive_fraction']:.6g} -> {now['positive_fraction']:.6g}"
+    return f"{before} -> {now}"
 
 
 def setting_changes(saved: dict, current: dict) -> dict[str, tuple]:
