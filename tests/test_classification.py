@@ -17,7 +17,7 @@ from crystal_train.training.config_checks import check_settings
 from crystal_train.training.evaluation import evaluate
 from crystal_train.training.metrics import Normalizer, classification_metrics
 from crystal_train.training.prediction import run_predict
-from crystal_train.training.resume import setting_changes
+from crystal_train.training.resume import ResumeConfigError, check_same_data, setting_changes
 from crystal_train.training.run import train
 from crystal_train.training.sweep import summarize_sweep
 from crystal_train.training.tasks import ClassProbability, fit_output_transform, output_transform
@@ -53,6 +53,12 @@ def test_class_probability_is_the_sigmoid_of_the_logit_and_its_score_the_log_los
     labels = torch.tensor([0.0, 1.0, 1.0], dtype=torch.float64)
     errors = transform.validation_errors(torch.tensor(logits), labels).numpy()
     np.testing.assert_allclose(errors, [-np.log(1 - expected[0]), -np.log(expected[1]), -np.log(expected[2])], rtol=1e-12)
+    # confidently wrong: the probabilities round to 1 and 0, and selection and metrics.json both count -ln(1e-15) each
+    wrong = torch.tensor([60.0, -60.0], dtype=torch.float64)
+    selection = transform.validation_errors(wrong, torch.tensor([0.0, 1.0], dtype=torch.float64)).numpy()
+    np.testing.assert_allclose(selection, [-np.log(1e-15)] * 2, rtol=1e-4)  # 1 - (1 - 1e-15) is 1.1e-15 in float64
+    reported = classification_metrics(np.array([0.0, 1.0]), transform.denormalize(wrong.numpy()))["log_loss"]
+    assert reported == pytest.approx(selection.mean(), rel=1e-12)
     assert transform.baseline(np.array([0.0, 0.0, 1.0, 0.0])) == {"baseline_test_accuracy": 0.75}  # the majority class is 0
     restored = output_transform(transform.state())
     assert isinstance(restored, ClassProbability) and restored.positive_fraction == 0.25
@@ -98,6 +104,13 @@ def test_a_checkpoint_from_before_data_task_resumes_as_the_regression_it_was():
     assert setting_changes({"data": {"target": "band_gap"}}, current) == {}
     classifier = {"data": {"task": "classification", "positive_at_most": 0.0, "target": "band_gap"}}
     assert set(setting_changes({"data": {"target": "band_gap"}}, classifier)) == {"data.task", "data.positive_at_most"}
+
+
+def test_a_resume_on_labels_that_changed_is_refused_naming_the_share_of_class_one(tmp_path):
+    saved = {"split_ids": {"train": ["a", "b"]}, "normalizer": {"task": "classification", "positive_fraction": 0.5}}
+    check_same_data(saved, {"train": ["a", "b"]}, {"task": "classification", "positive_fraction": 0.5}, tmp_path / "last.pt")
+    with pytest.raises(ResumeConfigError, match=r"the training targets changed \(share of class 1 0.5 -> 1\)"):
+        check_same_data(saved, {"train": ["a", "b"]}, {"task": "classification", "positive_fraction": 1.0}, tmp_path / "last.pt")
 
 
 @pytest.fixture

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# The log loss counts a probability closer than this to 0 or 1 as this: at most -ln(1e-15) = 34.5 per crystal, finite
+# where a confident logit rounds the probability to exactly 0 or 1.
+PROBABILITY_CLIP = 1e-15
+
 # How reports name each metric of metrics.json.
 METRIC_LABELS = {
     "mae": "MAE", "rmse": "RMSE", "r2": "R2",
@@ -47,9 +51,20 @@ def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dic
         "recall": float(sk.recall_score(labels, predicted, zero_division=0)),
         "f1": float(sk.f1_score(labels, predicted, zero_division=0)),
         "roc_auc": float(sk.roc_auc_score(labels, probabilities)) if both_classes else None,  # undefined for one class
-        "log_loss": float(sk.log_loss(labels, probabilities, labels=[0.0, 1.0])),
+        "log_loss": float(np.mean(log_losses(labels, probabilities))),
         "n": n,
     }
+
+
+def log_losses(labels, probabilities):
+    """Each crystal's binary cross-entropy, -ln of the probability given to its label (clipped by PROBABILITY_CLIP), for
+    NumPy arrays or tensors alike."""
+    clipped = probabilities.clip(PROBABILITY_CLIP, 1.0 - PROBABILITY_CLIP)
+    return -(labels * _log(clipped) + (1.0 - labels) * _log(1.0 - clipped))
+
+
+def _log(values):
+    return values.log() if hasattr(values, "log") else np.log(values)
 
 
 @dataclass

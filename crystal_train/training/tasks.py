@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from scipy.special import expit
 
-from crystal_train.training.metrics import Normalizer, classification_metrics
+from crystal_train.training.metrics import Normalizer, classification_metrics, log_losses
 
 TASKS = ("regression", "classification")  # data.task
 
@@ -51,10 +51,13 @@ class ClassProbability:
         return torch.nn.functional.binary_cross_entropy_with_logits(outputs, targets)
 
     def train_errors(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The loss's binary cross-entropy of each crystal, from the logits."""
         return torch.nn.functional.binary_cross_entropy_with_logits(outputs, targets, reduction="none")
 
     def validation_errors(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return self.train_errors(outputs, targets)
+        """Each crystal's log loss as metrics.json counts it: of the (clipped) probability, so that model selection and the
+        reported validation log loss agree even where a confident logit rounds the probability to 0 or 1."""
+        return log_losses(targets, self.denormalize(outputs))
 
     def metrics(self, labels: np.ndarray, probabilities: np.ndarray) -> dict:
         return classification_metrics(labels, probabilities)
