@@ -17,7 +17,9 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from crystal_train.atomic_file import atomic_write
-HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_mae", "val_mae", "seconds")  # a regression's; a classification's score log_loss
+
+# A regression's history.csv columns; a classifier's have train_log_loss and val_log_loss for the MAEs.
+HISTORY_COLUMNS = ("epoch", "lr", "train_loss", "train_mae", "val_mae", "seconds")
 
 
 def metrics_report(results: dict[str, tuple[np.ndarray, np.ndarray]], target: str, units: str, transform, **extra) -> dict:

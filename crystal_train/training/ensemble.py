@@ -49,13 +49,14 @@ class Member:
     model: torch.nn.Module
 
     @property
-    def normalizer(self) -> Normalizer | ClassProbability:
+    def transform(self) -> Normalizer | ClassProbability:
+        """What its outputs mean: a regression's normaliser, or a classifier's probability of class 1."""
         return output_transform(self.checkpoint["normalizer"])
 
     @property
     def target(self) -> tuple[str | None, str | None, str]:
         """(target, units, task)."""
-        return self.checkpoint.get("target"), self.checkpoint.get("units"), self.normalizer.task
+        return self.checkpoint.get("target"), self.checkpoint.get("units"), self.transform.task
 
     @property
     def settings(self) -> GraphSettings:
@@ -116,6 +117,11 @@ class Ensemble:
         return kinds[0] if len(self.members) == 1 else f"ensemble of {len(self.members)} ({', '.join(kinds)})"
 
     @property
+    def task(self) -> str:
+        """regression or classification, as every member's (they must share their target)."""
+        return self.members[0].transform.task
+
+    @property
     def uses_distinct_distances(self) -> bool:
         """Whether a member computes from each crystal's distinct distances (DeviceGraphs' distinct_distances)."""
         return any(getattr(member.model, "uses_distinct_distances", False) for member in self.members)
@@ -134,7 +140,7 @@ class Ensemble:
     def member_predictions(self, graphs: DeviceGraphs, indices: np.ndarray, batch_size: int) -> np.ndarray:
         """(members, crystals) predictions in the target's units, each member in the precision it was trained in."""
         return np.stack([
-            predict(member.model, graphs, indices, member.normalizer, batch_size, trained_precision(member.checkpoint))
+            predict(member.model, graphs, indices, member.transform, batch_size, trained_precision(member.checkpoint))
             for member in self.members
         ])
 

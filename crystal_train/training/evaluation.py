@@ -51,7 +51,7 @@ def evaluate(cfg: DictConfig) -> dict:
     source_settings = {key: cfg.data.get(key) for key in SOURCE_SETTINGS if cfg.data.get(key) is not None}
     if source_settings and not other_source:
         raise ValueError(f"{', '.join(f'data.{key}' for key in source_settings)} describe another source: give it with data.snapshot=PATH")
-    if "positive_at_most" in source_settings and ensemble.members[0].normalizer.task != "classification":
+    if "positive_at_most" in source_settings and ensemble.task != "classification":
         raise ValueError(f"data.positive_at_most makes two classes for a classifier, but {checkpoint_path} is a regression model")
     if other_source:
         train_cfg.data.snapshot = str(cfg.data.snapshot)
@@ -86,7 +86,7 @@ def evaluate(cfg: DictConfig) -> dict:
     graphs = DeviceGraphs(data.store, device, distinct_distances=ensemble.uses_distinct_distances)
     members = {name: ensemble.member_predictions(graphs, data.splits[name], int(cfg.batch_size)) for name in names}
     combined = {name: ensemble.combine(stack) for name, stack in members.items()}
-    transform = ensemble.members[0].normalizer
+    transform = ensemble.members[0].transform  # the first member's training mean or majority class is the baseline
     report = score_splits(
         {name: mean for name, (mean, _) in combined.items()}, data, transform, out_dir, ensemble.name, prediction_splits=names,
         spreads={name: spread for name, (_, spread) in combined.items()},

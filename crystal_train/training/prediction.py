@@ -159,7 +159,7 @@ def run_predict(cfg: DictConfig) -> Path:
         output, predicted.ids, predicted.predictions, unseen=predicted.unseen, spread=predicted.spread, warnings=predicted.warnings
     )
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
-    what = "probabilities of class 1" if ensemble.members[0].normalizer.task == "classification" else "predictions of"
+    what = "probabilities of class 1" if ensemble.task == "classification" else "predictions of"
     log.info("Wrote %d %s %s%s by %s to %s", len(store), what, checkpoint.get("target"), units, ensemble.name, output)
     return output
 
