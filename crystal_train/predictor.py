@@ -42,6 +42,11 @@ class Predictor:
         return self.ensemble.checkpoint.get("target")
 
     @property
+    def task(self) -> str:
+        """regression, or classification: then each prediction is the probability of class 1 (and units are empty)."""
+        return self.ensemble.task
+
+    @property
     def units(self) -> str | None:
         """Its units, e.g. eV/atom."""
         return self.ensemble.checkpoint.get("units")

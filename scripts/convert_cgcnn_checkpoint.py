@@ -1,4 +1,4 @@
-"""Convert an original CGCNN regression checkpoint (*.pth.tar) into a crystal-train checkpoint (.pt).
+"""Convert an original CGCNN checkpoint (*.pth.tar: regression, or a two-class classifier) into a crystal-train checkpoint (.pt).
 
     python scripts/convert_cgcnn_checkpoint.py formation-energy-per-atom.pth.tar \\
         --atom-init atom_init.json --output formation-energy.pt

@@ -16,6 +16,7 @@ from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
 from crystal_train.training.config_checks import check_settings
 from crystal_train.training.evaluation import evaluate
 from crystal_train.training.metrics import Normalizer, classification_metrics
+from crystal_train.predictor import Predictor
 from crystal_train.training.prediction import run_predict
 from crystal_train.training.resume import ResumeConfigError, check_same_data, setting_changes
 from crystal_train.training.run import train
@@ -59,7 +60,10 @@ def test_class_probability_is_the_sigmoid_of_the_logit_and_its_score_the_log_los
     np.testing.assert_allclose(selection, [-np.log(1e-15)] * 2, rtol=1e-4)  # 1 - (1 - 1e-15) is 1.1e-15 in float64
     reported = classification_metrics(np.array([0.0, 1.0]), transform.denormalize(wrong.numpy()))["log_loss"]
     assert reported == pytest.approx(selection.mean(), rel=1e-12)
-    assert transform.baseline(np.array([0.0, 0.0, 1.0, 0.0])) == {"baseline_test_accuracy": 0.75}  # the majority class is 0
+    baseline = transform.baseline(np.array([0.0, 0.0, 1.0, 0.0]))  # the majority class is 0, the share of class 1 a quarter
+    assert baseline == {"baseline_test_accuracy": 0.75, "baseline_test_log_loss": pytest.approx(-(3 * np.log(0.75) + np.log(0.25)) / 4)}
+    with pytest.raises(ValueError, match=r"all 3 training crystals are of class 0 \(band_gap <= 0\): a classifier needs both"):
+        ClassProbability.fit(np.zeros(3), "band_gap <= 0")
     restored = output_transform(transform.state())
     assert isinstance(restored, ClassProbability) and restored.positive_fraction == 0.25
     regression = fit_output_transform("regression", np.array([1.0, 3.0]), minimum=0.0)
@@ -78,6 +82,11 @@ def test_classes_from_a_number_and_labels_that_are_not_classes(compose_train_cfg
         ["data=mp_metal", f"data.snapshot={write_csv(rows, 'own.csv')}", "data.target=is_metal", "data.positive_at_most=null"], tmp_path
     )
     assert dict(zip(*(lambda d: (d.store.ids, d.store.targets))(prepare_data(own.data, graph_settings(own.graph))))) == labels
+    text = [dict(row, is_metal=("true" if n == 0 else " False")) for n, row in enumerate(good_rows)]  # as text, any case
+    spelled = compose_train_cfg(
+        ["data=mp_metal", f"data.snapshot={write_csv(text, 'text.csv')}", "data.target=is_metal", "data.positive_at_most=null"], tmp_path
+    )
+    assert dict(zip(*(lambda d: (d.store.ids, d.store.targets))(prepare_data(spelled.data, graph_settings(spelled.graph))))) == labels
     rows[3]["is_metal"] = 2.0
     wrong = compose_train_cfg(
         ["data=mp_metal", f"data.snapshot={write_csv(rows, 'wrong.csv')}", "data.target=is_metal", "data.positive_at_most=null"], tmp_path
@@ -97,6 +106,13 @@ def test_classes_from_a_number_and_labels_that_are_not_classes(compose_train_cfg
 def test_settings_of_the_other_task_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         check_settings(compose_config("train", overrides))
+
+
+def test_a_regression_loss_set_for_a_classifier_is_named_in_a_warning(caplog):
+    check_settings(compose_config("train", ["data=mp_metal"]))
+    assert "trainer.loss" not in caplog.text
+    check_settings(compose_config("train", ["data=mp_metal", "trainer.loss=l1"]))
+    assert "trainer.loss=l1 is a regression setting: a classifier trains on binary cross-entropy" in caplog.text
 
 
 def test_a_checkpoint_from_before_data_task_resumes_as_the_regression_it_was():
@@ -159,6 +175,24 @@ def test_eval_and_predict_give_the_classifiers_probabilities(metal_run, tmp_path
     with open(predicted, newline="") as handle:
         (row,) = csv.DictReader(handle)
     assert float(row["prediction"]) == pytest.approx(float(scored["prediction"]), rel=1e-6)
+    predictor = Predictor(best, device="cpu")
+    assert predictor.task == "classification" and predictor.units == ""
+    assert predictor.predict(_mgo_cif(tmp_path))["prediction"][0] == pytest.approx(float(row["prediction"]), rel=1e-6)
+
+
+def test_eval_on_another_column_reads_its_labels_not_the_training_columns_rule(metal_run, write_csv, good_rows, tmp_path):
+    """A classifier trained on band_gap <= 0, scored on a 0/1 column: the rule is not applied to the column's labels."""
+    _, run_dir, _ = metal_run
+    rows = [dict(row, is_metal=float(n == 0)) for n, row in enumerate(good_rows)]
+    base = [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"data.snapshot={write_csv(rows, 'metal.csv')}", "device=cpu"]
+    report = evaluate(compose_config("eval", [*base, "data.target=is_metal", f"output={tmp_path / 'column'}"]))
+    assert report["target"] == "is_metal" and report["source"]["accuracy"] is not None
+    with open(tmp_path / "column" / "predictions_source.csv", newline="") as handle:
+        labels = {row["id"]: float(row["target"]) for row in csv.DictReader(handle)}
+    assert labels == {"mp-nacl": 1.0, "mp-si": 0.0, "mp-cu": 0.0, "mp-mgo": 0.0, "mp-cscl": 0.0}  # not flipped by "<= 0"
+    by_gap = evaluate(compose_config("eval", [*base, f"output={tmp_path / 'gap'}"]))  # the training's own column and rule
+    assert by_gap["target"] == "band_gap <= 0"
+    assert [by_gap["source"][name] for name in ("accuracy", "log_loss")] == [report["source"][name] for name in ("accuracy", "log_loss")]
 
 
 def test_a_run_saved_with_best_val_mae_resumes(metal_run):

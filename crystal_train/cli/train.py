@@ -91,7 +91,7 @@ def chosen_run_dir(arguments: list[str]) -> Path | None:
 
 @hydra.main(version_base="1.3", config_path="pkg://crystal_train.configs", config_name="train")
 def train_job(cfg: DictConfig) -> float:
-    """Train and return the best validation MAE (the value a Hydra sweeper minimises).
+    """Train and return the best validation MAE, or a classifier's log loss (the value a Hydra sweeper minimises).
 
     A diverging run or a refused resume exits with status 2, an interrupted one (Ctrl-C) with 130 and
     one stopped by SIGTERM (a scheduler's time limit) with 143, each with a note on how to resume it.

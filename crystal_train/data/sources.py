@@ -365,11 +365,14 @@ def _row_splits(frame: pd.DataFrame, path: Path) -> list[str | None]:
     return values
 
 
+BOOLEAN_TEXT = {"true": 1.0, "false": 0.0}
+
+
 def _parse_labels(raw: pd.Series, what: str) -> np.ndarray:
     """Floats for every raw label; NaN where the value is missing or not a number. ValueError naming `what` when
     values are given but none is a number: a text column (data.target=formula), not a few bad labels."""
-    if raw.dtype == object:
-        raw = raw.map(lambda v: str(v).strip() if isinstance(v, str) else v)
+    if raw.dtype == object or pd.api.types.is_string_dtype(raw.dtype):  # text: stripped, and true / false (a class label) as 1 / 0
+        raw = raw.astype(object).map(lambda v: BOOLEAN_TEXT.get(v.strip().lower(), v.strip()) if isinstance(v, str) else v)
     labels = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
     given = [value for value in raw if not _is_missing(value) and not (isinstance(value, str) and not value)]
     if given and not np.isfinite(labels).any():

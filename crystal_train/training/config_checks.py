@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 from functools import cache
 from importlib import resources
 
@@ -16,6 +17,8 @@ from crystal_train.training.loop import LOSSES
 from crystal_train.training.lr_scaling import RULES
 from crystal_train.training.tasks import TASKS
 
+log = logging.getLogger(__name__)
+
 
 def check_settings(cfg: DictConfig) -> None:
     """Raise on a key no packaged config defines, a setting its class does not take, or a trainer value out of range."""
@@ -23,7 +26,7 @@ def check_settings(cfg: DictConfig) -> None:
     check_group_settings(cfg)
     check_trainer_choices(cfg.trainer)
     check_data_numbers(cfg.data)
-    check_task(cfg.data)
+    check_task(cfg.data, cfg.trainer)
 
 
 @cache
@@ -130,12 +133,15 @@ def check_data_numbers(data_cfg: DictConfig) -> None:
             data_cfg[key] = whole_number(data_cfg[key], f"data.{key}")
 
 
-def check_task(data_cfg: DictConfig) -> None:
+def check_task(data_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
     """Raise if data.task is unknown, or a setting of the other task is set: data.target_min (a regression's floor) for
-    a classifier, data.positive_at_most (how classes are made) for a regression."""
+    a classifier, data.positive_at_most (how classes are made) for a regression. Warn that a classifier ignores a
+    trainer.loss other than the default."""
     task = str(data_cfg.get("task", "regression"))
     if task not in TASKS:
         raise ValueError(f"data.task must be one of {', '.join(TASKS)}, not {task!r}")
+    if task == "classification" and str(trainer_cfg.get("loss", "mse")) != "mse":
+        log.warning("trainer.loss=%s is a regression setting: a classifier trains on binary cross-entropy", trainer_cfg.loss)
     if task == "classification" and data_cfg.get("target_min") is not None:
         raise ValueError(
             f"data.target_min={data_cfg.target_min} floors a regression's predictions, but data.task=classification predicts "

@@ -58,6 +58,8 @@ def evaluate(cfg: DictConfig) -> dict:
         train_cfg.data.limit = None
         train_cfg.data.split.file = None
         train_cfg.data.update(source_settings)
+        if "target" in source_settings:  # another column: the training column's class rule is not its own
+            train_cfg.data.positive_at_most = cfg.data.get("positive_at_most")
     else:
         use_saved_split = bool(saved) and split_from != "data"
         _find_training_files(train_cfg.data, checkpoint.get("launch_dir"), checkpoint_path, use_saved_split)

@@ -37,7 +37,7 @@ def starting_model(cfg: DictConfig, resumed: dict | None = None) -> torch.nn.Mod
     units = f" ({checkpoint['units']})" if checkpoint.get("units") else ""
     log.info(
         "Starting from the weights of %s (trained on %s%s); the optimizer, the learning-rate schedule and the target "
-        "normalisation start afresh", path.resolve(), checkpoint.get("target", "an unrecorded target"), units,
+        "normalisation (or a classifier's class share) start afresh", path.resolve(), checkpoint.get("target", "an unrecorded target"), units,
     )
     return model
 

@@ -108,7 +108,8 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     _check_training_shard(model, data.store, data.splits["train"], context.world_size)
     ids_by_split = split_ids(data.store, data.splits)
     normalizer = fit_output_transform(
-        str(cfg.data.get("task", "regression")), data.store.targets[data.splits["train"]], minimum=cfg.data.get("target_min")
+        str(cfg.data.get("task", "regression")), data.store.targets[data.splits["train"]], minimum=cfg.data.get("target_min"),
+        target=data.target,
     )
     if resume:
         check_same_data(saved, ids_by_split, normalizer.state(), last)
@@ -217,7 +218,10 @@ def result_line(report: dict, units: str) -> str:
             for name in ("val", "test") if report[name]["n"]
         )
         baseline = report.get("baseline_test_accuracy")
-        return scores + (f" (majority-class baseline accuracy {baseline:.4g})" if baseline is not None else "")
+        return scores + (
+            f" (baselines: majority class accuracy {baseline:.4g}, training share log loss {report['baseline_test_log_loss']:.4g})"
+            if baseline is not None else ""
+        )
     units = f" {units}" if units else ""
     if not report["test"]["n"]:
         return f"val MAE {report['val']['mae']:.4g}{units} (no test split to score)"

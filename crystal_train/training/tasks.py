@@ -33,11 +33,18 @@ class ClassProbability:
         self.positive_fraction = None if positive_fraction is None else float(positive_fraction)
 
     @classmethod
-    def fit(cls, train_labels: np.ndarray) -> "ClassProbability":
+    def fit(cls, train_labels: np.ndarray, target: str = "the target") -> "ClassProbability":
+        """The share of class 1 in the training split; ValueError if it holds one class only (nothing to learn)."""
         labels = np.asarray(train_labels, dtype=np.float64)
         if labels.size == 0:
             raise ValueError("the training split needs at least one labelled crystal")
-        return cls(float(labels.mean()))
+        share = float(labels.mean())
+        if share in (0.0, 1.0):
+            raise ValueError(
+                f"all {labels.size} training crystals are of class {int(share)} ({target}): a classifier needs both. "
+                "Check data.target and data.positive_at_most (its units, its sign), or use more crystals (data.limit)"
+            )
+        return cls(share)
 
     def normalize(self, values):
         return values
@@ -63,11 +70,16 @@ class ClassProbability:
         return classification_metrics(labels, probabilities)
 
     def baseline(self, test_labels: np.ndarray) -> dict:
-        """The test accuracy of always predicting the training split's majority class."""
+        """The test accuracy of always predicting the training split's majority class, and the test log loss of always
+        predicting its share of class 1 (none for an imported checkpoint, which records no share)."""
         if self.positive_fraction is None:
             return {}
+        labels = np.asarray(test_labels, dtype=np.float64)
         majority = 1.0 if self.positive_fraction >= 0.5 else 0.0
-        return {"baseline_test_accuracy": float(np.mean(np.asarray(test_labels) == majority))}
+        return {
+            "baseline_test_accuracy": float(np.mean(labels == majority)),
+            "baseline_test_log_loss": float(np.mean(log_losses(labels, np.full(labels.shape, self.positive_fraction)))),
+        }
 
     def state(self) -> dict:
         return {"task": self.task, "positive_fraction": self.positive_fraction}
@@ -81,8 +93,10 @@ def output_transform(state: dict) -> Normalizer | ClassProbability:
     return Normalizer(**state)
 
 
-def fit_output_transform(task: str, train_targets: np.ndarray, minimum: float | None = None) -> Normalizer | ClassProbability:
-    """The transform for data.task, fitted on the training split's targets only."""
+def fit_output_transform(
+    task: str, train_targets: np.ndarray, minimum: float | None = None, target: str = "the target"
+) -> Normalizer | ClassProbability:
+    """The transform for data.task, fitted on the training split's targets only (`target` names them in errors)."""
     if task == "classification":
-        return ClassProbability.fit(train_targets)
+        return ClassProbability.fit(train_targets, target)
     return Normalizer.fit(train_targets, minimum=minimum)
