@@ -16,6 +16,7 @@ from crystal_train.training.plots import (
     learning_curve_plot,
     make_learning_curve_figure,
     make_parity_figure,
+    make_roc_figure,
     parity_annotation,
     parity_plot,
 )
@@ -194,3 +195,27 @@ def test_r2_is_undefined_for_a_single_target_value_not_a_huge_negative_number():
     assert regression_metrics(np.full(3, 0.1), np.full(3, 0.11))["r2"] is None
     assert regression_metrics(np.full(100, -0.7), np.full(100, -0.69))["r2"] is None
     assert regression_metrics(np.array([0.1, 0.2]), np.array([0.1, 0.2]))["r2"] == 1.0
+
+
+def test_roc_figure_draws_the_curve_and_names_class_one_with_its_scores():
+    labels = np.array([0.0, 0.0, 1.0, 1.0, 1.0])
+    probabilities = np.array([0.1, 0.6, 0.4, 0.9, 0.8])
+    figure = make_roc_figure(labels, probabilities, "band_gap <= 0")
+    ax = figure.axes[0]
+    diagonal, curve = ax.lines
+    assert list(curve.get_xdata())[0] == 0.0 and list(curve.get_ydata())[-1] == 1.0
+    # the curve passes through (0, 2/3) (two metals above every non-metal) and (1/2, 2/3) (0.6 before 0.4)
+    assert {(x, round(y, 4)) for x, y in zip(curve.get_xdata(), curve.get_ydata())} >= {(0.0, 0.6667), (0.5, 0.6667)}
+    (box,) = ax.texts
+    assert box.get_text().splitlines() == ["class 1: band_gap <= 0", "ROC AUC = 0.833", "accuracy = 0.600", "F1 = 0.667", "n = 5"]
+    one_class = make_roc_figure(np.ones(3), np.array([0.2, 0.7, 0.9]), "x").axes[0]
+    assert len(one_class.lines) == 1 and one_class.texts[0].get_text().endswith("n = 3 (one class: no curve)")
+
+
+def test_a_classifiers_learning_curve_shows_its_log_loss_without_units():
+    history = [dict(epoch=e, lr=1e-3, train_loss=0.5 / e, train_log_loss=0.5 / e, val_log_loss=0.6 / e + 0.02 * e, seconds=1.0) for e in (1, 2, 3, 4)]
+    ax = make_learning_curve_figure(history, "", best_epoch=3).axes[0]
+    assert ax.get_ylabel() == "log loss"
+    labels = [text.get_text() for text in ax.get_legend().get_texts()]
+    assert labels[:2] == ["train log loss (running, training mode)", "val log loss"]
+    assert f"best val {history[2]['val_log_loss']:#.3g} (epoch 3)" in labels

@@ -146,13 +146,13 @@ def make_roc_figure(labels: np.ndarray, probabilities: np.ndarray, target_name: 
     scores = classification_metrics(labels, probabilities)
     if scores["roc_auc"] is not None:
         false_positive, true_positive, _ = roc_curve(labels, probabilities)
-        ax.plot(false_positive, true_positive, color=_VAL_COLOR, linewidth=1.8, label=f"class 1: {target_name}")
-        ax.legend(loc="lower right")
+        ax.plot(false_positive, true_positive, color=_VAL_COLOR, linewidth=1.8)
     annotation = "\n".join(
-        [f"{METRIC_LABELS[key]} = {_fmt(scores[key])}" for key in ("roc_auc", "accuracy", "f1")]
+        [f"class 1: {target_name}"] + [f"{METRIC_LABELS[key]} = {_fmt(scores[key])}" for key in ("roc_auc", "accuracy", "f1")]
         + [f"n = {scores['n']:,}" + ("" if scores["roc_auc"] is not None else " (one class: no curve)")]
     )
-    ax.text(0.04, 0.96, annotation, transform=ax.transAxes, ha="left", va="top", bbox=_BOX, zorder=4)
+    # lower right: below a good classifier's curve, which hugs the upper left
+    ax.text(0.96, 0.04, annotation, transform=ax.transAxes, ha="right", va="bottom", bbox=_BOX, zorder=4)
     figure.tight_layout()
     return figure
 
