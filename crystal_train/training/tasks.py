@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from scipy.special import expit
 
 from crystal_train.training.metrics import Normalizer, classification_metrics, log_losses
 
@@ -51,7 +50,9 @@ class ClassProbability:
 
     def denormalize(self, values):
         """The probability of class 1 for model outputs (NumPy array or tensor)."""
-        return torch.sigmoid(values) if isinstance(values, torch.Tensor) else expit(values)
+        if isinstance(values, torch.Tensor):
+            return torch.sigmoid(values)
+        return torch.sigmoid(torch.from_numpy(np.asarray(values, dtype=np.float64))).numpy()
 
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Binary cross-entropy on the logits (trainer.loss is a regression setting)."""
