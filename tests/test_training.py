@@ -103,7 +103,12 @@ def _kill_after_epochs(command: list[str], run_dir: Path, epochs: int, cwd: Path
 
     SIGKILL must kill it; SIGINT (Ctrl-C) must end it with status 130 and SIGTERM with 143.
     """
-    process = subprocess.Popen(command, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        command, cwd=cwd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # as at a terminal: a shell's background job (a CI script run with &) passes SIGINT on as ignored, and Python
+        # then never raises KeyboardInterrupt for it
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + timeout
     try:
         while len(_history(run_dir)) < epochs:
