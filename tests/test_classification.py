@@ -140,6 +140,20 @@ def metal_run(compose_train_cfg, write_csv, good_rows, tmp_path):
     return cfg, run_dir, best
 
 
+def test_schnet_trains_as_a_classifier_too(compose_train_cfg, write_csv, good_rows, tmp_path):
+    rows = [row | {"split": split} for row, split in zip(good_rows * 2, ["train", "val", "train", "test", "val"] + ["train"] * 5)]
+    rows = [dict(row, material_id=f"{row['material_id']}-{n}") for n, row in enumerate(rows)]
+    cfg = compose_train_cfg([
+        "data=mp_metal", f"data.snapshot={write_csv(rows)}", "model=schnet", "model.hidden_channels=8", "model.num_filters=8",
+        "model.num_interactions=1", "trainer.max_epochs=2", "trainer.batch_size=2", "seed=0",
+    ], tmp_path)
+    best = train(cfg, tmp_path / "run")
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["task"] == "classification" and metrics["val"]["log_loss"] == pytest.approx(best, rel=1e-5)
+    with open(tmp_path / "run" / "predictions_test.csv", newline="") as handle:
+        assert all(0.0 < float(row["prediction"]) < 1.0 for row in csv.DictReader(handle))
+
+
 def test_a_classifier_trains_selects_on_log_loss_and_reports_class_metrics(metal_run):
     cfg, run_dir, best = metal_run
     metrics = json.loads((run_dir / "metrics.json").read_text())
