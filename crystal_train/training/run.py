@@ -30,11 +30,11 @@ from crystal_train.training.initial_weights import starting_model
 from crystal_train.training.loggers import check_loggers, make_loggers
 from crystal_train.training.loop import Trainer, seed_everything
 from crystal_train.training.lr_scaling import lr_scale, scale_learning_rate
-from crystal_train.training.tasks import fit_output_transform
 from crystal_train.training.plots import learning_curve_plot, parity_plot, roc_plot
 from crystal_train.training.resume import (
     check_same_data, check_same_lr_scale, check_same_training, keep_old_config, set_aside_earlier_run, should_resume,
 )
+from crystal_train.training.tasks import fit_output_transform
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             logger.close()
     if context.is_main:
         artifacts.write_history(run_dir / "history.csv", state.history)
-        learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units if normalizer.task == "regression" else "", state.best_epoch)
+        learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units, state.best_epoch)  # a classifier's units are ""
         best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
         model.load_state_dict(best["model_state"])
         precision = str(cfg.trainer.get("precision", "32"))

@@ -59,7 +59,7 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since
             )
         rows.append(row)
     columns = _classifier_columns() if classifiers else SUMMARY_COLUMNS
-    score = columns[5]  # val_mae, or val_log_loss
+    score = "val_log_loss" if classifiers else "val_mae"
     rows.sort(key=lambda row: float("inf") if row.get(score) is None else row[score])
     path = sweep_dir / "sweep_summary.csv"
     write_csv(path, columns, ([row.get(column, "") for column in columns] for row in rows))
