@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from config_utils import compose_config
 from conftest import SHARED_DATASETS
 from crystal_train.models.cgcnn_import import convert_reference_checkpoint
 from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
+from crystal_train.training.freezing import freeze_layers
 from crystal_train.training.initial_weights import check_same_architecture, starting_model
 from crystal_train.training.resume import ResumeConfigError, check_same_training
 from crystal_train.training.run import train
@@ -78,6 +80,65 @@ def test_a_fine_tuning_run_keeps_the_checkpoints_element_table_and_resumes_witho
     no_platinum.unlink()
     train(compose_config("train", [*settings, "trainer.max_epochs=2"]), tmp_path / "run")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 2
+
+
+def test_frozen_layers_keep_their_starting_weights_and_batch_statistics_while_the_head_trains(pretrained, tmp_path, caplog):
+    best, cache = pretrained
+    settings = [*SMALL, *QUIET_CPU, f"data.cache_dir={cache}", f"trainer.init_from={best}", "trainer.freeze=[embedding,convs]"]
+    with caplog.at_level(logging.INFO, logger="crystal_train.training.freezing"):
+        train(compose_config("train", [*settings, "trainer.max_epochs=2"]), tmp_path / "run")
+    start = load_checkpoint(best)["model_state"]
+    weights = _parameters(load_checkpoint(best))
+    frozen_count = sum(tensor.numel() for name, tensor in weights.items() if name.startswith(("embedding.", "convs.")))
+    total = sum(tensor.numel() for tensor in weights.values())
+    assert f"Frozen layers embedding, convs: {frozen_count} of {total} parameters keep their starting values" in caplog.text
+    tuned = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
+    frozen = [name for name in start if name.startswith(("embedding.", "convs."))]
+    assert any("running_mean" in name for name in frozen)  # the convolutions' BatchNorm statistics are among them
+    assert all(torch.equal(start[name], tuned["model_state"][name]) for name in frozen)
+    head = [name for name in start if name.startswith(("conv_to_fc.", "fc_out."))]
+    assert head and not any(torch.equal(start[name], tuned["model_state"][name]) for name in head)
+    # the optimizer holds the head's parameters only, so weight decay cannot move the frozen ones either
+    assert sum(len(group["params"]) for group in tuned["optimizer_state"]["param_groups"]) == len(head)
+
+    # resuming with other frozen layers would mix two trainings in one optimizer state
+    with pytest.raises(ResumeConfigError, match=r"trainer\.freeze: \['embedding', 'convs'\] -> \['convs'\]"):
+        train(compose_config("train", [*settings, "trainer.max_epochs=3", "trainer.freeze=[convs]"]), tmp_path / "run")
+    train(compose_config("train", [*settings, "trainer.max_epochs=3"]), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_freezing_an_unknown_layer_or_every_layer_is_refused_before_the_data_are_read(compose_train_cfg, tmp_path, caplog):
+    for model, unknown, listed in (
+        (SMALL, "conv", "CGCNN has no layer 'conv' with weights; its layers are embedding, convs, conv_to_fc, fc_out (or their parts, such as convs.0)"),
+        (["data=demo", "model=schnet"], "convs", "SchNet has no layer 'convs' with weights; its layers are embedding, interactions, lin1, lin2 (or their parts, such as interactions.0)"),
+    ):
+        cfg = compose_train_cfg([*model, f"trainer.freeze=[{unknown}]"], tmp_path)
+        with pytest.raises(ValueError, match=rf"^trainer\.freeze: {re.escape(listed)}$"):
+            train(cfg, tmp_path / unknown)
+        assert not (tmp_path / "cache").exists()
+    everything = compose_train_cfg([*SMALL, "trainer.freeze=[embedding,convs,conv_to_fc,fc_out]"], tmp_path)
+    with pytest.raises(ValueError, match="freezes every weight of CGCNN: leave at least one layer to train"):
+        train(everything, tmp_path / "everything")
+
+    # one layer may be named without brackets; without init_from its weights are random, which a warning says
+    model = starting_model(compose_train_cfg([*SMALL, "trainer.freeze=convs.0"], tmp_path))
+    with caplog.at_level(logging.WARNING, logger="crystal_train.training.freezing"):
+        frozen = freeze_layers(model, compose_train_cfg([*SMALL, "trainer.freeze=convs.0"], tmp_path).trainer)
+    assert frozen == [model.convs[0]] and "keep their random starting weights" in caplog.text
+    assert {name for name, parameter in model.named_parameters() if not parameter.requires_grad} == {
+        f"convs.0.{name}" for name, _ in model.convs[0].named_parameters()
+    }
+
+
+def test_a_run_trained_before_trainer_freeze_existed_resumes(compose_train_cfg, tmp_path):
+    current = OmegaConf.to_container(compose_train_cfg(SMALL, tmp_path), resolve=True)
+    before = OmegaConf.to_container(compose_train_cfg(SMALL, tmp_path), resolve=True)
+    del before["trainer"]["freeze"]
+    check_same_training(before, current, tmp_path / "last.pt")
+    frozen = OmegaConf.to_container(compose_train_cfg([*SMALL, "trainer.freeze=[convs]"], tmp_path), resolve=True)
+    with pytest.raises(ResumeConfigError, match=r"trainer\.freeze: \(absent\) -> \['convs'\]"):
+        check_same_training(before, frozen, tmp_path / "last.pt")
 
 
 def _parameters(checkpoint: dict) -> dict[str, torch.Tensor]:

@@ -58,6 +58,7 @@ class Trainer:
         checkpoint_meta: dict,
         on_epoch_end=None,
         context: DistributedContext | None = None,
+        frozen_layers: list[torch.nn.Module] = (),
     ):
         self.model = model
         self.optimizer = optimizer
@@ -69,6 +70,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.checkpoint_meta = checkpoint_meta
         self.on_epoch_end = on_epoch_end
+        self.frozen_layers = list(frozen_layers)  # trainer.freeze's: in eval mode while the rest trains
         self.state = TrainState()
         self.loss_fn = LOSSES[trainer_cfg.get("loss", "mse")] if normalizer.task == "regression" else normalizer.loss
         self.score = normalizer.score  # history's train_<score> and val_<score> columns
@@ -180,6 +182,8 @@ class Trainer:
 
     def _train_epoch(self) -> tuple[float, float]:
         self.model.train()
+        for layer in self.frozen_layers:  # their BatchNorm keeps its running statistics
+            layer.eval()
         clip = self.cfg.get("grad_clip")
         device = next(self.model.parameters()).device
         loss_sum = torch.zeros((), device=device)

@@ -18,7 +18,7 @@ RESUMABLE_CHANGES = frozenset({
 ABSENT = object()  # stands for a key one of two configs lacks
 
 # Settings added to crystal-train with a default other than null: a checkpoint that predates one trained as its default does.
-ADDED_SETTINGS = {"data.task": "regression"}
+ADDED_SETTINGS = {"data.task": "regression", "trainer.freeze": []}
 
 # Settings that name a file, which a resumed run may spell otherwise (relative where it was absolute, from elsewhere).
 FILE_SETTINGS = ("data.snapshot", "trainer.init_from")

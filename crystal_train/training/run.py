@@ -25,6 +25,7 @@ from crystal_train.training import artifacts
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, trained_graph_version, warn_if_other_graphs
 from crystal_train.training.config_checks import check_settings, graphs_on_device
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
+from crystal_train.training.freezing import freeze_layers, trainable_parameters
 from crystal_train.training.inference import predict, resolve_device
 from crystal_train.training.initial_weights import starting_model
 from crystal_train.training.loggers import check_loggers, make_loggers
@@ -99,6 +100,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
     model = starting_model(cfg, saved)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
+    frozen_layers = freeze_layers(model, cfg.trainer)
     check_loggers(cfg.get("logger"))
 
     data = prepare_data(
@@ -137,7 +139,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     )
     loggers = make_loggers(cfg.get("logger"), run_dir) if context.is_main else []
     model = model.to(device)
-    optimizer = hydra.utils.instantiate(cfg.optim)(model.parameters())
+    optimizer = hydra.utils.instantiate(cfg.optim)(trainable_parameters(model))
     _apply_lr_scaling(optimizer, cfg.trainer, context.world_size)
     scheduler = hydra.utils.instantiate(cfg.scheduler)(optimizer) if cfg.get("scheduler", {}).get("_target_") else None
     log.info(
@@ -171,6 +173,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         },
         on_epoch_end=lambda state: _log_epoch(run_dir, state, loggers),
         context=context,
+        frozen_layers=frozen_layers,
     )
     if resume:
         if context.is_main:
