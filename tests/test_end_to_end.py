@@ -28,6 +28,7 @@ RUN_FILES = (
     "checkpoints/last.pt",
     "history.csv",
     "predictions_test.csv",
+    "errors_by_element_test.csv",
     "split.json",
     "skipped.csv",
     "config.yaml",
@@ -59,6 +60,11 @@ def test_training_writes_every_run_file(demo_run):
         predictions = list(csv.DictReader(handle))
     assert [p["id"] for p in predictions] == split["test"]
     assert list(predictions[0]) == ["id", "target", "prediction"]
+    with open(run_dir / "errors_by_element_test.csv") as handle:
+        by_element = list(csv.DictReader(handle))
+    assert list(by_element[0]) == ["element", "z", "n", "mae", "rmse", "r2"]
+    assert {row["element"] for row in by_element} <= {"Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt"}  # the demo's metals
+    assert max(int(row["n"]) for row in by_element) <= metrics["test"]["n"] < sum(int(row["n"]) for row in by_element)
 
 
 @pytest.mark.slow
@@ -71,6 +77,7 @@ def test_eval_reproduces_test_mae_with_no_other_argument(demo_run, tmp_path):
     assert report["test"]["n"] == trained["test"]["n"]
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["test"] == report["test"] and (tmp_path / "predictions_test.csv").is_file()
+    assert (tmp_path / "errors_by_element_test.csv").is_file()
     before = (run_dir / "metrics.json").read_bytes()
     with pytest.raises(ValueError, match=f"output={run_dir} holds a training run: its metrics.json and skipped.csv would be replaced"):
         evaluate(compose_config("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"output={run_dir}", "device=cpu"]))

@@ -22,6 +22,7 @@ from crystal_train.data.splits import split_ids
 from crystal_train.data.store import GraphStore
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training import artifacts
+from crystal_train.training.breakdown import element_breakdown, write_element_breakdown
 from crystal_train.training.checkpoint import load_checkpoint, recover_interrupted_saves, trained_graph_version, warn_if_other_graphs
 from crystal_train.training.config_checks import check_settings, graphs_on_device
 from crystal_train.training.distributed import DistributedContext, setup_distributed, shutdown_distributed
@@ -42,7 +43,9 @@ log = logging.getLogger(__name__)
 RUN_LOCK = ".crystal-train.lock"
 # Files a finished run writes at its end: a resumed run removes them, so that until it finishes
 # again none of them describes a model its checkpoints no longer hold.
-FINAL_RESULTS = ("metrics.json", "predictions_test.csv", "parity_test.png", "roc_test.png", "learning_curve.png")
+FINAL_RESULTS = (
+    "metrics.json", "predictions_test.csv", "errors_by_element_test.csv", "parity_test.png", "roc_test.png", "learning_curve.png",
+)
 # Everything a training writes into its run directory (beside Hydra's own files): a run that starts
 # over where an earlier one trained (left any of TRAINED_MARKS) moves that one's files into
 # previous-N, so neither is lost nor mixed with the other.
@@ -325,8 +328,9 @@ def score_splits(
     prediction_splits: tuple[str, ...] = ("test",),
     spreads: dict[str, np.ndarray] | None = None,
 ) -> dict:
-    """Metrics for each split's predictions (metrics.json schema); writes predictions_<split>.csv and parity plots
-    (regression) or ROC curves (classification), using `transform`'s metrics and baseline.
+    """Metrics for each split's predictions (metrics.json schema); writes predictions_<split>.csv,
+    errors_by_element_<split>.csv and parity plots (regression) or ROC curves (classification), using `transform`'s
+    metrics and baseline.
 
     `spreads` (an ensemble's; None for a split, or all, without one) adds each crystal's member_std to the predictions files.
     """
@@ -340,6 +344,7 @@ def score_splits(
                 out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predicted, targets,
                 spread=(spreads or {}).get(name),
             )
+            write_element_breakdown(out_dir / f"errors_by_element_{name}.csv", element_breakdown(data.store, indices, predicted, transform))
             title = f"{model_name}: {name} split"
             if transform.task == "classification":
                 roc_plot(targets, predicted, out_dir / f"roc_{name}.png", data.target, split=name, title=title)

@@ -1,0 +1,60 @@
+"""Errors by element: each element's metrics over the crystals that hold it."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import replace
+
+import numpy as np
+import pytest
+from pymatgen.core import Element
+
+from graph_utils import random_crystals
+from crystal_train.data.graphs import GraphSettings
+from crystal_train.data.store import build_store
+from crystal_train.training.breakdown import element_breakdown, write_element_breakdown
+from crystal_train.training.metrics import Normalizer
+from crystal_train.training.tasks import ClassProbability
+
+
+@pytest.fixture(scope="module")
+def crystals_and_store():
+    crystals = random_crystals(40, seed=5)  # Li, O, Si and Fe, one to four atoms each; crystal i has target i
+    return crystals, build_store(crystals, lambda c: c, GraphSettings(5.0, 12), num_workers=1, progress=False)
+
+
+def test_each_element_is_scored_on_the_crystals_that_hold_it_each_counted_once(crystals_and_store):
+    crystals, store = crystals_and_store
+    scored = np.arange(3, 40, 2)  # a split: every other crystal from the fourth
+    predictions = np.random.default_rng(0).normal(store.targets[scored], 2.0)
+    rows = element_breakdown(store, scored, predictions, Normalizer(0.0, 1.0))
+
+    # the same from the crystals themselves, by a loop over them
+    by_symbol = {}
+    for position, index in enumerate(scored):
+        for z in set(crystals[index].numbers.tolist()):
+            by_symbol.setdefault(Element.from_Z(z).symbol, []).append(position)
+    assert [row["element"] for row in rows] == sorted(by_symbol, key=lambda symbol: Element(symbol).Z)
+    for row in rows:
+        holding = by_symbol[row["element"]]
+        errors = predictions[holding] - np.array([crystals[scored[p]].target for p in holding])
+        assert row["z"] == Element(row["element"]).Z and row["n"] == len(holding)
+        assert row["mae"] == pytest.approx(np.abs(errors).mean()) and row["rmse"] == pytest.approx(np.sqrt((errors**2).mean()))
+    assert sum(row["n"] for row in rows) > scored.size  # crystals of several elements count for each
+
+
+def test_a_classifiers_breakdown_has_its_scores_and_the_file_leaves_undefined_ones_empty(crystals_and_store, tmp_path):
+    crystals, _ = crystals_and_store
+    labelled = [replace(crystal, target=float(i % 2)) for i, crystal in enumerate(crystals[:3])]  # classes 0, 1, 0
+    store = build_store(labelled, lambda c: c, GraphSettings(5.0, 12), num_workers=1, progress=False)
+    rows = element_breakdown(store, np.arange(3), np.array([0.2, 0.9, 0.6]), ClassProbability(0.5))
+    assert {"accuracy", "roc_auc", "log_loss", "n"} <= rows[0].keys() and "mae" not in rows[0]
+
+    path = tmp_path / "errors_by_element_test.csv"
+    write_element_breakdown(path, rows)
+    with open(path, newline="") as handle:
+        written = list(csv.DictReader(handle))
+    assert [row["element"] for row in written] == [row["element"] for row in rows]
+    assert list(written[0])[:4] == ["element", "z", "n", "accuracy"]
+    for row, read in zip(rows, written):
+        assert read["roc_auc"] == ("" if row["roc_auc"] is None else f"{row['roc_auc']:.6g}")  # one class: no ROC AUC
