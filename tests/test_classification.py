@@ -170,6 +170,10 @@ def test_a_classifier_trains_selects_on_log_loss_and_reports_class_metrics(metal
         (row,) = csv.DictReader(handle)
     assert row["id"] == "mp-mgo" and row["target"] == "0.0" and 0.0 < float(row["prediction"]) < 1.0
     assert (run_dir / "roc_test.png").stat().st_size > 0 and not (run_dir / "parity_test.png").exists()
+    with open(run_dir / "errors_by_element_test.csv", newline="") as handle:  # MgO's two elements, scored as its row
+        assert [(row["element"], row["n"], float(row["log_loss"])) for row in csv.DictReader(handle)] == [
+            ("O", "1", pytest.approx(metrics["test"]["log_loss"], rel=1e-5)), ("Mg", "1", pytest.approx(metrics["test"]["log_loss"], rel=1e-5)),
+        ]
     saved = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert saved["normalizer"] == {"task": "classification", "positive_fraction": pytest.approx(2 / 7)}
 

@@ -29,6 +29,7 @@ RUN_FILES = (
     "history.csv",
     "predictions_test.csv",
     "errors_by_element_test.csv",
+    "errors_by_element_test.png",
     "split.json",
     "skipped.csv",
     "config.yaml",
@@ -77,7 +78,7 @@ def test_eval_reproduces_test_mae_with_no_other_argument(demo_run, tmp_path):
     assert report["test"]["n"] == trained["test"]["n"]
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["test"] == report["test"] and (tmp_path / "predictions_test.csv").is_file()
-    assert (tmp_path / "errors_by_element_test.csv").is_file()
+    assert (tmp_path / "errors_by_element_test.csv").is_file() and (tmp_path / "errors_by_element_test.png").is_file()
     before = (run_dir / "metrics.json").read_bytes()
     with pytest.raises(ValueError, match=f"output={run_dir} holds a training run: its metrics.json and skipped.csv would be replaced"):
         evaluate(compose_config("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"output={run_dir}", "device=cpu"]))

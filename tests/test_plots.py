@@ -1,4 +1,4 @@
-"""Parity and learning-curve plots: real, non-blank PNGs with the right labels and metrics."""
+"""Parity, ROC, learning-curve and errors-by-element plots: real, non-blank PNGs with the right labels and metrics."""
 
 import math
 
@@ -13,7 +13,9 @@ from crystal_train.training.metrics import regression_metrics
 from crystal_train.training.plots import (
     DPI,
     FIGSIZE,
+    element_plot,
     learning_curve_plot,
+    make_element_figure,
     make_learning_curve_figure,
     make_parity_figure,
     make_roc_figure,
@@ -219,3 +221,26 @@ def test_a_classifiers_learning_curve_shows_its_log_loss_without_units():
     labels = [text.get_text() for text in ax.get_legend().get_texts()]
     assert labels[:2] == ["train log loss (running, training mode)", "val log loss"]
     assert f"best val {history[2]['val_log_loss']:#.3g} (epoch 3)" in labels
+
+
+def test_the_element_table_colours_each_scored_element_by_its_value_in_its_periodic_table_cell(tmp_path):
+    rows = [  # as errors_by_element gives them; Pt's R² is undefined, O has no MAE (as a split without it would not list it)
+        {"element": "Li", "z": 3, "n": 12, "mae": 0.02}, {"element": "Fe", "z": 26, "n": 40, "mae": 0.08},
+        {"element": "Ce", "z": 58, "n": 3, "mae": 0.05}, {"element": "Pt", "z": 78, "n": 1, "mae": 0.11},
+        {"element": "O", "z": 8, "n": 5, "mae": None},
+    ]
+    figure = make_element_figure(rows, "mae", "eV/atom", split="val")
+    ax = figure.axes[0]
+    cells = {round(patch.get_x() + 0.47): patch for patch in ax.patches if round(patch.get_y() + 0.47, 1) == 4}  # row 4: K to Kr
+    assert len(ax.patches) == 103  # H to Lr, lanthanides and actinides in their own rows
+    colours = {z: patch.get_facecolor() for z, patch in zip(range(1, 104), ax.patches)}
+    viridis = matplotlib.colormaps["viridis"]
+    assert np.allclose(colours[3], viridis(0.0)) and np.allclose(colours[78], viridis(1.0))  # lowest and highest MAE
+    assert np.allclose(colours[26], viridis((0.08 - 0.02) / (0.11 - 0.02)))
+    assert np.allclose(colours[8], colours[1])  # no value: the grey of an element without crystals
+    assert np.allclose(cells[8].get_facecolor(), colours[26])  # Fe sits in group 8 of row 4
+    assert {"Fe", "0.08", "n=40", "Ce", "n=3"} <= set(_texts(figure)) and "n=5" not in _texts(figure)
+    assert figure.axes[1].get_ylabel() == "val MAE (eV/atom)" and ax.get_title() == "val split, by element"
+
+    path = element_plot(rows, tmp_path / "errors_by_element_val.png", "mae", "eV/atom", split="val")
+    assert path.read_bytes()[:8] == PNG_MAGIC and imread(path)[..., :3].var() > 1e-3

@@ -1,4 +1,4 @@
-"""Parity (regression), ROC (classification) and learning-curve plots for a run directory.
+"""Parity (regression), ROC (classification), learning-curve and errors-by-element plots for a run directory.
 
 Figures are built on ``matplotlib.figure.Figure`` with an Agg canvas, never through pyplot,
 so the caller's backend and pyplot's figure registry are left untouched.
@@ -11,8 +11,11 @@ from pathlib import Path
 
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.colors import LogNorm
+from matplotlib import colormaps
+from matplotlib.cm import ScalarMappable
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from crystal_train.atomic_file import atomic_write
@@ -234,3 +237,49 @@ def _marked_epoch_index(epochs: np.ndarray, val_score: np.ndarray, best_epoch: i
 def learning_curve_plot(history: list[dict], path: Path, units: str, best_epoch: int | None = None) -> Path:
     """Save :func:`make_learning_curve_figure` as a PNG at ``path``."""
     return _save(make_learning_curve_figure(history, units, best_epoch), path)
+
+
+def _table_cell(z: int) -> tuple[float, int]:
+    """(row, column) of element `z` in the periodic table, lanthanides and actinides in two rows below it."""
+    from pymatgen.core.periodic_table import Element
+
+    if 57 <= z <= 71 or 89 <= z <= 103:
+        return (8.5 if z <= 71 else 9.5), 3 + z - (57 if z <= 71 else 89)
+    element = Element.from_Z(z)
+    return element.row, element.group
+
+
+def make_element_figure(rows: list[dict], metric: str, units: str, split: str = "test", title: str | None = None) -> Figure:
+    """A periodic table coloured by each element's `metric` (rows as errors_by_element gives them), with the value and
+    its number of crystals written in; elements without crystals, or without the metric, are left grey."""
+    from pymatgen.core.periodic_table import Element
+
+    scored = {row["z"]: row for row in rows if row.get(metric) is not None}
+    values = [row[metric] for row in scored.values()]
+    norm = Normalize(min(values, default=0.0), max(values, default=1.0))
+    cmap = colormaps["viridis"]
+    figure = Figure(figsize=(12.0, 6.8), layout="constrained")
+    FigureCanvasAgg(figure)
+    ax = figure.add_subplot()
+    for z in range(1, 104):
+        row, column = _table_cell(z)
+        shade = norm(scored[z][metric]) if z in scored else None
+        ax.add_patch(Rectangle((column - 0.47, row - 0.47), 0.94, 0.94, facecolor="0.93" if shade is None else cmap(shade), edgecolor="0.6", linewidth=0.5))
+        ink = "0.55" if shade is None else ("black" if shade > 0.6 else "white")  # legible on viridis' dark and light ends
+        ax.text(column, row - 0.18, Element.from_Z(z).symbol, ha="center", va="center", fontsize=8, color=ink, weight="bold")
+        if z in scored:
+            ax.text(column, row + 0.08, f"{scored[z][metric]:.3g}", ha="center", va="center", fontsize=5.5, color=ink)
+            ax.text(column, row + 0.3, f"n={scored[z]['n']}", ha="center", va="center", fontsize=4.5, color=ink)
+    ax.set_xlim(0.4, 18.6)
+    ax.set_ylim(10.1, 0.4)
+    ax.set_aspect("equal")
+    ax.axis("off")
+    ax.set_title(title if title is not None else f"{split} split, by element")
+    label = _axis_label(f"{split} {METRIC_LABELS[metric]}", units)
+    figure.colorbar(ScalarMappable(norm, cmap), ax=ax, label=label, shrink=0.6, pad=0.01)
+    return figure
+
+
+def element_plot(rows: list[dict], path: Path, metric: str, units: str, split: str = "test", title: str | None = None) -> Path:
+    """Save :func:`make_element_figure` as a PNG at ``path``."""
+    return _save(make_element_figure(rows, metric, units, split=split, title=title), path)

@@ -32,7 +32,7 @@ from crystal_train.training.initial_weights import starting_model
 from crystal_train.training.loggers import check_loggers, make_loggers
 from crystal_train.training.loop import Trainer, seed_everything
 from crystal_train.training.lr_scaling import lr_scale, scale_learning_rate
-from crystal_train.training.plots import learning_curve_plot, parity_plot, roc_plot
+from crystal_train.training.plots import element_plot, learning_curve_plot, parity_plot, roc_plot
 from crystal_train.training.resume import (
     check_same_data, check_same_lr_scale, check_same_training, keep_old_config, set_aside_earlier_run, should_resume,
 )
@@ -44,7 +44,8 @@ RUN_LOCK = ".crystal-train.lock"
 # Files a finished run writes at its end: a resumed run removes them, so that until it finishes
 # again none of them describes a model its checkpoints no longer hold.
 FINAL_RESULTS = (
-    "metrics.json", "predictions_test.csv", "errors_by_element_test.csv", "parity_test.png", "roc_test.png", "learning_curve.png",
+    "metrics.json", "predictions_test.csv", "errors_by_element_test.csv", "errors_by_element_test.png", "parity_test.png", "roc_test.png",
+    "learning_curve.png",
 )
 # Everything a training writes into its run directory (beside Hydra's own files): a run that starts
 # over where an earlier one trained (left any of TRAINED_MARKS) moves that one's files into
@@ -329,7 +330,7 @@ def score_splits(
     spreads: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Metrics for each split's predictions (metrics.json schema); writes predictions_<split>.csv,
-    errors_by_element_<split>.csv and parity plots (regression) or ROC curves (classification), using `transform`'s
+    errors_by_element_<split>.csv and .png, and parity plots (regression) or ROC curves (classification), using `transform`'s
     metrics and baseline.
 
     `spreads` (an ensemble's; None for a split, or all, without one) adds each crystal's member_std to the predictions files.
@@ -344,8 +345,10 @@ def score_splits(
                 out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predicted, targets,
                 spread=(spreads or {}).get(name),
             )
-            write_element_breakdown(out_dir / f"errors_by_element_{name}.csv", element_breakdown(data.store, indices, predicted, transform))
             title = f"{model_name}: {name} split"
+            by_element = element_breakdown(data.store, indices, predicted, transform)
+            write_element_breakdown(out_dir / f"errors_by_element_{name}.csv", by_element)
+            element_plot(by_element, out_dir / f"errors_by_element_{name}.png", transform.score, data.units, split=name, title=f"{title}, by element")
             if transform.task == "classification":
                 roc_plot(targets, predicted, out_dir / f"roc_{name}.png", data.target, split=name, title=title)
             else:
