@@ -52,7 +52,7 @@ class Predictor:
         return self.ensemble.checkpoint.get("units")
 
     def predict(self, structures: Sequence, ids: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
-        """One row per structure, in the order given: `id`, `prediction` (in `units`, or a classifier's probability of
+        """One row per structure, in the order given: `id`, `formula` (reduced; "" where skipped), `prediction` (in `units`, or a classifier's probability of
         class 1; NaN where skipped), `member_std` (for several checkpoints), `unseen_elements` (where the checkpoints
         record their training elements), `structure_warnings`, and `skipped`, the reason a structure could not be used
         ("" for the others).
@@ -66,16 +66,17 @@ class Predictor:
         items = [_raw_item(item_id, structure) for item_id, structure in zip(ids, structures)]
         store = read_structures(self.ensemble, items, listed_in="the skipped column", progress=progress)
         skipped = dict(store.skipped)
-        table = pd.DataFrame({"id": pd.Series(ids, dtype=object), "prediction": math.nan})
+        table = pd.DataFrame({"id": pd.Series(ids, dtype=object), "formula": "", "prediction": math.nan})
         if self.ensemble.training_elements() is not None:
             table["unseen_elements"] = ""
         table["structure_warnings"] = ""
         if len(self.ensemble.members) > 1:
-            table.insert(2, "member_std", math.nan)
+            table.insert(3, "member_std", math.nan)
         if len(store):
             predicted = predict_crystals(self.ensemble, store, self.device, self.batch_size)
             position = {item_id: row for row, item_id in enumerate(ids)}
             rows = [position[item_id] for item_id in predicted.ids]
+            table.loc[rows, "formula"] = predicted.formulas
             table.loc[rows, "prediction"] = predicted.predictions
             if predicted.spread is not None:
                 table.loc[rows, "member_std"] = predicted.spread

@@ -1,4 +1,4 @@
-"""Errors by element: each element's metrics over the crystals that hold it."""
+"""What reports say of each crystal's composition: errors by element, and reduced formulas."""
 
 from __future__ import annotations
 
@@ -58,3 +58,19 @@ def test_a_classifiers_breakdown_has_its_scores_and_the_file_leaves_undefined_on
     assert list(written[0])[:4] == ["element", "z", "n", "accuracy"]
     for row, read in zip(rows, written):
         assert read["roc_auc"] == ("" if row["roc_auc"] is None else f"{row['roc_auc']:.6g}")  # one class: no ROC AUC
+
+
+def test_formulas_are_reduced_so_any_cell_of_a_crystal_gives_the_same_one():
+    from pymatgen.core import Lattice, Structure
+
+    from crystal_train.data.crystal import Crystal
+
+    rutile = Structure(Lattice.tetragonal(4.59, 2.96), ["Ti", "Ti", "O", "O", "O", "O"], [
+        [0, 0, 0], [0.5, 0.5, 0.5], [0.305, 0.305, 0], [0.695, 0.695, 0], [0.805, 0.195, 0.5], [0.195, 0.805, 0.5],
+    ])
+    salt = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    cells = [rutile, rutile * (2, 1, 3), Structure.from_sites(list(reversed(rutile.sites))), salt]
+    crystals = [Crystal(f"c{i}", s.lattice.matrix, np.array(s.atomic_numbers), s.frac_coords, target=0.0) for i, s in enumerate(cells)]
+    store = build_store(crystals, lambda c: c, GraphSettings(5.0, 12), num_workers=1, progress=False)
+    assert store.formulas(np.arange(4)) == ["TiO2"] * 3 + ["NaCl"]
+    assert store.formulas(np.array([3, 1])) == ["NaCl", "TiO2"] and store.formulas(np.array([], dtype=int)) == []

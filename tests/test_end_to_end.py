@@ -60,7 +60,7 @@ def test_training_writes_every_run_file(demo_run):
     with open(run_dir / "predictions_test.csv") as handle:
         predictions = list(csv.DictReader(handle))
     assert [p["id"] for p in predictions] == split["test"]
-    assert list(predictions[0]) == ["id", "target", "prediction"]
+    assert list(predictions[0]) == ["id", "formula", "target", "prediction"]
     with open(run_dir / "errors_by_element_test.csv") as handle:
         by_element = list(csv.DictReader(handle))
     assert list(by_element[0]) == ["element", "z", "n", "mae", "rmse", "r2"]

@@ -53,11 +53,11 @@ def test_eval_of_two_checkpoints_scores_their_mean_and_reports_each(two_members,
     both = evaluate(compose_config("eval", [f"ckpt=[{first},{second}]", f"output={tmp_path / 'both'}", "device=cpu"]))
 
     single = [_rows(tmp_path / ckpt.stem / "predictions_test.csv") for ckpt in two_members]
-    assert list(single[0][0]) == ["id", "target", "prediction"]
+    assert list(single[0][0]) == ["id", "formula", "target", "prediction"]
     one, two = (np.array([float(row["prediction"]) for row in rows]) for rows in single)
     assert np.abs(one - two).min() > 1e-4  # really two different models
     rows = _rows(tmp_path / "both" / "predictions_test.csv")
-    assert list(rows[0]) == ["id", "target", "prediction", "member_std"]
+    assert list(rows[0]) == ["id", "formula", "target", "prediction", "member_std"]
     assert [row["id"] for row in rows] == [row["id"] for row in single[0]]
     np.testing.assert_allclose([float(row["prediction"]) for row in rows], (one + two) / 2, rtol=0, atol=1e-12)
     np.testing.assert_allclose([float(row["member_std"]) for row in rows], np.abs(one - two) / np.sqrt(2), rtol=1e-9)
@@ -80,8 +80,8 @@ def test_predict_with_two_checkpoints_writes_their_mean_and_spread(two_members, 
         for ckpt in two_members
     ]
     both = _rows(run_predict(compose_config("predict", [f"ckpt=[{first},{second}]", f"input={folder}", f"output={tmp_path / 'b.csv'}", "device=cpu"])))
-    assert list(alone[0][0]) == ["id", "prediction", "unseen_elements", "structure_warnings"]
-    assert list(both[0]) == ["id", "prediction", "member_std", "unseen_elements", "structure_warnings"]
+    assert list(alone[0][0]) == ["id", "formula", "prediction", "unseen_elements", "structure_warnings"]
+    assert list(both[0]) == ["id", "formula", "prediction", "member_std", "unseen_elements", "structure_warnings"]
     for row, one, two in zip(both, *alone, strict=True):
         assert row["id"] == one["id"] == two["id"] and row["unseen_elements"] == one["unseen_elements"]
         a, b = float(one["prediction"]), float(two["prediction"])

@@ -36,13 +36,15 @@ def test_predictor_rows_follow_the_inputs_and_match_crystal_predict(demo_run, tm
     inputs = [structures["mp-si"], AseAtomsAdaptor.get_atoms(structures["mp-cu"]), folder / "broken.cif", molecule, str(folder / "mp-nacl.cif")]
     table = Predictor(ckpt, device="cpu").predict(inputs)
 
-    assert list(table.columns) == ["id", "prediction", "unseen_elements", "structure_warnings", "skipped"]
+    assert list(table.columns) == ["id", "formula", "prediction", "unseen_elements", "structure_warnings", "skipped"]
     assert table["id"].tolist() == ["0", "1", "2", "3", "4"]  # positions, since not all are files
     for row, name in ((0, "mp-si"), (1, "mp-cu"), (4, "mp-nacl")):
         assert table.loc[row, "prediction"] == pytest.approx(float(expected[name]["prediction"]), abs=1e-6)  # float32, CIF-rounded coordinates
         assert table.loc[row, "unseen_elements"] == expected[name]["unseen_elements"] and table.loc[row, "skipped"] == ""
     assert min(abs(a - b) for a, b in itertools.combinations(table["prediction"].iloc[[0, 1, 4]], 2)) > 1e-4  # rows tell apart
     assert table.loc[4, "unseen_elements"] == "Na Cl"  # the demo's alloys hold neither
+    assert table["formula"].tolist() == ["Si", "Cu", "", "", "NaCl"]  # reduced: four Cu atoms in mp-cu's cell
+    assert all(table.loc[row, "formula"] == expected[name]["formula"] for row, name in ((0, "mp-si"), (1, "mp-cu"), (4, "mp-nacl")))
     assert math.isnan(table.loc[2, "prediction"]) and table.loc[2, "skipped"].startswith("malformed CIF")
     assert math.isnan(table.loc[3, "prediction"]) and "not periodic along every axis" in table.loc[3, "skipped"]
 
@@ -67,7 +69,7 @@ def test_predictor_takes_one_structure_alone_cif_text_and_skips_flat_cells(demo_
     assert table.loc[0, "skipped"].startswith("degenerate cell: 0 Å thick") and math.isnan(table.loc[0, "prediction"])
     assert table.loc[1, "prediction"] == pytest.approx(alone.loc[0, "prediction"], abs=1e-6)
     empty = predictor.predict([])
-    assert len(empty) == 0 and list(empty.columns) == ["id", "prediction", "unseen_elements", "structure_warnings", "skipped"]
+    assert len(empty) == 0 and list(empty.columns) == ["id", "formula", "prediction", "unseen_elements", "structure_warnings", "skipped"]
 
 
 @pytest.mark.slow
@@ -78,7 +80,7 @@ def test_predictor_with_two_checkpoints_adds_their_spread_and_takes_given_ids(de
     assert alone.target == "formation_energy_per_atom" and alone.units == "eV/atom"
     copper = good_structures()["mp-cu"]
     both = Predictor([ckpt, ckpt.with_name("last.pt")], device="cpu").predict([copper, copper * (2, 1, 1)], ids=["cu", "cu-211"])
-    assert list(both.columns) == ["id", "prediction", "member_std", "unseen_elements", "structure_warnings", "skipped"]
+    assert list(both.columns) == ["id", "formula", "prediction", "member_std", "unseen_elements", "structure_warnings", "skipped"]
     assert both["id"].tolist() == ["cu", "cu-211"]
     assert both.loc[0, "prediction"] == pytest.approx(both.loc[1, "prediction"], abs=1e-5)  # a supercell, the same crystal
     assert np.isfinite(both["member_std"]).all()

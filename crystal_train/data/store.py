@@ -106,6 +106,16 @@ class GraphStore:
         """The sorted distinct atomic numbers of crystal `index`."""
         return np.unique(self.numbers[self.node_ptr[index] : self.node_ptr[index + 1]])
 
+    def formulas(self, indices: np.ndarray) -> list[str]:
+        """The reduced formula of each crystal at `indices` (Fe2O3 for any cell of haematite)."""
+        from pymatgen.core import Composition, Element
+
+        def formula(index: int) -> str:
+            numbers, counts = np.unique(self.numbers[self.node_ptr[index] : self.node_ptr[index + 1]], return_counts=True)
+            return Composition({Element.from_Z(int(z)): int(n) for z, n in zip(numbers, counts)}).reduced_formula
+
+        return [formula(int(index)) for index in indices]
+
     def elements(self, indices: np.ndarray) -> list[int]:
         """The sorted distinct atomic numbers over the crystals at `indices`."""
         return sorted(int(z) for z in np.unique(self.numbers[np.isin(self._owners(self.node_ptr), indices)]))

@@ -72,8 +72,9 @@ def write_predictions(
     unseen: dict[str, list[str]] | None = None,
     spread: np.ndarray | None = None,
     warnings: dict[str, str] | None = None,
+    formulas: Sequence[str] | None = None,
 ) -> None:
-    """CSV of id, target (when known), prediction.
+    """CSV of id, formula (when given), target (when known), prediction.
 
     With `spread` (an ensemble's) a member_std column gives the standard deviation of its members'
     predictions; with `unseen` ({id: element symbols the model never trained on}) an unseen_elements
@@ -81,13 +82,13 @@ def write_predictions(
     with `warnings` ({id: note}) a structure_warnings column marks structures that look wrong.
     """
     header, columns = ["id"], [list(ids)]
-    optional = (("target", targets), ("prediction", predictions), ("member_std", spread))
+    optional = (("formula", formulas), ("target", targets), ("prediction", predictions), ("member_std", spread))
     for name, values in optional:
         if values is not None:
             if len(values) != len(ids):  # zip would cut the file short without a word
                 raise ValueError(f"{len(ids)} ids but {len(values)} values of {name} for {path}")
             header.append(name)
-            columns.append([repr(float(value)) for value in values])
+            columns.append(list(values) if name == "formula" else [repr(float(value)) for value in values])
     if unseen is not None:
         header.append("unseen_elements")
         columns.append([" ".join(unseen.get(item_id, [])) for item_id in columns[0]])

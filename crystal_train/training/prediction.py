@@ -105,6 +105,7 @@ class PredictedCrystals:
     """An ensemble's predictions for the crystals of a store, in its order."""
 
     ids: list[str]
+    formulas: list[str]  # reduced formulas
     predictions: np.ndarray  # in the target's units
     spread: np.ndarray | None  # the members' sample standard deviation; None for one checkpoint
     unseen: dict[str, list[str]] | None  # {id: elements its training split lacked}; None when the checkpoints do not record them
@@ -127,7 +128,8 @@ def predict_crystals(ensemble: Ensemble, store: GraphStore, device, batch_size: 
     graphs = DeviceGraphs(store, device, distinct_distances=ensemble.uses_distinct_distances)
     predictions, spread = ensemble.combine(ensemble.member_predictions(graphs, every_crystal, batch_size))
     return PredictedCrystals(
-        list(store.ids), predictions, spread, unseen if training_elements is not None else None, structure_warnings(store)
+        list(store.ids), store.formulas(every_crystal), predictions, spread, unseen if training_elements is not None else None,
+        structure_warnings(store),
     )
 
 
@@ -156,7 +158,8 @@ def run_predict(cfg: DictConfig) -> Path:
     predicted = predict_crystals(ensemble, store, device, int(cfg.batch_size))
     # Checkpoints that record their training elements get an unseen_elements column; others cannot tell.
     artifacts.write_predictions(
-        output, predicted.ids, predicted.predictions, unseen=predicted.unseen, spread=predicted.spread, warnings=predicted.warnings
+        output, predicted.ids, predicted.predictions, unseen=predicted.unseen, spread=predicted.spread, warnings=predicted.warnings,
+        formulas=predicted.formulas,
     )
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
     what = "probabilities of class 1" if ensemble.task == "classification" else "predictions of"

@@ -343,7 +343,7 @@ def score_splits(
         if name in prediction_splits:
             artifacts.write_predictions(
                 out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predicted, targets,
-                spread=(spreads or {}).get(name),
+                spread=(spreads or {}).get(name), formulas=data.store.formulas(indices),
             )
             title = f"{model_name}: {name} split"
             by_element = element_breakdown(data.store, indices, predicted, transform)
