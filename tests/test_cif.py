@@ -242,5 +242,5 @@ def test_read_structure_file_cif_and_errors(tmp_path):
         read_structure_file(other)
     table = tmp_path / "mp.csv"
     table.write_text("material_id,cif\n")
-    with pytest.raises(SkippedItem, match=r"unsupported file type: mp.csv \(a table of structures is scored with crystal-eval data.snapshot=FILE\)"):
+    with pytest.raises(SkippedItem, match=r"unsupported file type: mp.csv \(a table of structures: crystal-predict input=FILE predicts its rows, crystal-eval data.snapshot=FILE scores them\)"):
         read_structure_file(table)

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from config_utils import compose_config
 from conftest import DEMO_OVERRIDES, cif_folder, cif_text, good_structures
@@ -189,9 +190,53 @@ def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(d
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "broken.cif").write_text("data_broken\n_cell_length_a 3\n")
-    with pytest.raises(ValueError, match=r"none of the 1 structure file\(s\) in .*bad could be used"):
+    with pytest.raises(ValueError, match=r"none of the 1 structure\(s\) in .*bad could be used"):
         run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={bad}", f"output={output}", "device=cpu"]))
     assert not output.exists() and "broken" in stale.read_text()  # no earlier predictions beside this input's skip list
+
+
+@pytest.mark.slow
+def test_predict_reads_every_row_of_csv_and_json_tables_labelled_or_not(demo_run, tmp_path):
+    run_dir, _, _ = demo_run
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    structures = good_structures()
+    from_files = run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={cif_folder(tmp_path)}", f"output={tmp_path / 'files.csv'}", "device=cpu"]))
+    with open(from_files, newline="") as handle:
+        expected = {row["id"]: float(row["prediction"]) for row in csv.DictReader(handle)}
+
+    # no label column; a row without a structure and a repeated id are skipped and listed
+    unlabelled = [{"material_id": item_id, "cif": cif_text(structure)} for item_id, structure in list(structures.items())[:3]]
+    unlabelled += [{"material_id": "mp-empty", "cif": ""}, {"material_id": "mp-si", "cif": cif_text(structures["mp-cu"])}]
+    pd.DataFrame(unlabelled).to_csv(tmp_path / "candidates.csv.gz", index=False)
+    # pymatgen structure dicts in JSON records
+    records = [{"id": item_id, "structure": structure.as_dict()} for item_id, structure in list(structures.items())[3:]]
+    (tmp_path / "more.json").write_text(json.dumps(records))
+    output = run_predict(compose_config("predict", [
+        f"ckpt={ckpt}", f"input=[{tmp_path / 'candidates.csv.gz'},{tmp_path / 'more.json'}]", f"output={tmp_path / 'rows.csv'}", "device=cpu",
+    ]))
+    with open(output, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [row["id"] for row in rows] == ["mp-nacl", "mp-si", "mp-cu", "mp-mgo", "mp-cscl"]
+    assert {row["id"]: float(row["prediction"]) for row in rows} == pytest.approx(expected, abs=1e-5)  # as from the CIF files
+    with open(tmp_path / "rows.skipped.csv", newline="") as handle:
+        assert [(row["id"], row["reason"]) for row in csv.DictReader(handle)] == [
+            ("mp-empty", "empty CIF"), ("mp-si", "duplicate id (only its first row is read, even if that row was skipped)"),
+        ]
+
+    # other column names, given as for training
+    renamed = tmp_path / "renamed.json"
+    renamed.write_text(json.dumps([{"name": record["id"], "struct": record["structure"]} for record in records]))
+    settings = ["data.id_column=name", "data.cif_column=struct", "device=cpu"]
+    output = run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={renamed}", f"output={tmp_path / 'renamed.csv'}", *settings]))
+    with open(output, newline="") as handle:
+        assert {row["id"]: float(row["prediction"]) for row in csv.DictReader(handle)} == pytest.approx(
+            {item_id: expected[item_id] for item_id in ("mp-mgo", "mp-cscl")}, abs=1e-5
+        )
+
+    clashing = tmp_path / "mp-mgo.cif"  # a file whose id is a row's
+    clashing.write_text(cif_text(structures["mp-mgo"]))
+    with pytest.raises(ValueError, match=rf"input= gives the id mp-mgo to a row of .*renamed.json and to {clashing}: predictions could not be told apart"):
+        run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input=[{clashing},{renamed}]", f"output={tmp_path / 'x.csv'}", *settings]))
 
 
 @pytest.mark.slow

@@ -18,7 +18,7 @@ from pymatgen.core import Lattice, Structure
 from crystal_train.data.crystal import SkippedItem, cell_thickness
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
-from crystal_train.data.sources import RawItem, content_fingerprint, load_source, to_crystal
+from crystal_train.data.sources import RawItem, content_fingerprint, load_source, load_structure_table, to_crystal
 
 
 def _structures() -> dict[str, Structure]:
@@ -288,6 +288,29 @@ def _write_snapshot(path: Path) -> None:
     }
     with gzip.open(path, "wt") as handle:
         json.dump(snapshot, handle)
+
+
+def test_a_structure_table_keeps_every_row_with_an_id_and_a_structure_whatever_its_labels(tmp_path):
+    """crystal-predict's reading: labels, splits and their absence do not matter; ids and structures do."""
+    nacl, si, cu = _structures().values()
+    rows = [
+        {"material_id": "a", "cif": nacl.to(fmt="cif"), "band_gap": "", "split": "holdout"},  # no label, a split no training reads
+        {"material_id": "b", "cif": si.to(fmt="cif"), "band_gap": "n/a", "split": ""},
+        {"material_id": "", "cif": cu.to(fmt="cif"), "band_gap": 1.0, "split": "test"},
+        {"material_id": "c", "cif": "", "band_gap": 1.0, "split": "test"},
+    ]
+    path = tmp_path / "table.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    table = load_structure_table(path)
+    assert [(item.id, math.isnan(item.target), item.split) for item in table.items] == [("a", True, None), ("b", True, None)]
+    assert table.skipped == [("table.csv row 3", "missing id"), ("c", "empty CIF")]
+    _assert_matches(to_crystal(table.items[1]), si)
+    with pytest.raises(ValueError, match="table.csv: data.cif_column 'structure' not found; available columns: material_id, cif, band_gap, split"):
+        load_structure_table(path, cif_column="structure")
+
+    snapshot = tmp_path / "mp-snapshot.json.gz"  # a snapshot's records, with or without the targets it holds
+    _write_snapshot(snapshot)
+    assert [item.id for item in load_structure_table(snapshot).items] == ["mp-1", "mp-2", "mp-3"]
 
 
 def test_snapshot_layout(tmp_path):

@@ -41,6 +41,7 @@ STRUCTURE_COLUMNS = ("cif", "structure", "cif_text")
 SPLITS = ("train", "val", "test")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
 JSON_SUFFIXES = (".json", ".json.gz")
+TABLE_SUFFIXES = CSV_SUFFIXES + JSON_SUFFIXES
 CGCNN_LABELS = "id_prop.csv"
 CGCNN_TARGET = "target"  # what a CGCNN folder's unnamed labels are called
 
@@ -97,6 +98,19 @@ def load_source(
         f"unsupported data file {path}: expected {', '.join(CSV_SUFFIXES + JSON_SUFFIXES)}, "
         f"a folder with train.csv/val.csv/test.csv, or a CGCNN folder with {CGCNN_LABELS}"
     )
+
+
+def is_table_file(path: Path) -> bool:
+    """Whether `path` is named as a CSV or JSON table of structures."""
+    return path.name.lower().endswith(TABLE_SUFFIXES)
+
+
+def load_structure_table(path: str | Path, id_column: str | None = None, cif_column: str | None = None) -> SourceData:
+    """Every row of a CSV or JSON table (or a crystal-train snapshot) with an id and a structure, labelled or not: the
+    structures crystal-predict reads from a table. Rows without an id or a structure, and repeated ids, are skipped."""
+    path = Path(path)
+    _require_existing(path)
+    return _load_csv(path, None, id_column, cif_column) if path.name.lower().endswith(CSV_SUFFIXES) else _load_json(path, None, id_column, cif_column)
 
 
 def content_fingerprint(path: str | Path, target: str, id_column: str | None = None, cif_column: str | None = None) -> str:
@@ -180,7 +194,7 @@ def _from_arrays(structure: dict, item_id: str) -> Crystal:
 # --- layouts ---------------------------------------------------------------------------------
 
 
-def _load_csv(path: Path, target: str, id_column: str | None, cif_column: str | None) -> SourceData:
+def _load_csv(path: Path, target: str | None, id_column: str | None, cif_column: str | None) -> SourceData:
     frame = _read_csv(path)
     builder = _ItemBuilder()
     builder.add_frame(frame, path, target, id_column, cif_column, split=None)
@@ -218,7 +232,7 @@ def _load_cgcnn_folder(folder: Path, target: str) -> SourceData:
     return builder.result("cgcnn_folder", target)
 
 
-def _load_json(path: Path, target: str, id_column: str | None, cif_column: str | None) -> SourceData:
+def _load_json(path: Path, target: str | None, id_column: str | None, cif_column: str | None) -> SourceData:
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         with opener(path, "rt", encoding="utf-8") as handle:
@@ -243,19 +257,20 @@ def _load_json(path: Path, target: str, id_column: str | None, cif_column: str |
     return builder.result("json", target)
 
 
-def _load_snapshot(path: Path, data: dict, target: str) -> SourceData:
+def _load_snapshot(path: Path, data: dict, target: str | None) -> SourceData:
+    """A snapshot's records with their `target` (every record, unlabelled, for None)."""
     if data.get("version") != SNAPSHOT_VERSION:
         raise ValueError(f"{path}: snapshot version {data.get('version')!r} is not supported (expected {SNAPSHOT_VERSION})")
     targets = data.get("targets", [])
-    if target not in targets:
+    if target is not None and target not in targets:
         raise ValueError(f"{path}: target {target!r} is not in this snapshot; available targets: {', '.join(targets)}")
     builder = _ItemBuilder()
     records = data["records"]
     raws = [record.get("targets", {}).get(target) for record in records]
-    labels = _parse_labels(pd.Series(raws, dtype=object), f"{path}: target {target!r}")
+    labels = _parse_labels(pd.Series(raws, dtype=object), f"{path}: target {target!r}") if target is not None else [math.nan] * len(records)
     for index, (record, raw, label) in enumerate(zip(records, raws, labels)):
         item_id = "" if record.get("id") is None else str(record["id"])
-        if not builder.accept(item_id, raw, label, f"{path.name} record {index}"):
+        if not builder.accept(item_id, raw, label, f"{path.name} record {index}", labelled=target is not None):
             continue
         if not record.get("structure"):
             builder.skip(item_id, "missing structure")
@@ -279,8 +294,8 @@ class _ItemBuilder:
     def skip(self, item_id: str, reason: str) -> None:
         self.skipped.append((item_id, reason))
 
-    def accept(self, item_id: str, raw_label, label: float, where: str) -> bool:
-        """Record the id; False (with a skip reason) for a missing id, a duplicate or a bad label."""
+    def accept(self, item_id: str, raw_label, label: float, where: str, labelled: bool = True) -> bool:
+        """Record the id; False (with a skip reason) for a missing id, a duplicate or (when `labelled`) a bad label."""
         if not item_id:
             self.skip(where, "missing id")
             return False
@@ -288,17 +303,20 @@ class _ItemBuilder:
             self.skip(item_id, "duplicate id (only its first row is read, even if that row was skipped)")
             return False
         self._seen.add(item_id)
-        if not math.isfinite(label):
+        if labelled and not math.isfinite(label):
             self.skip(item_id, _label_reason(raw_label))
             return False
         return True
 
     def add_frame(
-        self, frame: pd.DataFrame, path: Path, target: str, id_column: str | None, cif_column: str | None, split: str | None
+        self, frame: pd.DataFrame, path: Path, target: str | None, id_column: str | None, cif_column: str | None, split: str | None
     ) -> None:
-        """Add the rows of one table."""
+        """Add the rows of one table: with their `target` and split, or (target None) every structure, unlabelled."""
         id_col = _pick_column(frame, path, id_column, ID_COLUMNS, "id", "data.id_column")
         struct_col = _pick_column(frame, path, cif_column, STRUCTURE_COLUMNS, "structure/CIF", "data.cif_column")
+        if target is None:
+            self._add_rows(frame[id_col], [None] * len(frame), [math.nan] * len(frame), frame[struct_col], [None] * len(frame), path, False)
+            return
         if target not in frame.columns:
             raise ValueError(f"{path}: target column {target!r} not found (data.target=COLUMN names the column to use); available columns: {_columns(frame)}")
         splits = _row_splits(frame, path)
@@ -308,10 +326,14 @@ class _ItemBuilder:
                 raise ValueError(f"{path}: its name makes every row {split!r}, but its split column says {', '.join(disagree)}")
             splits = [split] * len(frame)
         labels = _parse_labels(frame[target], f"{path}: target column {target!r}")
-        rows = zip(frame[id_col], frame[target], labels, frame[struct_col], splits)
+        self._add_rows(frame[id_col], frame[target], labels, frame[struct_col], splits, path, True)
+
+    def _add_rows(self, ids, raw_labels, labels, payloads, splits, path: Path, labelled: bool) -> None:
+        """An item per row with an id (the first of its id), a structure and, when `labelled`, a finite label."""
+        rows = zip(ids, raw_labels, labels, payloads, splits)
         for index, (item_id, raw, label, payload, row_split) in enumerate(rows):
             item_id = "" if _is_missing(item_id) else str(item_id).strip()
-            if not self.accept(item_id, raw, label, f"{path.name} row {index + 1}"):
+            if not self.accept(item_id, raw, label, f"{path.name} row {index + 1}", labelled):
                 continue
             if isinstance(payload, str):
                 if not payload.strip():

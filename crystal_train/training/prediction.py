@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 from crystal_train.data.cif import STRUCTURE_FILE_PATTERNS, is_structure_file_name, structure_file_id
 from crystal_train.data.dataset import graph_settings, report_skipped, structure_warnings
 from crystal_train.data.loader import DeviceGraphs
-from crystal_train.data.sources import RawItem, to_crystal
+from crystal_train.data.sources import RawItem, is_table_file, load_structure_table, to_crystal
 from crystal_train.data.store import GraphStore, build_store
 from crystal_train.listing import first_few
 from crystal_train.training import artifacts
@@ -112,10 +112,14 @@ class PredictedCrystals:
     warnings: dict[str, str]  # {id: what looks wrong with its structure}
 
 
-def read_structures(ensemble: Ensemble, items: list[RawItem], listed_in: str, progress: bool = True) -> GraphStore:
-    """Graphs of the items at the checkpoints' graph settings; items that cannot be used are skipped and reported."""
+def read_structures(
+    ensemble: Ensemble, items: list[RawItem], listed_in: str, progress: bool = True, skipped: list[tuple[str, str]] = ()
+) -> GraphStore:
+    """Graphs of the items at the checkpoints' graph settings; items that cannot be used are skipped and reported,
+    after those `skipped` before (rows of a table without a structure)."""
     settings = graph_settings(ensemble.checkpoint["config"]["graph"])
     store = build_store(items, to_crystal, settings, ensemble.elements(), progress=progress)
+    store.skipped = list(skipped) + list(store.skipped)
     report_skipped(store, listed_in=listed_in)
     return store
 
@@ -143,8 +147,8 @@ def run_predict(cfg: DictConfig) -> Path:
     device = resolve_device(str(cfg.device), "device")
     ensemble = Ensemble.load(ckpts, device, atom_init=cfg.get("atom_init"))
     checkpoint = ensemble.checkpoint
-    items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(files, file_ids(files))]
-    store = read_structures(ensemble, items, listed_in=str(skipped_path))
+    items, table_skipped = input_items(files, cfg.data.get("id_column"), cfg.data.get("cif_column"))
+    store = read_structures(ensemble, items, listed_in=str(skipped_path), skipped=table_skipped)
     output.parent.mkdir(parents=True, exist_ok=True)
     for earlier in (skipped_path, output):  # an earlier run's files would now describe other structures
         earlier.unlink(missing_ok=True)
@@ -154,7 +158,7 @@ def run_predict(cfg: DictConfig) -> Path:
             log.warning("Not predicted: %s (%s)", item_id, reason)
     if len(store) == 0:
         given = cfg.input if isinstance(cfg.input, str) else ", ".join(map(str, cfg.input))
-        raise ValueError(f"none of the {len(files)} structure file(s) in {given} could be used; see {skipped_path}")
+        raise ValueError(f"none of the {len(items) + len(table_skipped)} structure(s) in {given} could be used; see {skipped_path}")
     predicted = predict_crystals(ensemble, store, device, int(cfg.batch_size))
     # Checkpoints that record their training elements get an unseen_elements column; others cannot tell.
     artifacts.write_predictions(
@@ -165,6 +169,26 @@ def run_predict(cfg: DictConfig) -> Path:
     what = "probabilities of class 1" if ensemble.task == "classification" else "predictions of"
     log.info("Wrote %d %s %s%s by %s to %s", len(store), what, checkpoint.get("target"), units, ensemble.name, output)
     return output
+
+
+def input_items(files: list[Path], id_column: str | None = None, cif_column: str | None = None) -> tuple[list[RawItem], list[tuple[str, str]]]:
+    """(an item per structure file and per row of each CSV or JSON table, the table rows skipped with their reasons);
+    ValueError naming ids that two inputs share, whose predictions could not be told apart."""
+    structure_files = [file for file in files if not is_table_file(file)]
+    items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(structure_files, file_ids(structure_files))]
+    skipped, origin = [], {item.id: item.path for item in items}
+    for table in (file for file in files if is_table_file(file)):
+        rows = load_structure_table(table, id_column, cif_column)
+        clashes = [item.id for item in rows.items if item.id in origin]
+        if clashes:
+            raise ValueError(
+                f"input= gives the id {clashes[0]} to a row of {table} and to {origin[clashes[0]]}"
+                + (f" ({len(clashes) - 1} more id(s) as well)" if len(clashes) > 1 else "") + ": predictions could not be told apart; rename one"
+            )
+        origin.update((item.id, f"a row of {table}") for item in rows.items)
+        items += rows.items
+        skipped += rows.skipped
+    return items, skipped
 
 
 def output_file(output: str) -> Path:
