@@ -51,13 +51,30 @@ def test_a_classifiers_breakdown_has_its_scores_and_the_file_leaves_undefined_on
     assert {"accuracy", "roc_auc", "log_loss", "n"} <= rows[0].keys() and "mae" not in rows[0]
 
     path = tmp_path / "errors_by_element_test.csv"
-    write_element_breakdown(path, rows)
+    write_element_breakdown(path, rows, ClassProbability(0.5))
     with open(path, newline="") as handle:
         written = list(csv.DictReader(handle))
     assert [row["element"] for row in written] == [row["element"] for row in rows]
     assert list(written[0])[:4] == ["element", "z", "n", "accuracy"]
     for row, read in zip(rows, written):
         assert read["roc_auc"] == ("" if row["roc_auc"] is None else f"{row['roc_auc']:.6g}")  # one class: no ROC AUC
+
+
+def test_an_empty_split_gets_the_header_and_a_prediction_that_is_not_finite_an_empty_cell(crystals_and_store, tmp_path):
+    _, store = crystals_and_store
+    empty = tmp_path / "errors_by_element_val.csv"
+    write_element_breakdown(empty, element_breakdown(store, np.array([], dtype=np.int64), np.array([]), Normalizer(0.0, 1.0)), Normalizer(0.0, 1.0))
+    assert empty.read_text().splitlines() == ["element,z,n,mae,rmse,r2"]
+
+    scored = np.arange(6)
+    rows = element_breakdown(store, scored, np.array([0.0, np.nan, 2.0, 3.0, 4.0, 5.0]), Normalizer(0.0, 1.0))
+    path = tmp_path / "errors_by_element_test.csv"
+    write_element_breakdown(path, rows, Normalizer(0.0, 1.0))
+    with open(path, newline="") as handle:
+        written = {row["element"]: row for row in csv.DictReader(handle)}
+    holding_the_nan = {Element.from_Z(int(z)).symbol for z in store.crystal_elements(1)}
+    assert all(written[symbol]["mae"] == "" for symbol in holding_the_nan)
+    assert all(float(row["mae"]) == 0.0 for symbol, row in written.items() if symbol not in holding_the_nan)  # exact elsewhere
 
 
 def test_formulas_are_reduced_so_any_cell_of_a_crystal_gives_the_same_one():

@@ -233,6 +233,22 @@ def test_predict_reads_every_row_of_csv_and_json_tables_labelled_or_not(demo_run
             {item_id: expected[item_id] for item_id in ("mp-mgo", "mp-cscl")}, abs=1e-5
         )
 
+    # predictions follow input='s order; a glob's CSV or JSON that is no table of structures is skipped and listed
+    like_cgcnn = tmp_path / "like_cgcnn"
+    like_cgcnn.mkdir()
+    (like_cgcnn / "mp-si.cif").write_text(cif_text(structures["mp-si"]))
+    (like_cgcnn / "id_prop.csv").write_text("mp-si,0.5\n")
+    (like_cgcnn / "atom_init.json").write_text('{"14": [0, 1]}')
+    output = run_predict(compose_config("predict", [
+        f"ckpt={ckpt}", f"input=[{renamed},{like_cgcnn}/*]", f"output={tmp_path / 'ordered.csv'}", *settings,
+    ]))
+    with open(output, newline="") as handle:
+        assert [row["id"] for row in csv.DictReader(handle)] == ["mp-mgo", "mp-cscl", "mp-si"]
+    with open(tmp_path / "ordered.skipped.csv", newline="") as handle:
+        reasons = {row["id"]: row["reason"] for row in csv.DictReader(handle)}
+    assert reasons.keys() == {str(like_cgcnn / "atom_init.json"), str(like_cgcnn / "id_prop.csv")}
+    assert reasons[str(like_cgcnn / "id_prop.csv")].startswith("not a table of structures: ") and "data.id_column 'name' not found" in reasons[str(like_cgcnn / "id_prop.csv")]
+
     clashing = tmp_path / "mp-mgo.cif"  # a file whose id is a row's
     clashing.write_text(cif_text(structures["mp-mgo"]))
     with pytest.raises(ValueError, match=rf"input= gives the id mp-mgo to a row of .*renamed.json and to {clashing}: predictions could not be told apart"):

@@ -91,7 +91,7 @@ def test_frozen_layers_keep_their_starting_weights_and_batch_statistics_while_th
     weights = _parameters(load_checkpoint(best))
     frozen_count = sum(tensor.numel() for name, tensor in weights.items() if name.startswith(("embedding.", "convs.")))
     total = sum(tensor.numel() for tensor in weights.values())
-    assert f"Frozen layers embedding, convs: {frozen_count} of {total} parameters keep their starting values" in caplog.text
+    assert f"Frozen layers convs, embedding: {frozen_count} of {total} parameters keep their starting values" in caplog.text
     tuned = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")
     frozen = [name for name in start if name.startswith(("embedding.", "convs."))]
     assert any("running_mean" in name for name in frozen)  # the convolutions' BatchNorm statistics are among them
@@ -102,9 +102,10 @@ def test_frozen_layers_keep_their_starting_weights_and_batch_statistics_while_th
     assert sum(len(group["params"]) for group in tuned["optimizer_state"]["param_groups"]) == len(head)
 
     # resuming with other frozen layers would mix two trainings in one optimizer state
-    with pytest.raises(ResumeConfigError, match=r"trainer\.freeze: \['embedding', 'convs'\] -> \['convs'\]"):
+    with pytest.raises(ResumeConfigError, match=r"trainer\.freeze: \['convs', 'embedding'\] -> \['convs'\]"):
         train(compose_config("train", [*settings, "trainer.max_epochs=3", "trainer.freeze=[convs]"]), tmp_path / "run")
-    train(compose_config("train", [*settings, "trainer.max_epochs=3"]), tmp_path / "run")
+    # the same layers named in another order, or twice, are the same setting
+    train(compose_config("train", [*settings, "trainer.max_epochs=3", "trainer.freeze=[convs,embedding,convs]"]), tmp_path / "run")
     assert json.loads((tmp_path / "run" / "metrics.json").read_text())["epochs"] == 3
 
 

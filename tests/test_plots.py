@@ -242,5 +242,10 @@ def test_the_element_table_colours_each_scored_element_by_its_value_in_its_perio
     assert {"Fe", "0.08", "n=40", "Ce", "n=3"} <= set(_texts(figure)) and "n=5" not in _texts(figure)
     assert figure.axes[1].get_ylabel() == "val MAE (eV/atom)" and ax.get_title() == "val split, by element"
 
+    # a value that is not finite (a diverged model's) is left grey, and the others keep their colours
+    with_nan = make_element_figure([*rows, {"element": "Si", "z": 14, "n": 2, "mae": math.nan}], "mae", "eV/atom")
+    nan_colours = {z: patch.get_facecolor() for z, patch in zip(range(1, 104), with_nan.axes[0].patches)}
+    assert np.allclose(nan_colours[14], colours[1]) and all(np.allclose(nan_colours[z], colours[z]) for z in (3, 26, 58, 78))
+
     path = element_plot(rows, tmp_path / "errors_by_element_val.png", "mae", "eV/atom", split="val")
     assert path.read_bytes()[:8] == PNG_MAGIC and imread(path)[..., :3].var() > 1e-3

@@ -87,7 +87,9 @@ def read_structure_file(path: str | Path) -> Crystal:
         return parse_cif(text, item_id)
     if _is_poscar_name(path.name) or suffix == ".vasp":
         return _read_with_pymatgen(path, item_id)
-    hint = " (a table of structures: crystal-predict input=FILE predicts its rows, crystal-eval data.snapshot=FILE scores them)" if suffix in (".csv", ".json", ".gz", ".xz") else ""
+    from crystal_train.data.sources import is_table_file  # here: sources imports this module
+
+    hint = " (a table of structures: crystal-predict input=FILE predicts its rows, crystal-eval data.snapshot=FILE scores them)" if is_table_file(path) else ""
     raise SkippedItem(item_id, f"unsupported file type: {path.name}{hint}")
 
 

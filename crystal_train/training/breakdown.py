@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -29,14 +30,16 @@ def element_breakdown(store: GraphStore, indices: np.ndarray, predictions: np.nd
     return rows
 
 
-def write_element_breakdown(path: Path, rows: list[dict]) -> None:
-    """errors_by_element_<split>.csv: element, z, n and the task's metrics (empty where undefined, as R² of one value)."""
-    header = ["element", "z", "n", *(key for key in rows[0] if key not in ("element", "z", "n"))] if rows else ["element", "z", "n"]
+def write_element_breakdown(path: Path, rows: list[dict], transform) -> None:
+    """errors_by_element_<split>.csv: element, z, n and the task's metrics (empty where undefined, as R² of one value,
+    or not finite); a split without crystals gets the header alone."""
+    metrics = [name for name in transform.metrics(np.empty(0), np.empty(0)) if name != "n"]
+    header = ["element", "z", "n", *metrics]
     artifacts.write_csv(path, header, ([_cell(row[key]) for key in header] for row in rows))
 
 
 def _cell(value):
-    if value is None:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     return f"{value:.6g}" if isinstance(value, float) else value
 

@@ -9,7 +9,7 @@ from functools import cache
 from importlib import resources
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from crystal_train.training.ema import checked_decay
 from crystal_train.training.inference import PRECISIONS
@@ -102,7 +102,7 @@ def check_group_settings(cfg: DictConfig) -> None:
 
 def check_trainer_choices(trainer_cfg: DictConfig) -> None:
     """Raise if trainer.loss, lr_scaling, precision or graphs_on_device names an option that does not exist,
-    max_epochs, patience or a batch size is under 1, or ema_decay is out of range."""
+    max_epochs, patience or a batch size is under 1, or ema_decay is out of range; trainer.freeze is put in order."""
     for key, default, options in (("loss", "mse", tuple(LOSSES)), ("lr_scaling", "none", RULES), ("precision", "32", PRECISIONS)):
         value = str(trainer_cfg.get(key, default))
         if value not in options:
@@ -113,6 +113,15 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
     graphs_on_device(trainer_cfg.get("graphs_on_device", "auto"))
     if trainer_cfg.get("ema_decay") is not None:
         checked_decay(trainer_cfg.ema_decay)
+    if "freeze" in trainer_cfg:
+        trainer_cfg.freeze = freeze_names(trainer_cfg.freeze)
+
+
+def freeze_names(setting) -> list[str]:
+    """trainer.freeze as sorted distinct layer names (a name alone, or null, is taken too), so that a list naming the
+    same layers otherwise resumes a run."""
+    names = setting if isinstance(setting, (list, ListConfig)) else [] if setting is None else [setting]
+    return sorted({str(name) for name in names})
 
 
 def graphs_on_device(setting) -> bool | None:

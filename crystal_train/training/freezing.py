@@ -5,7 +5,9 @@ from __future__ import annotations
 import logging
 
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig
+
+from crystal_train.training.config_checks import freeze_names
 
 log = logging.getLogger(__name__)
 
@@ -14,8 +16,7 @@ def freeze_layers(model: torch.nn.Module, trainer_cfg: DictConfig) -> list[torch
     """Stop the gradients of trainer.freeze's layers (names as model.named_modules gives them: `convs`, `convs.0`)
     and return those layers, which the Trainer keeps in eval mode. Errors name an unknown layer, or a list that
     would leave nothing to train."""
-    setting = trainer_cfg.get("freeze") or []
-    names = [str(name) for name in (setting if isinstance(setting, (list, ListConfig)) else [setting])]
+    names = freeze_names(trainer_cfg.get("freeze"))
     if not names:
         return []
     layers = dict(model.named_modules())

@@ -251,17 +251,17 @@ def _table_cell(z: int) -> tuple[float, int]:
 
 def make_element_figure(rows: list[dict], metric: str, units: str, split: str = "test", title: str | None = None) -> Figure:
     """A periodic table coloured by each element's `metric` (rows as errors_by_element gives them), with the value and
-    its number of crystals written in; elements without crystals, or without the metric, are left grey."""
+    its number of crystals written in; elements without crystals, or without a finite value of it, are left grey."""
     from pymatgen.core.periodic_table import Element
 
-    scored = {row["z"]: row for row in rows if row.get(metric) is not None}
+    scored = {row["z"]: row for row in rows if row.get(metric) is not None and math.isfinite(row[metric])}
     values = [row[metric] for row in scored.values()]
     norm = Normalize(min(values, default=0.0), max(values, default=1.0))
     cmap = colormaps["viridis"]
     figure = Figure(figsize=(12.0, 6.8), layout="constrained")
     FigureCanvasAgg(figure)
     ax = figure.add_subplot()
-    for z in range(1, 104):
+    for z in range(1, max([103, *(row["z"] for row in rows)]) + 1):  # to Lr, or as far as the rows go
         row, column = _table_cell(z)
         shade = norm(scored[z][metric]) if z in scored else None
         ax.add_patch(Rectangle((column - 0.47, row - 0.47), 0.94, 0.94, facecolor="0.93" if shade is None else cmap(shade), edgecolor="0.6", linewidth=0.5))

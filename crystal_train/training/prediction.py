@@ -61,11 +61,12 @@ def _folder_files(path: Path) -> list[Path]:
     files = [f for f in entries if f.is_file() and is_structure_file_name(f.name)]
     if not files:
         raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_FILE_PATTERNS)}) in {path}")
-    ignored = [f.name for f in entries if f not in files and not f.is_dir()]
+    ignored = [f for f in entries if f not in files and not f.is_dir()]
     if ignored:
+        tables = " (a CSV or JSON table of structures is read when input= names it)" if any(map(is_table_file, ignored)) else ""
         log.warning(
-            "Ignored %d file(s) in %s that are not structure files (%s) or cannot be opened: %s",
-            len(ignored), path, ", ".join(STRUCTURE_FILE_PATTERNS), first_few(ignored),
+            "Ignored %d file(s) in %s that are not structure files (%s) or cannot be opened%s: %s",
+            len(ignored), path, ", ".join(STRUCTURE_FILE_PATTERNS), tables, first_few(f.name for f in ignored),
         )
     folders = [f.name for f in entries if f.is_dir()]
     if folders:
@@ -144,10 +145,10 @@ def run_predict(cfg: DictConfig) -> Path:
     files = structure_files(cfg.input)
     ckpts = checkpoint_paths(cfg.ckpt)
     _refuse_overwriting([*ckpts, *files, *([Path(cfg.atom_init)] if cfg.get("atom_init") else [])], (output, skipped_path))
+    items, table_skipped = input_items(files, cfg.data.get("id_column"), cfg.data.get("cif_column"))
     device = resolve_device(str(cfg.device), "device")
     ensemble = Ensemble.load(ckpts, device, atom_init=cfg.get("atom_init"))
     checkpoint = ensemble.checkpoint
-    items, table_skipped = input_items(files, cfg.data.get("id_column"), cfg.data.get("cif_column"))
     store = read_structures(ensemble, items, listed_in=str(skipped_path), skipped=table_skipped)
     output.parent.mkdir(parents=True, exist_ok=True)
     for earlier in (skipped_path, output):  # an earlier run's files would now describe other structures
@@ -172,22 +173,29 @@ def run_predict(cfg: DictConfig) -> Path:
 
 
 def input_items(files: list[Path], id_column: str | None = None, cif_column: str | None = None) -> tuple[list[RawItem], list[tuple[str, str]]]:
-    """(an item per structure file and per row of each CSV or JSON table, the table rows skipped with their reasons);
-    ValueError naming ids that two inputs share, whose predictions could not be told apart."""
+    """(an item per structure file and per row of each CSV or JSON table, in input order; what was skipped, with the
+    reason: table rows without an id or structure, and tables that cannot be read as one, such as a CGCNN folder's
+    id_prop.csv matched by a glob). ValueError naming an id that two inputs share, whose predictions could not be told apart."""
     structure_files = [file for file in files if not is_table_file(file)]
-    items = [RawItem(id=item_id, target=math.nan, split=None, path=str(f)) for f, item_id in zip(structure_files, file_ids(structure_files))]
-    skipped, origin = [], {item.id: item.path for item in items}
-    for table in (file for file in files if is_table_file(file)):
-        rows = load_structure_table(table, id_column, cif_column)
-        clashes = [item.id for item in rows.items if item.id in origin]
-        if clashes:
-            raise ValueError(
-                f"input= gives the id {clashes[0]} to a row of {table} and to {origin[clashes[0]]}"
-                + (f" ({len(clashes) - 1} more id(s) as well)" if len(clashes) > 1 else "") + ": predictions could not be told apart; rename one"
-            )
-        origin.update((item.id, f"a row of {table}") for item in rows.items)
-        items += rows.items
-        skipped += rows.skipped
+    ids = dict(zip(structure_files, file_ids(structure_files)))
+    items, skipped, origin = [], [], {}
+    for file in files:
+        if file in ids:
+            rows = [RawItem(id=ids[file], target=math.nan, split=None, path=str(file))]
+        else:
+            try:
+                table = load_structure_table(file, id_column, cif_column)
+            except ValueError as error:
+                skipped.append((str(file), f"not a table of structures: {error}"))
+                continue
+            rows = table.items
+            skipped += table.skipped
+        where = str(file) if file in ids else f"a row of {file}"
+        clash = next((item.id for item in rows if item.id in origin), None)
+        if clash is not None:
+            raise ValueError(f"input= gives the id {clash} to {where} and to {origin[clash]}: predictions could not be told apart; rename one")
+        origin.update((item.id, where) for item in rows)
+        items += rows
     return items, skipped
 
 

@@ -96,11 +96,11 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
     saved = load_checkpoint(last) if resume else None
     with open_dict(cfg):
         cfg.seed = _agreed_seed(_resumed_seed(cfg.get("seed"), saved), context)
+    check_settings(cfg)  # also puts some settings in a standard form, which a resume compares
     if resume:
         check_same_training(saved["config"], OmegaConf.to_container(cfg, resolve=True), last, saved.get("launch_dir"))
         check_same_lr_scale(saved.get("world_size"), context.world_size, cfg.trainer, last)
         warn_if_other_graphs(saved, last)
-    check_settings(cfg)
     seed_everything(int(cfg.seed), bool(cfg.trainer.get("deterministic", False)))
     model = starting_model(cfg, saved)  # before the data, which draws on no torch RNG, so a bad batch size fails fast
     _check_batch_size(model, int(cfg.trainer.batch_size))
@@ -209,7 +209,8 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         artifacts.write_json(run_dir / "metrics.json", report)
         log.info("Best epoch %d: %s", state.best_epoch, result_line(report, data.units))
         log.info(
-            "Results in %s (metrics.json, predictions_test.csv, %s_test.png); for new structures: crystal-predict ckpt=%s input=...",
+            "Results in %s (metrics.json, predictions_test.csv, %s_test.png, errors_by_element_test.csv and .png); for new "
+            "structures: crystal-predict ckpt=%s input=...",
             run_dir, "parity" if normalizer.task == "regression" else "roc", checkpoint_dir / "best.pt",
         )
     context.barrier()
@@ -347,7 +348,7 @@ def score_splits(
             )
             title = f"{model_name}: {name} split"
             by_element = element_breakdown(data.store, indices, predicted, transform)
-            write_element_breakdown(out_dir / f"errors_by_element_{name}.csv", by_element)
+            write_element_breakdown(out_dir / f"errors_by_element_{name}.csv", by_element, transform)
             element_plot(by_element, out_dir / f"errors_by_element_{name}.png", transform.score, data.units, split=name, title=f"{title}, by element")
             if transform.task == "classification":
                 roc_plot(targets, predicted, out_dir / f"roc_{name}.png", data.target, split=name, title=title)
