@@ -6,6 +6,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from ase.data import chemical_symbols
 
 from crystal_train.data.store import GraphStore
 from crystal_train.training import artifacts
@@ -26,7 +27,7 @@ def element_breakdown(store: GraphStore, indices: np.ndarray, predictions: np.nd
     rows = []
     for z in np.unique(numbers):
         holding = crystals[numbers == z]
-        rows.append({"element": _symbol(int(z)), "z": int(z), **transform.metrics(targets[holding], predictions[holding])})
+        rows.append({"element": chemical_symbols[int(z)], "z": int(z), **transform.metrics(targets[holding], predictions[holding])})
     return rows
 
 
@@ -42,9 +43,3 @@ def _cell(value):
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return ""
     return f"{value:.6g}" if isinstance(value, float) else value
-
-
-def _symbol(z: int) -> str:
-    from pymatgen.core.periodic_table import Element
-
-    return Element.from_Z(z).symbol

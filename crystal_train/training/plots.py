@@ -252,7 +252,7 @@ def _table_cell(z: int) -> tuple[float, int]:
 def make_element_figure(rows: list[dict], metric: str, units: str, split: str = "test", title: str | None = None) -> Figure:
     """A periodic table coloured by each element's `metric` (rows as errors_by_element gives them), with the value and
     its number of crystals written in; elements without crystals, or without a finite value of it, are left grey."""
-    from pymatgen.core.periodic_table import Element
+    from ase.data import chemical_symbols
 
     scored = {row["z"]: row for row in rows if row.get(metric) is not None and math.isfinite(row[metric])}
     values = [row[metric] for row in scored.values()]
@@ -266,7 +266,7 @@ def make_element_figure(rows: list[dict], metric: str, units: str, split: str = 
         shade = norm(scored[z][metric]) if z in scored else None
         ax.add_patch(Rectangle((column - 0.47, row - 0.47), 0.94, 0.94, facecolor="0.93" if shade is None else cmap(shade), edgecolor="0.6", linewidth=0.5))
         ink = "0.55" if shade is None else ("black" if shade > 0.6 else "white")  # legible on viridis' dark and light ends
-        ax.text(column, row - 0.18, Element.from_Z(z).symbol, ha="center", va="center", fontsize=8, color=ink, weight="bold")
+        ax.text(column, row - 0.18, chemical_symbols[z], ha="center", va="center", fontsize=8, color=ink, weight="bold")
         if z in scored:
             ax.text(column, row + 0.08, f"{scored[z][metric]:.3g}", ha="center", va="center", fontsize=5.5, color=ink)
             ax.text(column, row + 0.3, f"n={scored[z]['n']}", ha="center", va="center", fontsize=4.5, color=ink)

@@ -176,8 +176,8 @@ def input_items(files: list[Path], id_column: str | None = None, cif_column: str
     """(an item per structure file and per row of each CSV or JSON table, in input order; what was skipped, with the
     reason: table rows without an id or structure, and tables that cannot be read as one, such as a CGCNN folder's
     id_prop.csv matched by a glob). ValueError naming an id that two inputs share, whose predictions could not be told apart."""
-    structure_files = [file for file in files if not is_table_file(file)]
-    ids = dict(zip(structure_files, file_ids(structure_files)))
+    read_as_structures = [file for file in files if not is_table_file(file)]
+    ids = dict(zip(read_as_structures, file_ids(read_as_structures)))
     items, skipped, origin = [], [], {}
     for file in files:
         if file in ids:
