@@ -18,7 +18,8 @@ from conftest import DEMO_OVERRIDES, cif_folder, cif_text, good_structures
 from pymatgen.core.operations import SymmOp
 
 from crystal_train.training.evaluation import evaluate
-from crystal_train.training.prediction import file_ids, output_file, run_predict, structure_files
+from crystal_train.data.sources import to_crystal
+from crystal_train.training.prediction import file_ids, input_items, output_file, run_predict, structure_files
 from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.training.checkpoint import load_checkpoint, load_model, save_checkpoint
 from crystal_train.training.run import train
@@ -196,7 +197,7 @@ def test_predict_reads_any_case_keeps_dotted_names_and_refuses_an_empty_result(d
 
 
 @pytest.mark.slow
-def test_predict_reads_every_row_of_csv_and_json_tables_labelled_or_not(demo_run, tmp_path):
+def test_predict_reads_every_row_of_tables_and_every_structure_of_a_cif(demo_run, tmp_path):
     run_dir, _, _ = demo_run
     ckpt = run_dir / "checkpoints" / "best.pt"
     structures = good_structures()
@@ -249,6 +250,14 @@ def test_predict_reads_every_row_of_csv_and_json_tables_labelled_or_not(demo_run
     assert reasons.keys() == {str(like_cgcnn / "atom_init.json"), str(like_cgcnn / "id_prop.csv")}
     assert reasons[str(like_cgcnn / "id_prop.csv")].startswith("not a table of structures: ") and "data.id_column 'name' not found" in reasons[str(like_cgcnn / "id_prop.csv")]
 
+    several = tmp_path / "several.cif"  # a CIF of several structures: a prediction per data block, as from its own file
+    several.write_text("".join(cif_text(structures[item_id]) for item_id in ("mp-mgo", "mp-cu")))
+    output = run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={several}", f"output={tmp_path / 'blocks.csv'}", "device=cpu"]))
+    with open(output, newline="") as handle:
+        assert {row["id"]: float(row["prediction"]) for row in csv.DictReader(handle)} == pytest.approx(
+            {"several#MgO": expected["mp-mgo"], "several#Cu": expected["mp-cu"]}, abs=1e-5
+        )
+
     clashing = tmp_path / "mp-mgo.cif"  # a file whose id is a row's
     clashing.write_text(cif_text(structures["mp-mgo"]))
     with pytest.raises(ValueError, match=rf"input= gives the id mp-mgo to a row of .*renamed.json and to {clashing}: predictions could not be told apart"):
@@ -291,6 +300,28 @@ def test_predict_input_may_be_a_file_a_folder_a_glob_or_a_list_of_them(tmp_path,
         structure_files(f"{folder}/*.xyz")
     with pytest.raises(FileNotFoundError, match=r"input not found: .*missing.cif \(give a structure file, a folder of them, a quoted glob"):
         structure_files(str(folder / "missing.cif"))
+
+
+def test_a_cif_of_several_structures_gives_an_item_per_data_block_named_by_file_and_block(tmp_path):
+    structures = good_structures()
+    publication = "data_global\n_journal_year 2018\n"  # no atom sites: no structure
+    many = tmp_path / "many.cif"
+    many.write_text(publication + "".join(cif_text(structures[item_id]) for item_id in ("mp-nacl", "mp-si", "mp-cu")))
+    alike = tmp_path / "alike.cif"  # cat cu.cif cu.cif: block names repeat, so blocks are numbered
+    alike.write_text(cif_text(structures["mp-cu"]) * 2)
+    single = tmp_path / "single.cif"
+    single.write_text(publication + cif_text(structures["mp-mgo"]))
+    items, skipped = input_items([many, alike, single])
+    assert [item.id for item in items] == ["many#NaCl", "many#Si", "many#Cu", "alike#1", "alike#2", "single"] and skipped == []
+    assert items[-1].path == str(single) and items[0].path is None  # one structure: read from its file, as before
+    for item, item_id in zip(items, ("mp-nacl", "mp-si", "mp-cu", "mp-cu", "mp-cu", "mp-mgo")):
+        crystal, expected = to_crystal(item), structures[item_id]
+        assert crystal.id == item.id and sorted(crystal.numbers) == sorted(expected.atomic_numbers)
+
+    clashing = tmp_path / "many#Si.cif"
+    clashing.write_text(cif_text(structures["mp-si"]))
+    with pytest.raises(ValueError, match=rf"input= gives the id many#Si to {clashing} and to a data block of {many}"):
+        input_items([many, clashing])
 
 
 def test_prediction_ids_stay_unique_when_a_whole_file_name_equals_another_files_id():

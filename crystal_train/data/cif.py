@@ -39,6 +39,7 @@ _IGNORED_SCALARS = frozenset(
 _FORMULA_TAGS = ("_chemical_formula_sum", "_chemical_formula_structural")
 _FORMULA_ELEMENT = re.compile(r"[A-Z][a-z]?")
 _BLOCK_START = re.compile(r"^[ \t]*data_", re.MULTILINE | re.IGNORECASE)
+_BLOCK_NAME = re.compile(r"[ \t]*data_(\S*)", re.IGNORECASE)
 _ATOM_SITE_COORDINATES = re.compile(r"_atom_site_(fract|cartn)_x\b", re.IGNORECASE)
 _SYMOP_LOOP = frozenset({"_symmetry_equiv_pos_site_id", "_symmetry_equiv_pos_as_xyz"})
 _SITE_REQUIRED = ("_atom_site_type_symbol", "_atom_site_label") + tuple(f"_atom_site_fract_{x}" for x in "xyz")
@@ -106,7 +107,7 @@ def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
     def only_structure():
         # pymatgen keeps one of two blocks of the same name (cat a.cif b.cif), and drops one it cannot read, so count them here too
         structures = CifParser.from_str(text).parse_structures(primitive=False)
-        count = max(len(structures), _blocks_with_atoms(text))
+        count = max(len(structures), len(cif_data_blocks(text)))
         if count > 1:
             raise SkippedItem(item_id, f"several structures in one CIF ({count}): give one structure per file or row")
         return structures[0]
@@ -114,9 +115,12 @@ def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
     return crystal_via_pymatgen(only_structure, item_id, "malformed CIF")
 
 
-def _blocks_with_atoms(text: str) -> int:
-    """How many data_ blocks of the CIF text list atom sites."""
-    return sum(1 for block in _BLOCK_START.split(text)[1:] if _ATOM_SITE_COORDINATES.search(block))
+def cif_data_blocks(text: str) -> list[tuple[str, str]]:
+    """(name, text) of each data_ block of CIF text that lists atom sites, in file order: the structures it holds
+    (a publication block without atoms is none)."""
+    starts = [match.start() for match in _BLOCK_START.finditer(text)]
+    blocks = [text[start:end] for start, end in zip(starts, starts[1:] + [len(text)])]
+    return [(_BLOCK_NAME.match(block).group(1), block) for block in blocks if _ATOM_SITE_COORDINATES.search(block)]
 
 
 def crystal_via_pymatgen(make_structure: Callable, item_id: str, failure: str) -> Crystal:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from crystal_train.data.cif import STRUCTURE_FILE_PATTERNS, is_structure_file_name, structure_file_id
+from crystal_train.data.cif import STRUCTURE_FILE_PATTERNS, cif_data_blocks, is_structure_file_name, structure_file_id
 from crystal_train.data.dataset import graph_settings, report_skipped, structure_warnings
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.sources import RawItem, is_table_file, load_structure_table, to_crystal
@@ -172,25 +172,45 @@ def run_predict(cfg: DictConfig) -> Path:
     return output
 
 
+def structure_file_items(file: Path, file_id: str) -> list[RawItem]:
+    """The item of a structure file, or of each structure of a CIF that holds several (one data block each), with the
+    id `<file id>#<block name>` (`#1`, `#2`, ... when block names repeat)."""
+    whole_file = [RawItem(id=file_id, target=math.nan, split=None, path=str(file))]
+    if file.suffix.lower() != ".cif":
+        return whole_file
+    try:
+        blocks = cif_data_blocks(file.read_text(encoding="utf-8", errors="replace"))
+    except OSError:
+        return whole_file  # reading it as a structure reports why
+    if len(blocks) < 2:
+        return whole_file
+    names = [name for name, _ in blocks]
+    if "" in names or len(set(names)) < len(names):
+        names = [str(number) for number in range(1, len(blocks) + 1)]
+    log.info("Read %d structures from the data blocks of %s, as %s#%s ...", len(blocks), file, file_id, names[0])
+    return [RawItem(id=f"{file_id}#{name}", target=math.nan, split=None, cif_text=text) for name, (_, text) in zip(names, blocks)]
+
+
 def input_items(files: list[Path], id_column: str | None = None, cif_column: str | None = None) -> tuple[list[RawItem], list[tuple[str, str]]]:
-    """(an item per structure file and per row of each CSV or JSON table, in input order; what was skipped, with the
-    reason: table rows without an id or structure, and tables that cannot be read as one, such as a CGCNN folder's
-    id_prop.csv matched by a glob). ValueError naming an id that two inputs share, whose predictions could not be told apart."""
+    """(an item per structure file, per structure of a CIF that holds several, and per row of each CSV or JSON table,
+    in input order; what was skipped, with the reason: table rows without an id or structure, and tables that cannot
+    be read as one, such as a CGCNN folder's id_prop.csv matched by a glob). ValueError naming an id that two inputs
+    share, whose predictions could not be told apart."""
     read_as_structures = [file for file in files if not is_table_file(file)]
     ids = dict(zip(read_as_structures, file_ids(read_as_structures)))
     items, skipped, origin = [], [], {}
     for file in files:
         if file in ids:
-            rows = [RawItem(id=ids[file], target=math.nan, split=None, path=str(file))]
+            rows = structure_file_items(file, ids[file])
+            where = str(file) if len(rows) == 1 else f"a data block of {file}"
         else:
             try:
                 table = load_structure_table(file, id_column, cif_column)
             except ValueError as error:
                 skipped.append((str(file), f"not a table of structures: {error}"))
                 continue
-            rows = table.items
+            rows, where = table.items, f"a row of {file}"
             skipped += table.skipped
-        where = str(file) if file in ids else f"a row of {file}"
         clash = next((item.id for item in rows if item.id in origin), None)
         if clash is not None:
             raise ValueError(f"input= gives the id {clash} to {where} and to {origin[clash]}: predictions could not be told apart; rename one")
