@@ -105,11 +105,9 @@ def prepare_data(
 
     def build() -> GraphStore:
         items, to_crystal, skipped = source.read()
-        store = build_store(
-            _limit(items, limit, seed), to_crystal, settings, elements, num_workers=num_workers, progress=progress
+        return build_store(
+            _limit(items, limit, seed), to_crystal, settings, elements, num_workers=num_workers, progress=progress, skipped_before=skipped
         )
-        store.skipped = list(skipped) + list(store.skipped)
-        return store
 
     store = load_or_build(cache_dir / "graphs", key, build)
     report_skipped(store)

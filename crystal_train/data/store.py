@@ -192,8 +192,10 @@ def build_store(
     supported_elements: frozenset[int] | None = None,
     num_workers: int | None = None,
     progress: bool = True,
+    skipped_before: Sequence[tuple[str, str]] = (),
 ) -> GraphStore:
-    """Turn raw items into a GraphStore, in parallel over processes; bad items are skipped."""
+    """Turn raw items into a GraphStore, in parallel over processes; bad items are skipped, listed after those the
+    source skipped before (`skipped_before`, (id, reason) pairs)."""
     num_workers = num_workers or usable_cpus()
     init_args = (to_crystal, settings, supported_elements)
     bar = dict(total=len(items), desc="graphs", unit="crystal", disable=not progress, mininterval=1.0)
@@ -201,14 +203,14 @@ def build_store(
     try:
         if num_workers <= 1 or len(items) < 200:
             _init_worker(*init_args)  # one torch thread while building here; restored below
-            return _assemble(tqdm(map(_build_one, items), **bar))
+            return _assemble(tqdm(map(_build_one, items), **bar), skipped_before)
         context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         # A worker that dies (killed for lack of memory) breaks this pool with an error; it would hang a Pool.
         with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
             chunk = max(16, min(256, len(items) // (num_workers * 8) or 1))
             done = []
             try:
-                return _assemble(tqdm(_counted(pool.map(_build_one, items, chunksize=chunk), done), **bar))
+                return _assemble(tqdm(_counted(pool.map(_build_one, items, chunksize=chunk), done), **bar), skipped_before)
             except BrokenProcessPool:
                 raise RuntimeError(
                     f"a graph-building worker process died (most often killed by the system for lack of memory) after "
@@ -250,8 +252,8 @@ def _compact(graph: CrystalGraph) -> _StoredGraph:
     )
 
 
-def _assemble(results: Iterable) -> GraphStore:
-    ids, targets, splits, skipped = [], [], [], []
+def _assemble(results: Iterable, skipped_before: Sequence[tuple[str, str]]) -> GraphStore:
+    ids, targets, splits, skipped = [], [], [], list(skipped_before)
     numbers, distances = _Column(np.int16, (0,)), _Column(np.float32, (0,))
     fractional_edges, fractional_weights = _Column(np.int64, (0,)), _Column(np.float32, (0,))
     edge_index = _Column(np.int32, (2, 0), axis=1)

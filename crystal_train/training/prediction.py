@@ -119,8 +119,7 @@ def read_structures(
     """Graphs of the items at the checkpoints' graph settings; items that cannot be used are skipped and reported,
     after those `skipped` before (rows of a table without a structure)."""
     settings = graph_settings(ensemble.checkpoint["config"]["graph"])
-    store = build_store(items, to_crystal, settings, ensemble.elements(), progress=progress)
-    store.skipped = list(skipped) + list(store.skipped)
+    store = build_store(items, to_crystal, settings, ensemble.elements(), progress=progress, skipped_before=skipped)
     report_skipped(store, listed_in=listed_in)
     return store
 
