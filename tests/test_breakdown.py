@@ -43,6 +43,23 @@ def test_each_element_is_scored_on_the_crystals_that_hold_it_each_counted_once(c
     assert sum(row["n"] for row in rows) > scored.size  # crystals of several elements count for each
 
 
+def test_n_train_counts_the_training_crystals_holding_each_element_and_zero_for_one_they_lacked(crystals_and_store, tmp_path):
+    crystals, store = crystals_and_store
+    training = np.array([i for i, crystal in enumerate(crystals) if 26 not in crystal.numbers])  # no iron in training
+    counts = store.element_counts(training)
+    for z in (3, 8, 14):
+        assert counts[z] == sum(z in crystals[i].numbers for i in training)
+    assert 26 not in counts
+
+    scored = np.arange(40)
+    rows = element_breakdown(store, scored, store.targets[scored], Normalizer(0.0, 1.0), training_counts=counts)
+    assert {row["element"]: row["n_train"] for row in rows} == {"Li": counts[3], "O": counts[8], "Si": counts[14], "Fe": 0}
+    path = tmp_path / "errors_by_element_test.csv"
+    write_element_breakdown(path, rows, Normalizer(0.0, 1.0))
+    with open(path, newline="") as handle:
+        assert {row["element"]: row["n_train"] for row in csv.DictReader(handle)}["Fe"] == "0"
+
+
 def test_a_classifiers_breakdown_has_its_scores_and_the_file_leaves_undefined_ones_empty(crystals_and_store, tmp_path):
     crystals, _ = crystals_and_store
     labelled = [replace(crystal, target=float(i % 2)) for i, crystal in enumerate(crystals[:3])]  # classes 0, 1, 0
@@ -55,7 +72,8 @@ def test_a_classifiers_breakdown_has_its_scores_and_the_file_leaves_undefined_on
     with open(path, newline="") as handle:
         written = list(csv.DictReader(handle))
     assert [row["element"] for row in written] == [row["element"] for row in rows]
-    assert list(written[0])[:4] == ["element", "z", "n", "accuracy"]
+    assert list(written[0])[:5] == ["element", "z", "n", "n_train", "accuracy"]
+    assert all(row["n_train"] == "" for row in written)  # no training counts given: unknown, not zero
     for row, read in zip(rows, written):
         assert read["roc_auc"] == ("" if row["roc_auc"] is None else f"{row['roc_auc']:.6g}")  # one class: no ROC AUC
 
@@ -64,7 +82,7 @@ def test_an_empty_split_gets_the_header_and_a_prediction_that_is_not_finite_an_e
     _, store = crystals_and_store
     empty = tmp_path / "errors_by_element_val.csv"
     write_element_breakdown(empty, element_breakdown(store, np.array([], dtype=np.int64), np.array([]), Normalizer(0.0, 1.0)), Normalizer(0.0, 1.0))
-    assert empty.read_text().splitlines() == ["element,z,n,mae,rmse,r2"]
+    assert empty.read_text().splitlines() == ["element,z,n,n_train,mae,rmse,r2"]
 
     scored = np.arange(6)
     rows = element_breakdown(store, scored, np.array([0.0, np.nan, 2.0, 3.0, 4.0, 5.0]), Normalizer(0.0, 1.0))

@@ -65,9 +65,14 @@ def test_training_writes_every_run_file(demo_run):
     assert list(predictions[0]) == ["id", "formula", "target", "prediction"]
     with open(run_dir / "errors_by_element_test.csv") as handle:
         by_element = list(csv.DictReader(handle))
-    assert list(by_element[0]) == ["element", "z", "n", "mae", "rmse", "r2"]
+    assert list(by_element[0]) == ["element", "z", "n", "n_train", "mae", "rmse", "r2"]
     assert {row["element"] for row in by_element} <= {"Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt"}  # the demo's metals
     assert max(int(row["n"]) for row in by_element) <= metrics["test"]["n"] < sum(int(row["n"]) for row in by_element)
+    training_counts = load_checkpoint(run_dir / "checkpoints" / "best.pt")["training_element_counts"]
+    assert {row["element"]: int(row["n_train"]) for row in by_element} == {
+        row["element"]: training_counts.get(int(row["z"]), 0) for row in by_element
+    }
+    assert max(training_counts.values()) <= len(split["train"]) < sum(training_counts.values())  # alloys: two elements each
 
 
 @pytest.mark.slow
@@ -80,7 +85,8 @@ def test_eval_reproduces_test_mae_with_no_other_argument(demo_run, tmp_path):
     assert report["test"]["n"] == trained["test"]["n"]
     written = json.loads((tmp_path / "metrics.json").read_text())
     assert written["test"] == report["test"] and (tmp_path / "predictions_test.csv").is_file()
-    assert (tmp_path / "errors_by_element_test.csv").is_file() and (tmp_path / "errors_by_element_test.png").is_file()
+    assert (tmp_path / "errors_by_element_test.png").is_file()
+    assert (tmp_path / "errors_by_element_test.csv").read_text() == (run_dir / "errors_by_element_test.csv").read_text()  # n_train too
     before = (run_dir / "metrics.json").read_bytes()
     with pytest.raises(ValueError, match=f"output={run_dir} holds a training run: its metrics.json and skipped.csv would be replaced"):
         evaluate(compose_config("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"output={run_dir}", "device=cpu"]))

@@ -106,6 +106,21 @@ def test_unseen_elements_are_those_any_member_never_trained_on(two_members, tmp_
 
 
 @pytest.mark.slow
+def test_an_ensembles_n_train_is_its_members_when_they_agree_and_unknown_when_not(two_members, tmp_path):
+    first, second = two_members
+    checkpoint = load_checkpoint(second)
+    counts = checkpoint["training_element_counts"]
+    other_split = _variant(checkpoint, tmp_path / "other_split.pt", training_element_counts={**counts, 29: counts[29] + 1})
+    old = tmp_path / "old.pt"  # a checkpoint from before the counts were recorded
+    save_checkpoint(old, **{key: value for key, value in checkpoint.items() if key != "training_element_counts"})
+    for members, name in (([first, second], "same"), ([first, other_split], "differ"), ([old], "old")):
+        evaluate(compose_config("eval", [f"ckpt=[{','.join(map(str, members))}]", f"output={tmp_path / name}", "device=cpu"]))
+    same, differ, unknown = ({row["z"]: row["n_train"] for row in _rows(tmp_path / name / "errors_by_element_test.csv")} for name in ("same", "differ", "old"))
+    assert same == {z: str(counts.get(int(z), 0)) for z in same} and "29" in same
+    assert set(differ.values()) == set(unknown.values()) == {""}
+
+
+@pytest.mark.slow
 def test_eval_warns_about_crystals_any_member_learned_from(two_members, tmp_path, caplog):
     first, second = two_members
     checkpoint = load_checkpoint(second)

@@ -120,6 +120,21 @@ class GraphStore:
         """The sorted distinct atomic numbers over the crystals at `indices`."""
         return sorted(int(z) for z in np.unique(self.numbers[np.isin(self._owners(self.node_ptr), indices)]))
 
+    def element_holders(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(positions in `indices`, atomic numbers): a pair for each element of each crystal at `indices`, once."""
+        indices = np.asarray(indices, dtype=np.int64)
+        position = np.full(len(self), -1, dtype=np.int64)
+        position[indices] = np.arange(indices.size)
+        owner = position[self._owners(self.node_ptr)]  # each atom's place in `indices`, or -1
+        kept = owner >= 0
+        pairs = np.unique(owner[kept] * 256 + self.numbers[kept].astype(np.int64))
+        return pairs // 256, pairs % 256
+
+    def element_counts(self, indices: np.ndarray) -> dict[int, int]:
+        """{atomic number: how many crystals at `indices` hold it}."""
+        numbers, counts = np.unique(self.element_holders(indices)[1], return_counts=True)
+        return {int(z): int(n) for z, n in zip(numbers, counts)}
+
     def state(self) -> dict:
         """Plain tensors and lists, loadable with torch.load(weights_only=True)."""
         return {

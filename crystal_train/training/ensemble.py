@@ -137,6 +137,12 @@ class Ensemble:
             return None
         return sorted(set.intersection(*(set(elements) for elements in recorded)))
 
+    def training_element_counts(self) -> dict[int, int] | None:
+        """{atomic number: training crystals holding it}, when every member records the same counts (one training split);
+        else None."""
+        recorded = [member.checkpoint.get("training_element_counts") for member in self.members]
+        return recorded[0] if recorded[0] is not None and all(counts == recorded[0] for counts in recorded) else None
+
     def member_predictions(self, graphs: DeviceGraphs, indices: np.ndarray, batch_size: int) -> np.ndarray:
         """(members, crystals) predictions in the target's units, each member in the precision it was trained in."""
         return np.stack([

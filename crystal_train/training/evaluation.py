@@ -91,7 +91,7 @@ def evaluate(cfg: DictConfig) -> dict:
     transform = ensemble.members[0].transform  # the first member's training mean or majority class is the baseline
     report = score_splits(
         {name: mean for name, (mean, _) in combined.items()}, data, transform, out_dir, ensemble.name, prediction_splits=names,
-        spreads={name: spread for name, (_, spread) in combined.items()},
+        spreads={name: spread for name, (_, spread) in combined.items()}, training_counts=ensemble.training_element_counts(),
     )
     report.update(checkpoint=str(checkpoint_path), best_epoch=_best_epoch(checkpoint) if len(paths) == 1 else None)
     if len(paths) > 1:

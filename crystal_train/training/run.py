@@ -152,6 +152,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         f" (rank {context.rank} of {context.world_size})" if context.enabled else "",
     )
 
+    training_counts = data.store.element_counts(data.splits["train"])
     trainer = Trainer(
         model,
         optimizer,
@@ -170,6 +171,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             "units": data.units,
             "split_ids": ids_by_split,
             "training_elements": data.store.elements(data.splits["train"]),
+            "training_element_counts": training_counts,  # errors_by_element's n_train
             "launch_dir": str(Path.cwd()),  # where a relative data.snapshot is found
             "world_size": context.world_size,  # the ranks trainer.lr_scaling scaled the learning rate for
             # a resumed run trained partly on its earlier graphs, so it keeps their version when older
@@ -201,7 +203,9 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             name: predict(model, graphs, data.splits[name], normalizer, int(cfg.trainer.eval_batch_size), precision)
             for name in ("train", "val", "test")
         }
-        report = score_splits(predictions, data, normalizer, run_dir, type(model).__name__)
+        report = score_splits(
+            predictions, data, normalizer, run_dir, type(model).__name__, training_counts=training_counts
+        )
         report.update(
             best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed),
             train_seconds=sum(row["seconds"] for row in state.history),  # training and validation, over every resume
@@ -329,12 +333,14 @@ def score_splits(
     model_name: str,
     prediction_splits: tuple[str, ...] = ("test",),
     spreads: dict[str, np.ndarray] | None = None,
+    training_counts: dict[int, int] | None = None,
 ) -> dict:
     """Metrics for each split's predictions (metrics.json schema); writes predictions_<split>.csv,
     errors_by_element_<split>.csv and .png, and parity plots (regression) or ROC curves (classification), using `transform`'s
     metrics and baseline.
 
-    `spreads` (an ensemble's; None for a split, or all, without one) adds each crystal's member_std to the predictions files.
+    `spreads` (an ensemble's; None for a split, or all, without one) adds each crystal's member_std to the predictions files;
+    `training_counts` ({atomic number: training crystals holding it}) the n_train column of errors_by_element.
     """
     results = {}
     for name, predicted in predictions.items():
@@ -347,7 +353,7 @@ def score_splits(
                 spread=(spreads or {}).get(name), formulas=data.store.formulas(indices),
             )
             title = f"{model_name}: {name} split"
-            by_element = element_breakdown(data.store, indices, predicted, transform)
+            by_element = element_breakdown(data.store, indices, predicted, transform, training_counts)
             write_element_breakdown(out_dir / f"errors_by_element_{name}.csv", by_element, transform)
             element_plot(by_element, out_dir / f"errors_by_element_{name}.png", transform.score, data.units, split=name, title=f"{title}, by element")
             if transform.task == "classification":
