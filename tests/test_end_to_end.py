@@ -256,6 +256,17 @@ def test_predict_reads_every_row_of_tables_and_every_structure_of_a_cif(demo_run
     assert reasons.keys() == {str(like_cgcnn / "atom_init.json"), str(like_cgcnn / "id_prop.csv")}
     assert reasons[str(like_cgcnn / "id_prop.csv")].startswith("not a table of structures: ") and "data.id_column 'name' not found" in reasons[str(like_cgcnn / "id_prop.csv")]
 
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    frames = [AseAtomsAdaptor.get_atoms(structure) for structure in structures.values()]  # no ids: numbered frames
+    write(tmp_path / "relaxed.extxyz", frames, format="extxyz")
+    output = run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={tmp_path / 'relaxed.extxyz'}", f"output={tmp_path / 'xyz.csv'}", "device=cpu"]))
+    with open(output, newline="") as handle:
+        assert {row["id"]: float(row["prediction"]) for row in csv.DictReader(handle)} == pytest.approx(
+            {f"relaxed#{index}": expected[item_id] for index, item_id in enumerate(structures)}, abs=1e-5
+        )
+
     several = tmp_path / "several.cif"  # a CIF of several structures: a prediction per data block, as from its own file
     several.write_text("".join(cif_text(structures[item_id]) for item_id in ("mp-mgo", "mp-cu")))
     output = run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={several}", f"output={tmp_path / 'blocks.csv'}", "device=cpu"]))

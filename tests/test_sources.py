@@ -290,6 +290,77 @@ def _write_snapshot(path: Path) -> None:
         json.dump(snapshot, handle)
 
 
+def _atoms(item_id: str, **info):
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(_structures()[item_id])
+    atoms.info.update(info)
+    return atoms
+
+
+@pytest.mark.parametrize("name", ["data.extxyz", "data.xyz.gz"])
+def test_extended_xyz_frames_are_rows_with_their_key_value_pairs(tmp_path, name):
+    from ase import Atoms
+    from ase.io import write
+
+    frames = [_atoms(item_id, material_id=item_id, formation_energy_per_atom=TARGETS[item_id], split=SPLIT[item_id]) for item_id in TARGETS]
+    molecule = Atoms("H2", positions=[[0, 0, 0], [0, 0, 0.74]])  # no cell: not a crystal
+    molecule.info.update(material_id="h2", formation_energy_per_atom=0.0, split="train")
+    unlabelled = _atoms("mp-2", material_id="mp-4", split="train")
+    path = tmp_path / name
+    write(path, [*frames, molecule, unlabelled], format="extxyz")
+    data = load_source(path, "formation_energy_per_atom")
+    assert data.layout == "extxyz" and data.skipped == [("mp-4", "missing label")]
+    assert [(i.id, i.target, i.split) for i in data.items] == [(k, TARGETS[k], SPLIT[k]) for k in TARGETS] + [("h2", 0.0, "train")]
+    for item, structure in zip(data.items, _structures().values()):
+        _assert_matches(to_crystal(item), structure)
+    with pytest.raises(SkippedItem, match=r"not periodic along every axis"):
+        to_crystal(data.items[3])
+    with pytest.raises(ValueError, match=f"{name}: target column 'band_gap' not found .* available columns: material_id, formation_energy_per_atom, split"):
+        load_source(path, "band_gap")
+    assert [item.id for item in load_structure_table(path).items] == [*TARGETS, "h2", "mp-4"]  # crystal-predict's reading: every frame
+
+
+def test_training_data_from_extended_xyz_has_the_graphs_of_the_same_crystals_from_cifs(compose_train_cfg, tmp_path):
+    from ase.io import write
+
+    frames = [_atoms(item_id, material_id=item_id, formation_energy_per_atom=TARGETS[item_id], split=SPLIT[item_id]) for item_id in TARGETS]
+    write(tmp_path / "data.extxyz", frames, format="extxyz")
+    _frame().to_csv(tmp_path / "data.csv", index=False)
+    stores = [
+        prepare_data(cfg.data, graph_settings(cfg.graph), progress=False).store
+        for cfg in (compose_train_cfg(["data=mp_formation", f"data.snapshot={tmp_path / name}"], tmp_path) for name in ("data.extxyz", "data.csv"))
+    ]
+    from_xyz, from_cifs = stores
+    assert from_xyz.ids == from_cifs.ids == list(TARGETS) and from_xyz.targets.tolist() == from_cifs.targets.tolist()
+    for index in range(3):
+        edges = [slice(*store.edge_ptr[index : index + 2]) for store in stores]
+        np.testing.assert_allclose(np.sort(from_xyz.distances[edges[0]]), np.sort(from_cifs.distances[edges[1]]), atol=1e-4)
+
+
+def test_extended_xyz_frames_without_ids_are_numbered_and_a_calculators_total_energy_is_refused(tmp_path):
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.io import write
+
+    frames = []
+    for item_id in TARGETS:
+        atoms = _atoms(item_id)
+        atoms.calc = SinglePointCalculator(atoms, energy=-4.0 * len(atoms), forces=np.zeros((len(atoms), 3)))
+        frames.append(atoms)
+    supercell = frames[0].repeat((2, 1, 1))  # the same crystal, twice the atoms and twice the total energy
+    supercell.calc = SinglePointCalculator(supercell, energy=-4.0 * len(supercell))
+    path = tmp_path / "relaxed.extxyz.gz"
+    write(path, [*frames, supercell], format="extxyz")
+    data = load_source(path, "energy_per_atom")
+    assert [(item.id, item.target) for item in data.items] == [(f"relaxed#{index}", -4.0) for index in range(4)]
+    with pytest.raises(ValueError, match=r"relaxed.extxyz.gz: energy is each cell's total .* Train on data.target=energy_per_atom"):
+        load_source(path, "energy")
+    broken = tmp_path / "broken.xyz"
+    broken.write_text("two\natoms\n")
+    with pytest.raises(ValueError, match=r"cannot read extended XYZ from .*broken.xyz: XYZError"):
+        load_structure_table(broken)
+
+
 def test_a_structure_table_keeps_every_row_with_an_id_and_a_structure_whatever_its_labels(tmp_path):
     """crystal-predict's reading: labels, splits and their absence do not matter; ids and structures do."""
     nacl, si, cu = _structures().values()

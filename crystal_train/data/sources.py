@@ -16,6 +16,9 @@ Layouts, detected from the path:
 * ``json``: ``.json``/``.json.gz`` holding a list of records or a pandas ``split``-oriented
   table (``{"columns", "index", "data"}``, the matbench form, ids taken from the index).
 * ``snapshot``: a Materials Project snapshot written by `materials_project.download_snapshot`.
+* ``extxyz``: an extended XYZ file (``.extxyz`` or ``.xyz``, plain or ``.gz``/``.xz``/``.bz2``), as ASE writes it:
+  a frame per structure, its id, label and split in the frame's key=value pairs (scalars a calculator stored, such as
+  ``energy``, too); frames without an id key are ``<file stem>#<frame index>``.
 """
 
 from __future__ import annotations
@@ -41,7 +44,10 @@ STRUCTURE_COLUMNS = ("cif", "structure", "cif_text")
 SPLITS = ("train", "val", "test")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
 JSON_SUFFIXES = (".json", ".json.gz")
-TABLE_SUFFIXES = CSV_SUFFIXES + JSON_SUFFIXES
+EXTXYZ_SUFFIXES = tuple(f"{name}{packed}" for name in (".extxyz", ".xyz") for packed in ("", ".gz", ".xz", ".bz2"))
+TABLE_SUFFIXES = CSV_SUFFIXES + JSON_SUFFIXES + EXTXYZ_SUFFIXES
+EXTENSIVE_RESULTS = ("energy", "free_energy")  # a calculator's totals for the cell; their *_per_atom are intensive
+_FRAME_STRUCTURE = "ase_structure"  # the column extended XYZ frames' structures are read into
 CGCNN_LABELS = "id_prop.csv"
 CGCNN_TARGET = "target"  # what a CGCNN folder's unnamed labels are called
 
@@ -94,23 +100,29 @@ def load_source(
         return _load_csv(path, target, id_column, cif_column)
     if name.endswith(JSON_SUFFIXES):
         return _load_json(path, target, id_column, cif_column)
+    if name.endswith(EXTXYZ_SUFFIXES):
+        return _load_extxyz(path, target, id_column)
     raise ValueError(
-        f"unsupported data file {path}: expected {', '.join(CSV_SUFFIXES + JSON_SUFFIXES)}, "
+        f"unsupported data file {path}: expected {', '.join(TABLE_SUFFIXES)}, "
         f"a folder with train.csv/val.csv/test.csv, or a CGCNN folder with {CGCNN_LABELS}"
     )
 
 
 def is_table_file(path: Path) -> bool:
-    """Whether `path` is named as a CSV or JSON table of structures."""
+    """Whether `path` is named as a table of structures: CSV, JSON or extended XYZ."""
     return path.name.lower().endswith(TABLE_SUFFIXES)
 
 
 def load_structure_table(path: str | Path, id_column: str | None = None, cif_column: str | None = None) -> SourceData:
-    """Every row of a CSV or JSON table (or a crystal-train snapshot) with an id and a structure, labelled or not: the
-    structures crystal-predict reads from a table. Rows without an id or a structure, and repeated ids, are skipped."""
+    """Every row of a CSV or JSON table (or a crystal-train snapshot), or frame of an extended XYZ file, with an id and a
+    structure, labelled or not: the structures crystal-predict reads from a table. Rows without an id or a structure,
+    and repeated ids, are skipped."""
     path = Path(path)
     _require_existing(path)
-    return _load_csv(path, None, id_column, cif_column) if path.name.lower().endswith(CSV_SUFFIXES) else _load_json(path, None, id_column, cif_column)
+    name = path.name.lower()
+    if name.endswith(EXTXYZ_SUFFIXES):
+        return _load_extxyz(path, None, id_column)
+    return _load_csv(path, None, id_column, cif_column) if name.endswith(CSV_SUFFIXES) else _load_json(path, None, id_column, cif_column)
 
 
 def content_fingerprint(path: str | Path, target: str, id_column: str | None = None, cif_column: str | None = None) -> str:
@@ -255,6 +267,34 @@ def _load_json(path: Path, target: str | None, id_column: str | None, cif_column
     builder = _ItemBuilder()
     builder.add_frame(frame, path, target, id_column, cif_column, split=None)
     return builder.result("json", target)
+
+
+def _load_extxyz(path: Path, target: str | None, id_column: str | None) -> SourceData:
+    """An extended XYZ file's frames as the rows of a table: each frame's key=value pairs and its calculator's scalar
+    results (with energy_per_atom and free_energy_per_atom), its structure, and an id key or `<stem>#<frame index>`."""
+    from ase.io import read
+
+    try:
+        frames = read(path, index=":", format="extxyz")
+    except Exception as error:  # ASE raises many types for a malformed file
+        raise ValueError(f"cannot read extended XYZ from {path}: {type(error).__name__}: {error}") from None
+    stem = path.name[: -len(next(suffix for suffix in EXTXYZ_SUFFIXES[::-1] if path.name.lower().endswith(suffix)))]
+    named = id_column is not None or any(key in atoms.info for atoms in frames for key in ID_COLUMNS)
+    rows = []
+    for index, atoms in enumerate(frames):
+        results = {key: value for key, value in (atoms.calc.results if atoms.calc is not None else {}).items() if np.ndim(value) == 0}
+        per_atom = {f"{key}_per_atom": results[key] / len(atoms) for key in EXTENSIVE_RESULTS if key in results and len(atoms)}
+        structure = {"lattice": atoms.cell.array, "numbers": atoms.numbers, "cart_coords": atoms.positions, "pbc": atoms.pbc}
+        rows.append({**({} if named else {"id": f"{stem}#{index}"}), **per_atom, **results, **atoms.info, _FRAME_STRUCTURE: structure})
+    frame = pd.DataFrame(rows, dtype=object)
+    if target in EXTENSIVE_RESULTS and not any(target in atoms.info for atoms in frames) and target in frame.columns:
+        raise ValueError(
+            f"{path}: {target} is each cell's total (a calculator's result), which grows with the cell: the models here "
+            f"predict per-atom or intensive quantities (a supercell gets its cell's prediction). Train on data.target={target}_per_atom"
+        )
+    builder = _ItemBuilder()
+    builder.add_frame(frame, path, target, id_column, _FRAME_STRUCTURE, split=None)
+    return builder.result("extxyz", target)
 
 
 def _load_snapshot(path: Path, data: dict, target: str | None) -> SourceData:
