@@ -361,6 +361,48 @@ def test_extended_xyz_frames_without_ids_are_numbered_and_a_calculators_total_en
         load_structure_table(broken)
 
 
+def test_an_ase_databases_rows_are_read_as_extended_xyz_frames_are(tmp_path):
+    import sqlite3
+
+    from ase.calculators.singlepoint import SinglePointCalculator
+    from ase.db import connect
+
+    path = tmp_path / "screening.db"
+    with connect(path) as database:
+        for item_id in TARGETS:
+            database.write(_atoms(item_id), material_id=item_id, formation_energy_per_atom=TARGETS[item_id], split=SPLIT[item_id])
+        database.write(_atoms("mp-2"), material_id="mp-4", split="train")  # no label
+    data = load_source(path, "formation_energy_per_atom")
+    assert data.layout == "ase_db" and data.skipped == [("mp-4", "missing label")]
+    assert [(i.id, i.target, i.split) for i in data.items] == [(k, TARGETS[k], SPLIT[k]) for k in TARGETS]
+    for item, structure in zip(data.items, _structures().values()):
+        _assert_matches(to_crystal(item), structure)
+    assert [item.id for item in load_structure_table(path).items] == [*TARGETS, "mp-4"]
+
+    unnamed = tmp_path / "relaxed.db"  # no id key: rows by their database id, from 1; a stored energy per atom
+    with connect(unnamed) as database:
+        for item_id in TARGETS:
+            atoms = _atoms(item_id)
+            atoms.calc = SinglePointCalculator(atoms, energy=-3.0 * len(atoms))
+            database.write(atoms)
+    assert [(item.id, item.target) for item in load_source(unnamed, "energy_per_atom").items] == [(f"relaxed#{n}", -3.0) for n in (1, 2, 3)]
+
+    other = tmp_path / "other.db"  # an SQLite file of something else
+    with sqlite3.connect(other) as connection:
+        connection.execute("CREATE TABLE samples (name TEXT)")
+    with pytest.raises(ValueError, match=r"cannot read an ASE database from .*other.db: ValueError: an SQLite file without ASE's 'systems' table"):
+        load_source(other, "y")
+    with sqlite3.connect(other) as connection:  # left as it was
+        assert [name for (name,) in connection.execute("SELECT name FROM sqlite_master")] == ["samples"]
+    with connect(tmp_path / "empty.db") as database:
+        assert database.count() == 0
+    with pytest.raises(ValueError, match=r"empty.db holds no structures"):
+        load_structure_table(tmp_path / "empty.db")
+    (tmp_path / "notes.db").write_text("not SQLite")
+    with pytest.raises(ValueError, match=r"cannot read an ASE database from .*notes.db: DatabaseError"):
+        load_source(tmp_path / "notes.db", "y")
+
+
 def test_a_structure_table_keeps_every_row_with_an_id_and_a_structure_whatever_its_labels(tmp_path):
     """crystal-predict's reading: labels, splits and their absence do not matter; ids and structures do."""
     nacl, si, cu = _structures().values()

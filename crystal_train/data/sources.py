@@ -19,6 +19,8 @@ Layouts, detected from the path:
 * ``extxyz``: an extended XYZ file (``.extxyz`` or ``.xyz``, plain or ``.gz``/``.xz``/``.bz2``), as ASE writes it:
   a frame per structure, its id, label and split in the frame's key=value pairs (scalars a calculator stored, such as
   ``energy``, too); frames without an id key are ``<file stem>#<frame index>``.
+* ``ase_db``: an ASE database (``.db``), read the same way: a row per structure, its key-value pairs as the frame's;
+  rows without an id key are ``<file stem>#<row id>``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import gzip
 import hashlib
 import json
 import math
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,9 +48,10 @@ SPLITS = ("train", "val", "test")
 CSV_SUFFIXES = (".csv", ".csv.gz", ".csv.xz")
 JSON_SUFFIXES = (".json", ".json.gz")
 EXTXYZ_SUFFIXES = tuple(f"{name}{packed}" for name in (".extxyz", ".xyz") for packed in ("", ".gz", ".xz", ".bz2"))
-TABLE_SUFFIXES = CSV_SUFFIXES + JSON_SUFFIXES + EXTXYZ_SUFFIXES
+ASE_DB_SUFFIXES = (".db",)  # an ASE database (SQLite)
+TABLE_SUFFIXES = CSV_SUFFIXES + JSON_SUFFIXES + EXTXYZ_SUFFIXES + ASE_DB_SUFFIXES
 EXTENSIVE_RESULTS = ("energy", "free_energy")  # a calculator's totals for the cell; their *_per_atom are intensive
-_FRAME_STRUCTURE = "ase_structure"  # the column extended XYZ frames' structures are read into
+_FRAME_STRUCTURE = "ase_structure"  # the column the structures of extended XYZ frames and ASE database rows are read into
 CGCNN_LABELS = "id_prop.csv"
 CGCNN_TARGET = "target"  # what a CGCNN folder's unnamed labels are called
 
@@ -95,6 +99,26 @@ def load_source(
             f"data folder {path} has neither {CGCNN_LABELS} (CGCNN layout) "
             f"nor train.csv/val.csv/test.csv (split-folder layout)"
         )
+    return _load_file(path, target, id_column, cif_column)
+
+
+def is_table_file(path: Path) -> bool:
+    """Whether `path` is named as a table of structures: CSV, JSON, extended XYZ or an ASE database."""
+    return path.name.lower().endswith(TABLE_SUFFIXES)
+
+
+def load_structure_table(path: str | Path, id_column: str | None = None, cif_column: str | None = None) -> SourceData:
+    """Every row of a CSV or JSON table (or a crystal-train snapshot) or ASE database, or frame of an extended XYZ file,
+    with an id and a structure, labelled or not: the structures crystal-predict reads from a table. Rows without an id
+    or a structure, and repeated ids, are skipped."""
+    path = Path(path)
+    _require_existing(path)
+    return _load_file(path, None, id_column, cif_column)
+
+
+def _load_file(path: Path, target: str | None, id_column: str | None, cif_column: str | None) -> SourceData:
+    """A table of structures, by its name's suffix: every row with an id and a structure, labelled with `target`
+    (None: unlabelled rows too)."""
     name = path.name.lower()
     if name.endswith(CSV_SUFFIXES):
         return _load_csv(path, target, id_column, cif_column)
@@ -102,27 +126,12 @@ def load_source(
         return _load_json(path, target, id_column, cif_column)
     if name.endswith(EXTXYZ_SUFFIXES):
         return _load_extxyz(path, target, id_column)
+    if name.endswith(ASE_DB_SUFFIXES):
+        return _load_ase_db(path, target, id_column)
     raise ValueError(
         f"unsupported data file {path}: expected {', '.join(TABLE_SUFFIXES)}, "
         f"a folder with train.csv/val.csv/test.csv, or a CGCNN folder with {CGCNN_LABELS}"
     )
-
-
-def is_table_file(path: Path) -> bool:
-    """Whether `path` is named as a table of structures: CSV, JSON or extended XYZ."""
-    return path.name.lower().endswith(TABLE_SUFFIXES)
-
-
-def load_structure_table(path: str | Path, id_column: str | None = None, cif_column: str | None = None) -> SourceData:
-    """Every row of a CSV or JSON table (or a crystal-train snapshot), or frame of an extended XYZ file, with an id and a
-    structure, labelled or not: the structures crystal-predict reads from a table. Rows without an id or a structure,
-    and repeated ids, are skipped."""
-    path = Path(path)
-    _require_existing(path)
-    name = path.name.lower()
-    if name.endswith(EXTXYZ_SUFFIXES):
-        return _load_extxyz(path, None, id_column)
-    return _load_csv(path, None, id_column, cif_column) if name.endswith(CSV_SUFFIXES) else _load_json(path, None, id_column, cif_column)
 
 
 def content_fingerprint(path: str | Path, target: str, id_column: str | None = None, cif_column: str | None = None) -> str:
@@ -270,31 +279,62 @@ def _load_json(path: Path, target: str | None, id_column: str | None, cif_column
 
 
 def _load_extxyz(path: Path, target: str | None, id_column: str | None) -> SourceData:
-    """An extended XYZ file's frames as the rows of a table: each frame's key=value pairs and its calculator's scalar
-    results (with energy_per_atom and free_energy_per_atom), its structure, and an id key or `<stem>#<frame index>`."""
+    """An extended XYZ file's frames as the rows of a table (`_atoms_table`), by default ids `<stem>#<frame index>`."""
     from ase.io import read
 
     try:
         frames = read(path, index=":", format="extxyz")
     except Exception as error:  # ASE raises many types for a malformed file
         raise ValueError(f"cannot read extended XYZ from {path}: {type(error).__name__}: {error}") from None
-    stem = path.name[: -len(next(suffix for suffix in EXTXYZ_SUFFIXES[::-1] if path.name.lower().endswith(suffix)))]
-    named = id_column is not None or any(key in atoms.info for atoms in frames for key in ID_COLUMNS)
+    stem = _stem(path, EXTXYZ_SUFFIXES)
+    entries = [(f"{stem}#{index}", atoms, atoms.info) for index, atoms in enumerate(frames)]
+    return _atoms_table(path, entries, target, id_column, "extxyz")
+
+
+def _load_ase_db(path: Path, target: str | None, id_column: str | None) -> SourceData:
+    """An ASE database's rows as the rows of a table (`_atoms_table`), by default ids `<stem>#<row id>`."""
+    import sqlite3
+
+    from ase.db import connect
+
+    try:  # read-only first: ASE would add its tables to an SQLite file of anything else
+        with closing(sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)) as connection:
+            if not connection.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='systems'").fetchone()[0]:
+                raise ValueError("an SQLite file without ASE's 'systems' table")
+        with connect(path, type="db", create_indices=False) as database:
+            entries = [(f"{_stem(path, ASE_DB_SUFFIXES)}#{row.id}", row.toatoms(), row.key_value_pairs) for row in database.select()]
+    except Exception as error:  # sqlite3 and ASE raise many types for a file that is no ASE database
+        raise ValueError(f"cannot read an ASE database from {path}: {type(error).__name__}: {error}") from None
+    return _atoms_table(path, entries, target, id_column, "ase_db")
+
+
+def _atoms_table(path: Path, entries: list[tuple[str, object, dict]], target: str | None, id_column: str | None, layout: str) -> SourceData:
+    """(default id, ASE Atoms, key=value pairs) entries as the rows of a table: the pairs and the calculator's scalar
+    results (with energy_per_atom and free_energy_per_atom), the structure, and the id from an id key (else the default
+    id). Training on a calculator's total energy is refused: it grows with the cell."""
+    if not entries:
+        raise ValueError(f"{path} holds no structures")
+    named = id_column is not None or any(key in info for _, _, info in entries for key in ID_COLUMNS)
     rows = []
-    for index, atoms in enumerate(frames):
+    for default_id, atoms, info in entries:
         results = {key: value for key, value in (atoms.calc.results if atoms.calc is not None else {}).items() if np.ndim(value) == 0}
         per_atom = {f"{key}_per_atom": results[key] / len(atoms) for key in EXTENSIVE_RESULTS if key in results and len(atoms)}
         structure = {"lattice": atoms.cell.array, "numbers": atoms.numbers, "cart_coords": atoms.positions, "pbc": atoms.pbc}
-        rows.append({**({} if named else {"id": f"{stem}#{index}"}), **per_atom, **results, **atoms.info, _FRAME_STRUCTURE: structure})
+        rows.append({**({} if named else {"id": default_id}), **per_atom, **results, **info, _FRAME_STRUCTURE: structure})
     frame = pd.DataFrame(rows, dtype=object)
-    if target in EXTENSIVE_RESULTS and not any(target in atoms.info for atoms in frames) and target in frame.columns:
+    if target in EXTENSIVE_RESULTS and target in frame.columns and not any(target in info for _, _, info in entries):
         raise ValueError(
             f"{path}: {target} is each cell's total (a calculator's result), which grows with the cell: the models here "
             f"predict per-atom or intensive quantities (a supercell gets its cell's prediction). Train on data.target={target}_per_atom"
         )
     builder = _ItemBuilder()
     builder.add_frame(frame, path, target, id_column, _FRAME_STRUCTURE, split=None)
-    return builder.result("extxyz", target)
+    return builder.result(layout, target)
+
+
+def _stem(path: Path, suffixes: tuple[str, ...]) -> str:
+    """The file's name without the longest of `suffixes` it ends with (any case)."""
+    return path.name[: -max(len(suffix) for suffix in suffixes if path.name.lower().endswith(suffix))]
 
 
 def _load_snapshot(path: Path, data: dict, target: str | None) -> SourceData:

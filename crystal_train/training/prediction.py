@@ -63,7 +63,7 @@ def _folder_files(path: Path) -> list[Path]:
         raise FileNotFoundError(f"no structure files ({', '.join(STRUCTURE_FILE_PATTERNS)}) in {path}")
     ignored = [f for f in entries if f not in files and not f.is_dir()]
     if ignored:
-        tables = " (a CSV, JSON or extended XYZ table of structures is read when input= names it)" if any(map(is_table_file, ignored)) else ""
+        tables = " (a table of structures, CSV, JSON, extended XYZ or ASE database, is read when input= names it)" if any(map(is_table_file, ignored)) else ""
         log.warning(
             "Ignored %d file(s) in %s that are not structure files (%s) or cannot be opened%s: %s",
             len(ignored), path, ", ".join(STRUCTURE_FILE_PATTERNS), tables, first_few(f.name for f in ignored),
@@ -191,10 +191,10 @@ def structure_file_items(file: Path, file_id: str) -> list[RawItem]:
 
 
 def input_items(files: list[Path], id_column: str | None = None, cif_column: str | None = None) -> tuple[list[RawItem], list[tuple[str, str]]]:
-    """(an item per structure file, per structure of a CIF that holds several, and per row of each CSV, JSON or
-    extended XYZ table, in input order; what was skipped, with the reason: table rows without an id or structure, and
-    tables that cannot be read as one, such as a CGCNN folder's id_prop.csv matched by a glob). ValueError naming an
-    id that two inputs share, whose predictions could not be told apart."""
+    """(an item per structure file, per structure of a CIF that holds several, and per row of each table (CSV, JSON,
+    extended XYZ, ASE database), in input order; what was skipped, with the reason: table rows without an id or
+    structure, and tables that cannot be read as one, such as a CGCNN folder's id_prop.csv matched by a glob).
+    ValueError naming an id that two inputs share, whose predictions could not be told apart."""
     read_as_structures = [file for file in files if not is_table_file(file)]
     ids = dict(zip(read_as_structures, file_ids(read_as_structures)))
     items, skipped, origin = [], [], {}
