@@ -335,10 +335,30 @@ def test_a_cif_of_several_structures_gives_an_item_per_data_block_named_by_file_
         crystal, expected = to_crystal(item), structures[item_id]
         assert crystal.id == item.id and sorted(crystal.numbers) == sorted(expected.atomic_numbers)
 
+    marked = tmp_path / "marked.cif"  # a byte-order mark before the first block hides no structure
+    marked.write_text("\ufeff" + cif_text(structures["mp-cu"]) + cif_text(structures["mp-si"]), encoding="utf-8")
+    assert [item.id for item in input_items([marked])[0]] == ["marked#Cu", "marked#Si"]
+
     clashing = tmp_path / "many#Si.cif"
     clashing.write_text(cif_text(structures["mp-si"]))
     with pytest.raises(ValueError, match=rf"input= gives the id many#Si to {clashing} and to a data block of {many}"):
         input_items([many, clashing])
+
+
+def test_frames_without_ids_in_tables_of_one_name_are_told_apart_by_their_paths(tmp_path):
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = [AseAtomsAdaptor.get_atoms(structure) for structure in list(good_structures().values())[:2]]
+    tables = [tmp_path / "run1" / "traj.extxyz", tmp_path / "run2" / "traj.extxyz", tmp_path / "run1" / "traj.xyz.gz"]
+    for table in tables:
+        table.parent.mkdir(exist_ok=True)
+        write(table, atoms, format="extxyz")
+    items, _ = input_items(tables)
+    assert [item.id for item in items] == [
+        "run1/traj.extxyz#0", "run1/traj.extxyz#1", "run2/traj.extxyz#0", "run2/traj.extxyz#1", "traj.xyz.gz#0", "traj.xyz.gz#1",
+    ]
+    assert [item.id for item in input_items(tables[2:])[0]] == ["traj#0", "traj#1"]  # alone: as training names them
 
 
 def test_prediction_ids_stay_unique_when_a_whole_file_name_equals_another_files_id():

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 import math
 import os
 import pickle
@@ -298,7 +300,7 @@ def _atoms(item_id: str, **info):
     return atoms
 
 
-@pytest.mark.parametrize("name", ["data.extxyz", "data.xyz.gz"])
+@pytest.mark.parametrize("name", ["data.extxyz", "data.xyz.gz", "DATA.XYZ.GZ", "data.extxyz.bz2", "data.xyz.xz"])
 def test_extended_xyz_frames_are_rows_with_their_key_value_pairs(tmp_path, name):
     from ase import Atoms
     from ase.io import write
@@ -308,7 +310,10 @@ def test_extended_xyz_frames_are_rows_with_their_key_value_pairs(tmp_path, name)
     molecule.info.update(material_id="h2", formation_energy_per_atom=0.0, split="train")
     unlabelled = _atoms("mp-2", material_id="mp-4", split="train")
     path = tmp_path / name
-    write(path, [*frames, molecule, unlabelled], format="extxyz")
+    write(path.with_name("plain.extxyz"), [*frames, molecule, unlabelled], format="extxyz")
+    packed = {".gz": gzip.open, ".bz2": bz2.open, ".xz": lzma.open}.get(Path(name.lower()).suffix, open)
+    with packed(path, "wb") as handle:  # compressed here: ASE would not compress a name in capitals
+        handle.write(path.with_name("plain.extxyz").read_bytes())
     data = load_source(path, "formation_energy_per_atom")
     assert data.layout == "extxyz" and data.skipped == [("mp-4", "missing label")]
     assert [(i.id, i.target, i.split) for i in data.items] == [(k, TARGETS[k], SPLIT[k]) for k in TARGETS] + [("h2", 0.0, "train")]
@@ -316,7 +321,7 @@ def test_extended_xyz_frames_are_rows_with_their_key_value_pairs(tmp_path, name)
         _assert_matches(to_crystal(item), structure)
     with pytest.raises(SkippedItem, match=r"not periodic along every axis"):
         to_crystal(data.items[3])
-    with pytest.raises(ValueError, match=f"{name}: target column 'band_gap' not found .* available columns: material_id, formation_energy_per_atom, split"):
+    with pytest.raises(ValueError, match=f"{name}: target 'band_gap' is no key of its structures .*; keys: material_id, formation_energy_per_atom, split$"):
         load_source(path, "band_gap")
     assert [item.id for item in load_structure_table(path).items] == [*TARGETS, "h2", "mp-4"]  # crystal-predict's reading: every frame
 
@@ -353,6 +358,10 @@ def test_extended_xyz_frames_without_ids_are_numbered_and_a_calculators_total_en
     write(path, [*frames, supercell], format="extxyz")
     data = load_source(path, "energy_per_atom")
     assert [(item.id, item.target) for item in data.items] == [(f"relaxed#{index}", -4.0) for index in range(4)]
+    frames[1].info["name"] = "nacl-relaxed"  # an id key in some frames only: the others keep their numbers
+    write(path, frames, format="extxyz")
+    assert [item.id for item in load_source(path, "energy_per_atom").items] == ["relaxed#0", "nacl-relaxed", "relaxed#2"]
+    assert [item.id for item in load_structure_table(path, default_prefix="run1/relaxed").items][0] == "run1/relaxed#0"
     with pytest.raises(ValueError, match=r"relaxed.extxyz.gz: energy is each cell's total .* Train on data.target=energy_per_atom"):
         load_source(path, "energy")
     broken = tmp_path / "broken.xyz"

@@ -118,6 +118,7 @@ def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
 def cif_data_blocks(text: str) -> list[tuple[str, str]]:
     """(name, text) of each data_ block of CIF text that lists atom sites, in file order: the structures it holds
     (a publication block without atoms is none)."""
+    text = text.removeprefix("\ufeff")  # a byte-order mark before the first data_
     starts = [match.start() for match in _BLOCK_START.finditer(text)]
     blocks = [text[start:end] for start, end in zip(starts, starts[1:] + [len(text)])]
     return [(_BLOCK_NAME.match(block).group(1), block) for block in blocks if _ATOM_SITE_COORDINATES.search(block)]

@@ -26,9 +26,11 @@ Layouts, detected from the path:
 from __future__ import annotations
 
 import dataclasses
+import bz2
 import gzip
 import hashlib
 import json
+import lzma
 import math
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -51,7 +53,8 @@ EXTXYZ_SUFFIXES = tuple(f"{name}{packed}" for name in (".extxyz", ".xyz") for pa
 ASE_DB_SUFFIXES = (".db",)  # an ASE database (SQLite)
 TABLE_SUFFIXES = CSV_SUFFIXES + JSON_SUFFIXES + EXTXYZ_SUFFIXES + ASE_DB_SUFFIXES
 EXTENSIVE_RESULTS = ("energy", "free_energy")  # a calculator's totals for the cell; their *_per_atom are intensive
-_FRAME_STRUCTURE = "ase_structure"  # the column the structures of extended XYZ frames and ASE database rows are read into
+# the columns the ids and structures of extended XYZ frames and ASE database rows are read into
+_ENTRY_ID, _ENTRY_STRUCTURE = "ase_entry_id", "ase_entry_structure"
 CGCNN_LABELS = "id_prop.csv"
 CGCNN_TARGET = "target"  # what a CGCNN folder's unnamed labels are called
 
@@ -107,16 +110,26 @@ def is_table_file(path: Path) -> bool:
     return path.name.lower().endswith(TABLE_SUFFIXES)
 
 
-def load_structure_table(path: str | Path, id_column: str | None = None, cif_column: str | None = None) -> SourceData:
+def load_structure_table(
+    path: str | Path, id_column: str | None = None, cif_column: str | None = None, default_prefix: str | None = None
+) -> SourceData:
     """Every row of a CSV or JSON table (or a crystal-train snapshot) or ASE database, or frame of an extended XYZ file,
     with an id and a structure, labelled or not: the structures crystal-predict reads from a table. Rows without an id
-    or a structure, and repeated ids, are skipped."""
+    or a structure, and repeated ids, are skipped. Frames and database rows without an id key are named
+    `<default_prefix>#<frame index or row id>` (default: `table_stem`)."""
     path = Path(path)
     _require_existing(path)
-    return _load_file(path, None, id_column, cif_column)
+    return _load_file(path, None, id_column, cif_column, default_prefix)
 
 
-def _load_file(path: Path, target: str | None, id_column: str | None, cif_column: str | None) -> SourceData:
+def table_stem(path: Path) -> str:
+    """A table file's name without its suffixes (data for data.extxyz.gz)."""
+    return path.name[: -max(len(suffix) for suffix in TABLE_SUFFIXES if path.name.lower().endswith(suffix))]
+
+
+def _load_file(
+    path: Path, target: str | None, id_column: str | None, cif_column: str | None, default_prefix: str | None = None
+) -> SourceData:
     """A table of structures, by its name's suffix: every row with an id and a structure, labelled with `target`
     (None: unlabelled rows too)."""
     name = path.name.lower()
@@ -124,10 +137,9 @@ def _load_file(path: Path, target: str | None, id_column: str | None, cif_column
         return _load_csv(path, target, id_column, cif_column)
     if name.endswith(JSON_SUFFIXES):
         return _load_json(path, target, id_column, cif_column)
-    if name.endswith(EXTXYZ_SUFFIXES):
-        return _load_extxyz(path, target, id_column)
-    if name.endswith(ASE_DB_SUFFIXES):
-        return _load_ase_db(path, target, id_column)
+    if name.endswith(EXTXYZ_SUFFIXES + ASE_DB_SUFFIXES):
+        read = _extxyz_entries if name.endswith(EXTXYZ_SUFFIXES) else _ase_db_entries
+        return _atoms_table(path, read(path, default_prefix or table_stem(path)), target, id_column)
     raise ValueError(
         f"unsupported data file {path}: expected {', '.join(TABLE_SUFFIXES)}, "
         f"a folder with train.csv/val.csv/test.csv, or a CGCNN folder with {CGCNN_LABELS}"
@@ -278,21 +290,21 @@ def _load_json(path: Path, target: str | None, id_column: str | None, cif_column
     return builder.result("json", target)
 
 
-def _load_extxyz(path: Path, target: str | None, id_column: str | None) -> SourceData:
-    """An extended XYZ file's frames as the rows of a table (`_atoms_table`), by default ids `<stem>#<frame index>`."""
+def _extxyz_entries(path: Path, prefix: str) -> list[tuple[str, object, dict]]:
+    """(`<prefix>#<frame index>`, Atoms, key=value pairs) of each frame of an extended XYZ file."""
     from ase.io import read
 
-    try:
-        frames = read(path, index=":", format="extxyz")
+    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(Path(path.name.lower()).suffix, open)
+    try:  # decompressed here: ASE knows compressed files by lower-case suffixes only
+        with opener(path, "rt", encoding="utf-8") as handle:
+            frames = read(handle, index=":", format="extxyz")
     except Exception as error:  # ASE raises many types for a malformed file
         raise ValueError(f"cannot read extended XYZ from {path}: {type(error).__name__}: {error}") from None
-    stem = _stem(path, EXTXYZ_SUFFIXES)
-    entries = [(f"{stem}#{index}", atoms, atoms.info) for index, atoms in enumerate(frames)]
-    return _atoms_table(path, entries, target, id_column, "extxyz")
+    return [(f"{prefix}#{index}", atoms, atoms.info) for index, atoms in enumerate(frames)]
 
 
-def _load_ase_db(path: Path, target: str | None, id_column: str | None) -> SourceData:
-    """An ASE database's rows as the rows of a table (`_atoms_table`), by default ids `<stem>#<row id>`."""
+def _ase_db_entries(path: Path, prefix: str) -> list[tuple[str, object, dict]]:
+    """(`<prefix>#<row id>`, Atoms, key-value pairs) of each row of an ASE database, which is only read."""
     import sqlite3
 
     from ase.db import connect
@@ -302,39 +314,38 @@ def _load_ase_db(path: Path, target: str | None, id_column: str | None) -> Sourc
             if not connection.execute("SELECT COUNT(*) FROM sqlite_master WHERE name='systems'").fetchone()[0]:
                 raise ValueError("an SQLite file without ASE's 'systems' table")
         with connect(path, type="db", create_indices=False) as database:
-            entries = [(f"{_stem(path, ASE_DB_SUFFIXES)}#{row.id}", row.toatoms(), row.key_value_pairs) for row in database.select()]
+            return [(f"{prefix}#{row.id}", row.toatoms(), row.key_value_pairs) for row in database.select()]
     except Exception as error:  # sqlite3 and ASE raise many types for a file that is no ASE database
         raise ValueError(f"cannot read an ASE database from {path}: {type(error).__name__}: {error}") from None
-    return _atoms_table(path, entries, target, id_column, "ase_db")
 
 
-def _atoms_table(path: Path, entries: list[tuple[str, object, dict]], target: str | None, id_column: str | None, layout: str) -> SourceData:
+def _atoms_table(path: Path, entries: list[tuple[str, object, dict]], target: str | None, id_column: str | None) -> SourceData:
     """(default id, ASE Atoms, key=value pairs) entries as the rows of a table: the pairs and the calculator's scalar
-    results (with energy_per_atom and free_energy_per_atom), the structure, and the id from an id key (else the default
-    id). Training on a calculator's total energy is refused: it grows with the cell."""
+    results (with energy_per_atom and free_energy_per_atom), the structure, and the id: the entry's `id_column` key
+    (else the first of ID_COLUMNS it has), or its default id. Training on a calculator's total energy is refused: it
+    grows with the cell."""
     if not entries:
         raise ValueError(f"{path} holds no structures")
-    named = id_column is not None or any(key in info for _, _, info in entries for key in ID_COLUMNS)
+    id_keys = (id_column,) if id_column is not None else ID_COLUMNS
     rows = []
     for default_id, atoms, info in entries:
         results = {key: value for key, value in (atoms.calc.results if atoms.calc is not None else {}).items() if np.ndim(value) == 0}
         per_atom = {f"{key}_per_atom": results[key] / len(atoms) for key in EXTENSIVE_RESULTS if key in results and len(atoms)}
         structure = {"lattice": atoms.cell.array, "numbers": atoms.numbers, "cart_coords": atoms.positions, "pbc": atoms.pbc}
-        rows.append({**({} if named else {"id": default_id}), **per_atom, **results, **info, _FRAME_STRUCTURE: structure})
+        item_id = next((info[key] for key in id_keys if key in info), default_id)
+        rows.append({**per_atom, **results, **info, _ENTRY_ID: item_id, _ENTRY_STRUCTURE: structure})
     frame = pd.DataFrame(rows, dtype=object)
-    if target in EXTENSIVE_RESULTS and target in frame.columns and not any(target in info for _, _, info in entries):
+    keys = [column for column in frame.columns if column not in (_ENTRY_ID, _ENTRY_STRUCTURE)]
+    if target is not None and target not in keys:
+        raise ValueError(f"{path}: target {target!r} is no key of its structures (data.target=KEY names the one to use); keys: {', '.join(keys) or 'none'}")
+    if target in EXTENSIVE_RESULTS and not any(target in info for _, _, info in entries):
         raise ValueError(
             f"{path}: {target} is each cell's total (a calculator's result), which grows with the cell: the models here "
             f"predict per-atom or intensive quantities (a supercell gets its cell's prediction). Train on data.target={target}_per_atom"
         )
     builder = _ItemBuilder()
-    builder.add_frame(frame, path, target, id_column, _FRAME_STRUCTURE, split=None)
-    return builder.result(layout, target)
-
-
-def _stem(path: Path, suffixes: tuple[str, ...]) -> str:
-    """The file's name without the longest of `suffixes` it ends with (any case)."""
-    return path.name[: -max(len(suffix) for suffix in suffixes if path.name.lower().endswith(suffix))]
+    builder.add_frame(frame, path, target, _ENTRY_ID, _ENTRY_STRUCTURE, split=None)
+    return builder.result("extxyz" if path.name.lower().endswith(EXTXYZ_SUFFIXES) else "ase_db", target)
 
 
 def _load_snapshot(path: Path, data: dict, target: str | None) -> SourceData:

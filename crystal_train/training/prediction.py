@@ -9,6 +9,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from omegaconf import DictConfig
@@ -16,7 +17,7 @@ from omegaconf import DictConfig
 from crystal_train.data.cif import STRUCTURE_FILE_PATTERNS, cif_data_blocks, is_structure_file_name, structure_file_id
 from crystal_train.data.dataset import graph_settings, report_skipped, structure_warnings
 from crystal_train.data.loader import DeviceGraphs
-from crystal_train.data.sources import RawItem, is_table_file, load_structure_table, to_crystal
+from crystal_train.data.sources import RawItem, is_table_file, load_structure_table, table_stem, to_crystal
 from crystal_train.data.store import GraphStore, build_store
 from crystal_train.listing import first_few
 from crystal_train.training import artifacts
@@ -77,13 +78,13 @@ def _folder_files(path: Path) -> list[Path]:
     return files
 
 
-def file_ids(files: list[Path]) -> list[str]:
-    """Each file's id, unique: files that would share one (a.cif and a.vasp) keep their whole names, and files
-    whose whole names are the same (Cu/CONTCAR and NiAl/CONTCAR) their paths below the folder they share.
+def file_ids(files: list[Path], base_id: Callable[[Path], str] = structure_file_id) -> list[str]:
+    """Each file's id (`base_id`), unique: files that would share one (a.cif and a.vasp) keep their whole names, and
+    files whose whole names are the same (Cu/CONTCAR and NiAl/CONTCAR) their paths below the folder they share.
 
     Repeated until no two clash, since a whole name can equal another file's id (a.cif beside a.cif.vasp).
     """
-    ids = [structure_file_id(f) for f in files]
+    ids = [base_id(f) for f in files]
     while True:
         counts = Counter(ids)
         clashing = [i for i, item_id in enumerate(ids) if counts[item_id] > 1 and item_id != files[i].name]
@@ -195,8 +196,10 @@ def input_items(files: list[Path], id_column: str | None = None, cif_column: str
     extended XYZ, ASE database), in input order; what was skipped, with the reason: table rows without an id or
     structure, and tables that cannot be read as one, such as a CGCNN folder's id_prop.csv matched by a glob).
     ValueError naming an id that two inputs share, whose predictions could not be told apart."""
-    read_as_structures = [file for file in files if not is_table_file(file)]
+    tables = [file for file in files if is_table_file(file)]
+    read_as_structures = [file for file in files if file not in tables]
     ids = dict(zip(read_as_structures, file_ids(read_as_structures)))
+    prefixes = dict(zip(tables, file_ids(tables, table_stem)))  # of frames and rows without an id, as traj#0
     items, skipped, origin = [], [], {}
     for file in files:
         if file in ids:
@@ -204,7 +207,7 @@ def input_items(files: list[Path], id_column: str | None = None, cif_column: str
             where = str(file) if len(rows) == 1 else f"a data block of {file}"
         else:
             try:
-                table = load_structure_table(file, id_column, cif_column)
+                table = load_structure_table(file, id_column, cif_column, default_prefix=prefixes[file])
             except ValueError as error:
                 skipped.append((str(file), f"not a table of structures: {error}"))
                 continue
