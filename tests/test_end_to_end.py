@@ -94,6 +94,23 @@ def test_eval_reproduces_test_mae_with_no_other_argument(demo_run, tmp_path):
 
 
 @pytest.mark.slow
+def test_a_figure_that_fails_loses_no_score(demo_run, tmp_path, monkeypatch):
+    run_dir, _, _ = demo_run
+    import crystal_train.training.run as run_module
+
+    def broken_plot(*args, **kwargs):
+        raise RuntimeError("no fonts")
+
+    monkeypatch.setattr(run_module, "parity_plot", broken_plot)
+    with pytest.raises(RuntimeError, match="no fonts"):
+        evaluate(compose_config("eval", [f"ckpt={run_dir / 'checkpoints' / 'best.pt'}", f"output={tmp_path}", "device=cpu"]))
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["test"] == pytest.approx(json.loads((run_dir / "metrics.json").read_text())["test"], abs=1e-6)
+    assert written["checkpoint"] == str(run_dir / "checkpoints" / "best.pt")
+    assert (tmp_path / "predictions_test.csv").is_file() and (tmp_path / "errors_by_element_test.csv").is_file()
+
+
+@pytest.mark.slow
 def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, good_rows, tmp_path, caplog):
     """A demo-trained checkpoint scored on a CSV: the CSV's crystals, all of them, not the demo data."""
     run_dir, _, _ = demo_run

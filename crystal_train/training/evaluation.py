@@ -89,24 +89,24 @@ def evaluate(cfg: DictConfig) -> dict:
     members = {name: ensemble.member_predictions(graphs, data.splits[name], int(cfg.batch_size)) for name in names}
     combined = {name: ensemble.combine(stack) for name, stack in members.items()}
     transform = ensemble.members[0].transform  # the first member's training mean or majority class is the baseline
-    report = score_splits(
-        {name: mean for name, (mean, _) in combined.items()}, data, transform, out_dir, ensemble.name, prediction_splits=names,
-        spreads={name: spread for name, (_, spread) in combined.items()}, training_counts=ensemble.training_element_counts(),
-    )
-    report.update(checkpoint=str(checkpoint_path), best_epoch=_best_epoch(checkpoint) if len(paths) == 1 else None)
+    extra = {"checkpoint": str(checkpoint_path), "best_epoch": _best_epoch(checkpoint) if len(paths) == 1 else None}
     if len(paths) > 1:
-        report["members"] = [
+        extra["members"] = [
             {"checkpoint": str(member.path), "best_epoch": _best_epoch(member.checkpoint)}
             | {name: transform.metrics(data.store.targets[data.splits[name]], stack[i]) for name, stack in members.items()}
             for i, member in enumerate(ensemble.members)
         ]
         headline = "mae" if transform.task == "regression" else "roc_auc"
-        for member in report["members"]:
+        for member in extra["members"]:
             log.info(
                 "member %s: %s", member["checkpoint"],
                 "  ".join(f"{name} {METRIC_LABELS[headline]} {_number(member[name][headline])}" for name in names),
             )
-    artifacts.write_json(out_dir / "metrics.json", report)
+    report = score_splits(
+        {name: mean for name, (mean, _) in combined.items()}, data, transform, out_dir, ensemble.name, prediction_splits=names,
+        spreads={name: spread for name, (_, spread) in combined.items()}, training_counts=ensemble.training_element_counts(),
+        report_extra=extra,
+    )
     for name in names:
         scores = report[name]
         shown = "  ".join(f"{METRIC_LABELS[key]} {_number(value)}" for key, value in scores.items() if key != "n")

@@ -204,13 +204,12 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             for name in ("train", "val", "test")
         }
         report = score_splits(
-            predictions, data, normalizer, run_dir, type(model).__name__, training_counts=training_counts
+            predictions, data, normalizer, run_dir, type(model).__name__, training_counts=training_counts,
+            report_extra=dict(
+                best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed),
+                train_seconds=sum(row["seconds"] for row in state.history),  # training and validation, over every resume
+            ),
         )
-        report.update(
-            best_epoch=state.best_epoch, epochs=state.epoch, seed=int(cfg.seed),
-            train_seconds=sum(row["seconds"] for row in state.history),  # training and validation, over every resume
-        )
-        artifacts.write_json(run_dir / "metrics.json", report)
         log.info("Best epoch %d: %s", state.best_epoch, result_line(report, data.units))
         log.info(
             "Results in %s (metrics.json, predictions_test.csv, %s_test.png, errors_by_element_test.csv and .png); for new "
@@ -334,15 +333,17 @@ def score_splits(
     prediction_splits: tuple[str, ...] = ("test",),
     spreads: dict[str, np.ndarray] | None = None,
     training_counts: dict[int, int] | None = None,
+    report_extra: dict | None = None,
 ) -> dict:
-    """Metrics for each split's predictions (metrics.json schema); writes predictions_<split>.csv,
-    errors_by_element_<split>.csv and .png, and parity plots (regression) or ROC curves (classification), using `transform`'s
-    metrics and baseline.
+    """Metrics for each split's predictions (metrics.json schema, with `report_extra`'s entries); writes
+    predictions_<split>.csv, errors_by_element_<split>.csv, metrics.json, then errors_by_element_<split>.png and
+    parity plots (regression) or ROC curves (classification), using `transform`'s metrics and baseline: a figure that
+    fails loses no score.
 
     `spreads` (an ensemble's; None for a split, or all, without one) adds each crystal's member_std to the predictions files;
     `training_counts` ({atomic number: training crystals holding it}) the n_train column of errors_by_element.
     """
-    results = {}
+    results, figures = {}, []
     for name, predicted in predictions.items():
         indices = data.splits[name]
         targets = data.store.targets[indices]
@@ -352,15 +353,19 @@ def score_splits(
                 out_dir / f"predictions_{name}.csv", [data.store.ids[i] for i in indices], predicted, targets,
                 spread=(spreads or {}).get(name), formulas=data.store.formulas(indices),
             )
-            title = f"{model_name}: {name} split"
             by_element = element_breakdown(data.store, indices, predicted, transform, training_counts)
             write_element_breakdown(out_dir / f"errors_by_element_{name}.csv", by_element, transform)
-            element_plot(by_element, out_dir / f"errors_by_element_{name}.png", transform.score, data.units, split=name, title=f"{title}, by element")
-            if transform.task == "classification":
-                roc_plot(targets, predicted, out_dir / f"roc_{name}.png", data.target, split=name, title=title)
-            else:
-                parity_plot(targets, predicted, out_dir / f"parity_{name}.png", data.target, data.units, split=name, title=title)
-    return artifacts.metrics_report(results, data.target, data.units, transform)
+            figures.append((name, targets, predicted, by_element))
+    report = artifacts.metrics_report(results, data.target, data.units, transform) | (report_extra or {})
+    artifacts.write_json(out_dir / "metrics.json", report)
+    for name, targets, predicted, by_element in figures:
+        title = f"{model_name}: {name} split"
+        element_plot(by_element, out_dir / f"errors_by_element_{name}.png", transform.score, data.units, split=name, title=f"{title}, by element")
+        if transform.task == "classification":
+            roc_plot(targets, predicted, out_dir / f"roc_{name}.png", data.target, split=name, title=title)
+        else:
+            parity_plot(targets, predicted, out_dir / f"parity_{name}.png", data.target, data.units, split=name, title=title)
+    return report
 
 
 def _log_epoch(run_dir: Path, state, loggers) -> None:
