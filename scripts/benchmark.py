@@ -41,6 +41,7 @@ from torch_geometric.loader import DataLoader
 from crystal_train.data.batch import GraphBatch
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.loader import BatchIterator, DeviceGraphs
+from crystal_train.host_memory import keep_freed_memory
 from crystal_train.training.artifacts import write_json
 from crystal_train.training.inference import PRECISIONS, float32_matmul_precision, precision_context, resolve_device
 from crystal_train.training.metrics import Normalizer
@@ -308,6 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     device = resolve_device(args.device, "--device")
     report = {
+        "malloc_keeps_freed_memory": keep_freed_memory(),  # as crystal-train does; the baseline in this process gains too
         "snapshot": args.snapshot or "demo",
         "limit": args.limit,
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_description(),

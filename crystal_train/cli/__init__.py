@@ -7,6 +7,8 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
+from crystal_train.host_memory import keep_freed_memory
+
 
 def require_settings(cfg: DictConfig, command: str) -> None:
     """Exit with a one-line usage error, not a traceback, when a mandatory setting (`???`) was not given."""
@@ -19,6 +21,7 @@ def run_reporting_errors(command: str, job: Callable[[DictConfig], object], cfg:
     """Run `job(cfg)`; an error (a missing file, a refused setting) ends it with one line and exit status 1,
     not a traceback, unless HYDRA_FULL_ERROR=1 asks for the traceback."""
     require_settings(cfg, command)
+    keep_freed_memory()
     try:
         job(cfg)
     except Exception as error:

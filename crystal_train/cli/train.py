@@ -18,6 +18,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from crystal_train.atomic_file import LockHeldError
+from crystal_train.host_memory import keep_freed_memory
 from crystal_train.secrets_guard import take_api_key_argument
 from crystal_train.training.resume import ResumeConfigError
 from crystal_train.training.sweep import ERROR_FILE
@@ -103,6 +104,7 @@ def train_job(cfg: DictConfig) -> float:
     from crystal_train.training.loop import NonFiniteLossError
     from crystal_train.training.run import train
 
+    keep_freed_memory()
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     error_file = run_dir / ERROR_FILE
