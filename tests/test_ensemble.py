@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import torch
 from config_utils import compose_config
+from scipy.stats import spearmanr
 from conftest import cif_folder
 
 from crystal_train.training.evaluation import evaluate
 from crystal_train.training.prediction import run_predict
 from crystal_train.training.checkpoint import load_checkpoint, save_checkpoint
 from crystal_train.training.ensemble import checkpoint_paths
+from crystal_train.training.metrics import spread_quality
 
 
 def _variant(checkpoint: dict, path: Path, **changes) -> Path:
@@ -69,6 +71,13 @@ def test_eval_of_two_checkpoints_scores_their_mean_and_reports_each(two_members,
         assert member["test"] == scored_alone["test"] and member["best_epoch"] == scored_alone["best_epoch"] >= 1
     assert both["checkpoint"] == str(first) and both["best_epoch"] is None and "members" not in alone[0]
     assert json.loads((tmp_path / "both" / "metrics.json").read_text())["test"] == both["test"]
+    spread = np.array([float(row["member_std"]) for row in rows])
+    errors = np.abs((one + two) / 2 - targets)
+    assert both["member_spread"]["test"] == pytest.approx(
+        {"mean_spread": spread.mean(), "spearman_error_spread": spearmanr(errors, spread).statistic,
+         "within_1_spread": np.mean(errors <= spread), "within_2_spread": np.mean(errors <= 2 * spread)}, abs=1e-6,
+    )
+    assert "member_spread" not in alone[0]  # one model has no spread
 
 
 @pytest.mark.slow
@@ -166,6 +175,19 @@ def test_checkpoints_trained_on_different_data_are_named_in_a_warning(two_member
     with caplog.at_level(logging.WARNING):
         Ensemble.load([first, on_mp], torch.device("cpu"))
     assert f"The checkpoints trained on different data ({first}: demo, 120 crystals, data.seed=0; {on_mp}: mp2018.csv.xz)" in caplog.text
+
+
+def test_spread_quality_ranks_errors_against_spreads_and_counts_errors_within_them():
+    rng = np.random.default_rng(0)
+    targets, spread = rng.normal(size=500), rng.uniform(0.05, 1.0, 500)
+    calibrated = targets + rng.normal(size=500) * spread  # errors drawn with the spread as standard deviation
+    quality = spread_quality(targets, calibrated, spread)
+    assert quality["spearman_error_spread"] == pytest.approx(spearmanr(np.abs(calibrated - targets), spread).statistic)
+    assert quality["spearman_error_spread"] > 0.3 and abs(quality["within_1_spread"] - 0.68) < 0.06 and abs(quality["within_2_spread"] - 0.95) < 0.03
+    blind = spread_quality(targets, targets + rng.normal(size=500) * 0.5, spread)  # errors that ignore the spread
+    assert abs(blind["spearman_error_spread"]) < 0.1
+    assert spread_quality(targets, calibrated, np.full(500, 0.3))["spearman_error_spread"] is None  # a constant spread ranks nothing
+    assert spread_quality(targets[:1], calibrated[:1], spread[:1])["within_1_spread"] is None
 
 
 def test_ckpt_takes_one_path_or_a_list_of_different_files(tmp_path, monkeypatch):

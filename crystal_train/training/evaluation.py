@@ -16,7 +16,7 @@ from crystal_train.training import artifacts
 from crystal_train.training.applicability import warn_unseen_elements
 from crystal_train.training.ensemble import Ensemble, checkpoint_paths
 from crystal_train.training.inference import resolve_device
-from crystal_train.training.metrics import METRIC_LABELS
+from crystal_train.training.metrics import METRIC_LABELS, spread_quality
 from crystal_train.training.run import score_splits
 
 log = logging.getLogger(__name__)
@@ -96,11 +96,20 @@ def evaluate(cfg: DictConfig) -> dict:
             | {name: transform.metrics(data.store.targets[data.splits[name]], stack[i]) for name, stack in members.items()}
             for i, member in enumerate(ensemble.members)
         ]
+        if transform.task == "regression":  # does the members' spread say which predictions to trust?
+            extra["member_spread"] = {
+                name: spread_quality(data.store.targets[data.splits[name]], mean, spread) for name, (mean, spread) in combined.items()
+            }
         headline = "mae" if transform.task == "regression" else "roc_auc"
         for member in extra["members"]:
             log.info(
                 "member %s: %s", member["checkpoint"],
                 "  ".join(f"{name} {METRIC_LABELS[headline]} {_number(member[name][headline])}" for name in names),
+            )
+        for name, quality in extra.get("member_spread", {}).items():
+            log.info(
+                "%s: members' spread %s on average, rank correlation with the error %s, errors within one spread %s, within two %s",
+                name, *(_number(quality[key]) for key in ("mean_spread", "spearman_error_spread", "within_1_spread", "within_2_spread")),
             )
     report = score_splits(
         {name: mean for name, (mean, _) in combined.items()}, data, transform, out_dir, ensemble.name, prediction_splits=names,

@@ -34,6 +34,27 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict:
     }
 
 
+def spread_quality(targets: np.ndarray, predictions: np.ndarray, spread: np.ndarray) -> dict:
+    """How well an ensemble's member spread tracks its errors: the mean spread, the Spearman rank correlation of each
+    crystal's absolute error with its spread, and the fractions of errors within one and two spreads (0.68 and 0.95 if
+    the spread were a Gaussian error's standard deviation; an ensemble of a few members is usually overconfident)."""
+    import pandas as pd
+
+    errors = np.abs(np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64))
+    spread = np.asarray(spread, dtype=np.float64)
+    if errors.size < 2:
+        return {"mean_spread": float(spread.mean()) if spread.size else None, "spearman_error_spread": None,
+                "within_1_spread": None, "within_2_spread": None}
+    ranks = [pd.Series(values).rank().to_numpy() for values in (errors, spread)]  # ties share their mean rank
+    constant = any(np.ptp(rank) == 0 for rank in ranks)  # no correlation of a constant
+    return {
+        "mean_spread": float(spread.mean()),
+        "spearman_error_spread": None if constant else float(np.corrcoef(*ranks)[0, 1]),
+        "within_1_spread": float(np.mean(errors <= spread)),
+        "within_2_spread": float(np.mean(errors <= 2 * spread)),
+    }
+
+
 def classification_metrics(labels: np.ndarray, probabilities: np.ndarray) -> dict:
     """Accuracy, precision, recall and F1 of class 1 at probability 0.5, ROC AUC, log loss and n."""
     from sklearn import metrics as sk  # here: importing scikit-learn takes a second that the command-line start should not
