@@ -187,7 +187,12 @@ def test_spread_quality_ranks_errors_against_spreads_and_counts_errors_within_th
     blind = spread_quality(targets, targets + rng.normal(size=500) * 0.5, spread)  # errors that ignore the spread
     assert abs(blind["spearman_error_spread"]) < 0.1
     assert spread_quality(targets, calibrated, np.full(500, 0.3))["spearman_error_spread"] is None  # a constant spread ranks nothing
-    assert spread_quality(targets[:1], calibrated[:1], spread[:1])["within_1_spread"] is None
+    one = spread_quality(targets[:1], calibrated[:1], spread[:1])
+    assert one["spearman_error_spread"] is None and one["within_1_spread"] == float(abs(calibrated[0] - targets[0]) <= spread[0])
+    broken = calibrated.copy()
+    broken[7] = np.nan  # a member that diverged: no score, not a poor calibration
+    assert set(spread_quality(targets, broken, spread).values()) == {None}
+    assert set(spread_quality(targets[:0], calibrated[:0], spread[:0]).values()) == {None}
 
 
 def test_ckpt_takes_one_path_or_a_list_of_different_files(tmp_path, monkeypatch):

@@ -19,7 +19,7 @@ import numpy as np
 from crystal_train.host_memory import keep_freed_memory
 tuned = keep_freed_memory() if sys.argv[1] == "tuned" else False
 faults = []
-for mb in (20, 24, 22, 28, 26):
+for mb in (20, 24, 22, 28, 26, 100, 90):  # SchNet's at batch 64, then at batch 256
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     block = np.ones(mb * 2**20 // 4, dtype=np.float32)
     faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -37,11 +37,13 @@ def _allocations(mode: str) -> dict:
 def test_a_block_no_larger_than_one_freed_before_needs_no_fresh_pages():
     tuned = _allocations("tuned")
     assert tuned["tuned"] is True
-    first, _, smaller, _, smaller_again = tuned["faults"]
-    assert first > 100  # fresh pages, counted (huge pages make it fewer than the block's 5,120 small ones)
+    first, _, smaller, _, smaller_again, large, smaller_large = tuned["faults"]
+    assert first > 100 and large > 100  # fresh pages, counted (huge pages make it fewer than the blocks' 4 kB pages)
     assert smaller + smaller_again <= first / 10  # 22 MB after 24 MB, 26 MB after 28 MB: reused
+    assert smaller_large <= large / 10  # 90 MB after 100 MB too: above the 32 MiB that glibc's own adjustment stops at
 
 
-def test_a_users_own_malloc_settings_are_left_alone(monkeypatch):
-    monkeypatch.setenv("MALLOC_ARENA_MAX", "2")
+@pytest.mark.parametrize(("name", "value"), [("MALLOC_ARENA_MAX", "2"), ("GLIBC_TUNABLES", "glibc.malloc.mmap_threshold=65536")])
+def test_a_users_own_malloc_settings_are_left_alone(monkeypatch, name, value):
+    monkeypatch.setenv(name, value)
     assert keep_freed_memory() is False

@@ -36,17 +36,17 @@ def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict:
 
 def spread_quality(targets: np.ndarray, predictions: np.ndarray, spread: np.ndarray) -> dict:
     """How well an ensemble's member spread tracks its errors: the mean spread, the Spearman rank correlation of each
-    crystal's absolute error with its spread, and the fractions of errors within one and two spreads (0.68 and 0.95 if
-    the spread were a Gaussian error's standard deviation; an ensemble of a few members is usually overconfident)."""
+    crystal's absolute error with its spread (None for fewer than two crystals, or a constant), and the fractions of
+    errors within one and two spreads (0.68 and 0.95 if the spread were a Gaussian error's standard deviation; an
+    ensemble of a few members is usually overconfident). All None for no crystals or a prediction that is not finite."""
     import pandas as pd
 
     errors = np.abs(np.asarray(predictions, dtype=np.float64) - np.asarray(targets, dtype=np.float64))
     spread = np.asarray(spread, dtype=np.float64)
-    if errors.size < 2:
-        return {"mean_spread": float(spread.mean()) if spread.size else None, "spearman_error_spread": None,
-                "within_1_spread": None, "within_2_spread": None}
+    if errors.size == 0 or not (np.isfinite(errors).all() and np.isfinite(spread).all()):
+        return dict.fromkeys(("mean_spread", "spearman_error_spread", "within_1_spread", "within_2_spread"))
     ranks = [pd.Series(values).rank().to_numpy() for values in (errors, spread)]  # ties share their mean rank
-    constant = any(np.ptp(rank) == 0 for rank in ranks)  # no correlation of a constant
+    constant = any(np.ptp(rank) == 0 for rank in ranks)  # also a single crystal
     return {
         "mean_spread": float(spread.mean()),
         "spearman_error_spread": None if constant else float(np.corrcoef(*ranks)[0, 1]),
