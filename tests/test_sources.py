@@ -343,14 +343,14 @@ def test_training_data_from_extended_xyz_has_the_graphs_of_the_same_crystals_fro
         np.testing.assert_allclose(np.sort(from_xyz.distances[edges[0]]), np.sort(from_cifs.distances[edges[1]]), atol=1e-4)
 
 
-def test_extended_xyz_frames_without_ids_are_numbered_and_a_calculators_total_energy_is_refused(tmp_path):
+def test_extended_xyz_frames_without_ids_are_numbered_and_a_calculators_total_energy_is_refused(tmp_path, compose_train_cfg):
     from ase.calculators.singlepoint import SinglePointCalculator
     from ase.io import write
 
     frames = []
     for item_id in TARGETS:
         atoms = _atoms(item_id)
-        atoms.calc = SinglePointCalculator(atoms, energy=-4.0 * len(atoms), forces=np.zeros((len(atoms), 3)))
+        atoms.calc = SinglePointCalculator(atoms, energy=-4.0 * len(atoms), free_energy=-4.1 * len(atoms), forces=np.zeros((len(atoms), 3)))
         frames.append(atoms)
     supercell = frames[0].repeat((2, 1, 1))  # the same crystal, twice the atoms and twice the total energy
     supercell.calc = SinglePointCalculator(supercell, energy=-4.0 * len(supercell))
@@ -364,6 +364,9 @@ def test_extended_xyz_frames_without_ids_are_numbered_and_a_calculators_total_en
     assert [item.id for item in load_structure_table(path, default_prefix="run1/relaxed").items][0] == "run1/relaxed#0"
     with pytest.raises(ValueError, match=r"relaxed.extxyz.gz: energy is each cell's total .* Train on data.target=energy_per_atom"):
         load_source(path, "energy")
+    for target in ("energy_per_atom", "free_energy_per_atom"):  # ASE's energies are in eV
+        cfg = compose_train_cfg([f"data.snapshot={path}", f"data.target={target}"], tmp_path)
+        assert prepare_data(cfg.data, graph_settings(cfg.graph), progress=False).units == "eV/atom"
     broken = tmp_path / "broken.xyz"
     broken.write_text("two\natoms\n")
     with pytest.raises(ValueError, match=r"cannot read extended XYZ from .*broken.xyz: XYZError"):

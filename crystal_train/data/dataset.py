@@ -43,6 +43,7 @@ CLOSE_ATOMS = 0.5
 KNOWN_UNITS = {
     "formation_energy_per_atom": "eV/atom",
     "energy_per_atom": "eV/atom",
+    "free_energy_per_atom": "eV/atom",  # as an extended XYZ file's or ASE database's calculator results give it (ASE: eV)
     "energy_above_hull": "eV/atom",
     "band_gap": "eV",
     "e_form": "eV/atom",
