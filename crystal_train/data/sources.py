@@ -337,7 +337,9 @@ def _atoms_table(path: Path, entries: list[tuple[str, object, dict]], target: st
     frame = pd.DataFrame(rows, dtype=object)
     keys = [column for column in frame.columns if column not in (_ENTRY_ID, _ENTRY_STRUCTURE)]
     if target is not None and target not in keys:
-        raise ValueError(f"{path}: target {target!r} is no key of its structures (data.target=KEY names the one to use); keys: {', '.join(keys) or 'none'}")
+        raise ValueError(
+            f"{path}: target {target!r} is no key of its structures (data.target=KEY names the one to use); keys: {', '.join(keys) or 'none'}"
+        )
     if target in EXTENSIVE_RESULTS and not any(target in info for _, _, info in entries):
         raise ValueError(
             f"{path}: {target} is each cell's total (a calculator's result), which grows with the cell: the models here "
