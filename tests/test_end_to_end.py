@@ -109,6 +109,15 @@ def test_a_figure_that_fails_loses_no_score(demo_run, tmp_path, monkeypatch):
     assert written["checkpoint"] == str(run_dir / "checkpoints" / "best.pt")
     assert (tmp_path / "predictions_test.csv").is_file() and (tmp_path / "errors_by_element_test.csv").is_file()
 
+    monkeypatch.undo()  # the parity plot drawn again; training's learning curve, drawn after the scores too, fails
+    monkeypatch.setattr(run_module, "learning_curve_plot", broken_plot)
+    _, cache, _ = demo_run
+    cfg = compose_config("train", [*DEMO_OVERRIDES, f"data.cache_dir={cache}", "trainer.device=cpu", "trainer.progress_bar=false", "trainer.max_epochs=1"])
+    (tmp_path / "trained").mkdir()
+    with pytest.raises(RuntimeError, match="no fonts"):
+        train(cfg, tmp_path / "trained")
+    assert json.loads((tmp_path / "trained" / "metrics.json").read_text())["epochs"] == 1
+
 
 @pytest.mark.slow
 def test_eval_on_another_source_scores_every_crystal_of_it(demo_run, write_csv, good_rows, tmp_path, caplog):

@@ -195,7 +195,6 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             logger.close()
     if context.is_main:
         artifacts.write_history(run_dir / "history.csv", state.history)
-        learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units, state.best_epoch)  # a classifier's units are ""
         best = load_checkpoint(checkpoint_dir / "best.pt", map_location=device)
         model.load_state_dict(best["model_state"])
         precision = str(cfg.trainer.get("precision", "32"))
@@ -210,6 +209,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
                 train_seconds=sum(row["seconds"] for row in state.history),  # training and validation, over every resume
             ),
         )
+        learning_curve_plot(state.history, run_dir / "learning_curve.png", data.units, state.best_epoch)  # a classifier's units are ""
         log.info("Best epoch %d: %s", state.best_epoch, result_line(report, data.units))
         log.info(
             "Results in %s (metrics.json, predictions_test.csv, %s_test.png, errors_by_element_test.csv and .png); for new "
