@@ -116,10 +116,6 @@ class GraphStore:
 
         return [formula(int(index)) for index in indices]
 
-    def elements(self, indices: np.ndarray) -> list[int]:
-        """The sorted distinct atomic numbers over the crystals at `indices`."""
-        return sorted(int(z) for z in np.unique(self.numbers[np.isin(self._owners(self.node_ptr), indices)]))
-
     def element_holders(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(positions in `indices`, atomic numbers): a pair for each element of each crystal at `indices`, once."""
         indices = np.asarray(indices, dtype=np.int64)

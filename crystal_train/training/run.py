@@ -170,7 +170,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
             "target": data.target,
             "units": data.units,
             "split_ids": ids_by_split,
-            "training_elements": data.store.elements(data.splits["train"]),
+            "training_elements": sorted(training_counts),
             "training_element_counts": training_counts,  # errors_by_element's n_train
             "launch_dir": str(Path.cwd()),  # where a relative data.snapshot is found
             "world_size": context.world_size,  # the ranks trainer.lr_scaling scaled the learning rate for
