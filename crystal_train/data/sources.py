@@ -137,9 +137,10 @@ def _load_file(
         return _load_csv(path, target, id_column, cif_column)
     if name.endswith(JSON_SUFFIXES):
         return _load_json(path, target, id_column, cif_column)
-    if name.endswith(EXTXYZ_SUFFIXES + ASE_DB_SUFFIXES):
-        read = _extxyz_entries if name.endswith(EXTXYZ_SUFFIXES) else _ase_db_entries
-        return _atoms_table(path, read(path, default_prefix or table_stem(path)), target, id_column)
+    if name.endswith(EXTXYZ_SUFFIXES):
+        return _atoms_table(path, _extxyz_entries(path, default_prefix or table_stem(path)), target, id_column, "extxyz")
+    if name.endswith(ASE_DB_SUFFIXES):
+        return _atoms_table(path, _ase_db_entries(path, default_prefix or table_stem(path)), target, id_column, "ase_db")
     raise ValueError(
         f"unsupported data file {path}: expected {', '.join(TABLE_SUFFIXES)}, "
         f"a folder with train.csv/val.csv/test.csv, or a CGCNN folder with {CGCNN_LABELS}"
@@ -319,7 +320,9 @@ def _ase_db_entries(path: Path, prefix: str) -> list[tuple[str, object, dict]]:
         raise ValueError(f"cannot read an ASE database from {path}: {type(error).__name__}: {error}") from None
 
 
-def _atoms_table(path: Path, entries: list[tuple[str, object, dict]], target: str | None, id_column: str | None) -> SourceData:
+def _atoms_table(
+    path: Path, entries: list[tuple[str, object, dict]], target: str | None, id_column: str | None, layout: str
+) -> SourceData:
     """(default id, ASE Atoms, key=value pairs) entries as the rows of a table: the pairs and the calculator's scalar
     results (with energy_per_atom and free_energy_per_atom), the structure, and the id: the entry's `id_column` key
     (else the first of ID_COLUMNS it has), or its default id. Training on a calculator's total energy is refused: it
@@ -347,7 +350,7 @@ def _atoms_table(path: Path, entries: list[tuple[str, object, dict]], target: st
         )
     builder = _ItemBuilder()
     builder.add_frame(frame, path, target, _ENTRY_ID, _ENTRY_STRUCTURE, split=None)
-    return builder.result("extxyz" if path.name.lower().endswith(EXTXYZ_SUFFIXES) else "ase_db", target)
+    return builder.result(layout, target)
 
 
 def _load_snapshot(path: Path, data: dict, target: str | None) -> SourceData:
