@@ -82,7 +82,7 @@ def test_an_empty_split_gets_the_header_and_a_prediction_that_is_not_finite_an_e
     _, store = crystals_and_store
     empty = tmp_path / "errors_by_element_val.csv"
     write_element_breakdown(empty, element_breakdown(store, np.array([], dtype=np.int64), np.array([]), Normalizer(0.0, 1.0)), Normalizer(0.0, 1.0))
-    assert empty.read_text().splitlines() == ["element,z,n,n_train,mae,rmse,r2"]
+    assert empty.read_text().splitlines() == ["element,z,n,n_train,mae,mae_stderr,rmse,r2"]
 
     scored = np.arange(6)
     rows = element_breakdown(store, scored, np.array([0.0, np.nan, 2.0, 3.0, 4.0, 5.0]), Normalizer(0.0, 1.0))

@@ -45,7 +45,7 @@ def test_training_writes_every_run_file(demo_run):
         assert (run_dir / name).is_file(), name
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for split in ("train", "val", "test"):
-        assert set(metrics[split]) == {"mae", "rmse", "r2", "n"}
+        assert set(metrics[split]) == {"mae", "mae_stderr", "rmse", "r2", "n"}
         assert metrics[split]["n"] > 0
     assert metrics["val"]["mae"] == pytest.approx(best_val, rel=1e-5)
     assert metrics["target"] == "formation_energy_per_atom" and metrics["units"] == "eV/atom"
@@ -65,7 +65,7 @@ def test_training_writes_every_run_file(demo_run):
     assert list(predictions[0]) == ["id", "formula", "target", "prediction"]
     with open(run_dir / "errors_by_element_test.csv") as handle:
         by_element = list(csv.DictReader(handle))
-    assert list(by_element[0]) == ["element", "z", "n", "n_train", "mae", "rmse", "r2"]
+    assert list(by_element[0]) == ["element", "z", "n", "n_train", "mae", "mae_stderr", "rmse", "r2"]
     assert {row["element"] for row in by_element} <= {"Al", "Cu", "Ag", "Au", "Ni", "Pd", "Pt"}  # the demo's metals
     assert max(int(row["n"]) for row in by_element) <= metrics["test"]["n"] < sum(int(row["n"]) for row in by_element)
     training_counts = load_checkpoint(run_dir / "checkpoints" / "best.pt")["training_element_counts"]

@@ -57,7 +57,8 @@ def _history(epochs):
 def test_parity_annotation_formats_regression_metrics():
     # errors 0.1, -0.2, 0.3, -0.1: MAE 0.175, RMSE sqrt(0.15 / 4) = 0.194; R² = 1 - 0.15 / 8.75 (targets' mean 1.75) = 0.983
     text = parity_annotation(regression_metrics(np.array([0.0, 1.0, 2.0, 4.0]), np.array([0.1, 0.8, 2.3, 3.9])), "eV/atom")
-    assert "MAE = 0.175 eV/atom" in text
+    # absolute errors 0.1, 0.2, 0.3, 0.1: sample standard deviation 0.0957, over √4: standard error 0.048
+    assert "MAE = 0.175 ± 0.048 eV/atom" in text
     assert "RMSE = 0.194 eV/atom" in text
     assert "R² = 0.983" in text
     assert "n = 4" in text
@@ -86,7 +87,8 @@ def test_parity_figure_drops_non_finite_pairs():
     text = "\n".join(_texts(make_parity_figure(targets, predictions, "formation energy", "eV/atom")))
     assert "n = 46" in text
     assert "4 non-finite pairs dropped" in text
-    assert f"MAE = {regression_metrics(targets[4:], predictions[4:])['mae']:#.3g} eV/atom" in text
+    scores = regression_metrics(targets[4:], predictions[4:])
+    assert f"MAE = {scores['mae']:#.3g} ± {scores['mae_stderr']:.2g} eV/atom" in text
 
 
 def test_parity_figure_rejects_mismatched_lengths():

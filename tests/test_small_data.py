@@ -60,7 +60,7 @@ def test_an_empty_test_split_trains_and_says_there_is_nothing_to_score(compose_t
     with caplog.at_level("INFO"):
         train(cfg, tmp_path / "run")
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert metrics["test"] == {"mae": None, "rmse": None, "r2": None, "n": 0} and "baseline_test_mae" not in metrics
+    assert metrics["test"] == {"mae": None, "mae_stderr": None, "rmse": None, "r2": None, "n": 0} and "baseline_test_mae" not in metrics
     assert "(no test split to score)" in caplog.text and "nan" not in caplog.text
 
 

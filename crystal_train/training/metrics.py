@@ -12,26 +12,39 @@ PROBABILITY_CLIP = 1e-15
 
 # How reports name each metric of metrics.json.
 METRIC_LABELS = {
-    "mae": "MAE", "rmse": "RMSE", "r2": "R2",
+    "mae": "MAE", "mae_stderr": "MAE standard error", "rmse": "RMSE", "r2": "R2",
     "accuracy": "accuracy", "precision": "precision", "recall": "recall", "f1": "F1", "roc_auc": "ROC AUC", "log_loss": "log loss",
 }
 
 
 def regression_metrics(targets: np.ndarray, predictions: np.ndarray) -> dict:
-    """MAE, RMSE, R² and n, in the target's units."""
+    """MAE, its standard error, RMSE, R² and n, in the target's units.
+
+    The MAE's standard error (the sample standard deviation of the absolute errors over √n; None for fewer than two
+    crystals) is how far the MAE of another draw of as many crystals from the same population would typically lie: the
+    test split's sampling noise, to weigh a difference between two models' scores against. It leaves out the training's
+    own randomness, which seeds measure."""
     targets = np.asarray(targets, dtype=np.float64)
     predictions = np.asarray(predictions, dtype=np.float64)
     errors = predictions - targets
     n = int(targets.size)
     if n == 0:
-        return {"mae": None, "rmse": None, "r2": None, "n": 0}
+        return {"mae": None, "mae_stderr": None, "rmse": None, "r2": None, "n": 0}
     variance = float(np.sum((targets - targets.mean()) ** 2))
+    absolute = np.abs(errors)
     return {
-        "mae": float(np.mean(np.abs(errors))),
+        "mae": float(np.mean(absolute)),
+        "mae_stderr": float(np.std(absolute, ddof=1) / np.sqrt(n)) if n > 1 else None,
         "rmse": float(np.sqrt(np.mean(errors**2))),
         "r2": float(1.0 - np.sum(errors**2) / variance) if np.ptp(targets) > 0 else None,  # undefined for one target value
         "n": n,
     }
+
+
+def plus_standard_error(scores: dict) -> str:
+    """' ± <standard error>' to write after a split's MAE, or '' where it has none (one crystal, an older metrics.json)."""
+    stderr = scores.get("mae_stderr")
+    return "" if stderr is None else f" ± {stderr:.2g}"
 
 
 def spread_quality(targets: np.ndarray, predictions: np.ndarray, spread: np.ndarray) -> dict:

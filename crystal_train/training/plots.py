@@ -19,7 +19,7 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from crystal_train.atomic_file import atomic_write
-from crystal_train.training.metrics import METRIC_LABELS, classification_metrics, regression_metrics
+from crystal_train.training.metrics import METRIC_LABELS, classification_metrics, plus_standard_error, regression_metrics
 
 FIGSIZE = (6.0, 5.0)
 DPI = 150
@@ -52,11 +52,11 @@ def _fmt(value: float | None) -> str:
 
 
 def parity_annotation(metrics: dict, units: str) -> str:
-    """The MAE / RMSE / R² / n block written on a parity plot."""
+    """The MAE (± its standard error) / RMSE / R² / n block written on a parity plot."""
     suffix = f" {units}" if units else ""
     return "\n".join(
         [
-            f"MAE = {_fmt(metrics['mae'])}{suffix}",
+            f"MAE = {_fmt(metrics['mae'])}{plus_standard_error(metrics)}{suffix}",
             f"RMSE = {_fmt(metrics['rmse'])}{suffix}",
             f"R² = {_fmt(metrics['r2'])}",
             f"n = {metrics['n']:,}",

@@ -32,6 +32,7 @@ from crystal_train.training.initial_weights import starting_model
 from crystal_train.training.loggers import check_loggers, make_loggers
 from crystal_train.training.loop import Trainer, seed_everything
 from crystal_train.training.lr_scaling import lr_scale, scale_learning_rate
+from crystal_train.training.metrics import plus_standard_error
 from crystal_train.training.plots import element_plot, learning_curve_plot, parity_plot, roc_plot
 from crystal_train.training.resume import (
     check_same_data, check_same_lr_scale, check_same_training, keep_old_config, set_aside_earlier_run, should_resume,
@@ -237,7 +238,7 @@ def result_line(report: dict, units: str) -> str:
     if not report["test"]["n"]:
         return f"val MAE {report['val']['mae']:.4g}{units} (no test split to score)"
     return (
-        f"val MAE {report['val']['mae']:.4g}, test MAE {report['test']['mae']:.4g}{units} "
+        f"val MAE {report['val']['mae']:.4g}, test MAE {report['test']['mae']:.4g}{plus_standard_error(report['test'])}{units} "
         f"(mean-predictor baseline {report['baseline_test_mae']:.4g})"
     )
 

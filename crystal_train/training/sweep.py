@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 ERROR_FILE = "error.txt"  # written into a job's directory by crystal-train when the job fails
 
 SUMMARY_COLUMNS = (
-    "overrides", "status", "best_epoch", "epochs", "train_seconds", "val_mae", "val_rmse", "val_r2", "test_mae", "test_rmse", "test_r2", "run_dir",
+    "overrides", "status", "best_epoch", "epochs", "train_seconds", "val_mae", "val_rmse", "val_r2", "test_mae", "test_mae_stderr", "test_rmse", "test_r2", "run_dir",
 )
 # A sweep of classifiers (data.task=classification) reports these metrics in place of MAE, RMSE and R².
 CLASSIFICATION_METRICS = ("log_loss", "accuracy", "roc_auc")
