@@ -16,6 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from crystal_train.training.ensemble import Ensemble, checkpoint_paths
@@ -51,16 +52,21 @@ class Predictor:
         """Its units, e.g. eV/atom."""
         return self.ensemble.checkpoint.get("units")
 
-    def predict(self, structures: Sequence, ids: Sequence[str] | None = None, progress: bool = False) -> pd.DataFrame:
+    def predict(
+        self, structures: Sequence, ids: Sequence[str] | None = None, progress: bool = False, features: bool = False
+    ) -> pd.DataFrame:
         """One row per structure, in the order given: `id`, `formula` (reduced; "" where skipped), `prediction` (in `units`, or a classifier's probability of
         class 1; NaN where skipped), `member_std` (for several checkpoints), `unseen_elements` (where the checkpoints
         record their training elements), `structure_warnings`, and `skipped`, the reason a structure could not be used
-        ("" for the others).
+        ("" for the others). With `features` (one checkpoint only), also `feature_0` ... `feature_<width-1>`, the
+        crystal's feature vector that the output head reads (NaN where skipped), e.g. for a model of your own on top.
 
         A structure is a pymatgen Structure, an ASE Atoms periodic along every axis, CIF text, or a structure file's
         path; one alone needs no list. `ids` default to file ids when every structure is a path (as crystal-predict
         names them), else to positions ("0", "1", ...).
         """
+        if features:
+            self.ensemble.check_one_model("crystal features")
         structures = [structures] if _is_one_structure(structures) else list(structures)
         ids = _ids(structures, ids)
         items = [_raw_item(item_id, structure) for item_id, structure in zip(ids, structures)]
@@ -73,7 +79,7 @@ class Predictor:
         if len(self.ensemble.members) > 1:
             table.insert(3, "member_std", math.nan)
         if len(store):
-            predicted = predict_crystals(self.ensemble, store, self.device, self.batch_size)
+            predicted = predict_crystals(self.ensemble, store, self.device, self.batch_size, features=features)
             position = {item_id: row for row, item_id in enumerate(ids)}
             rows = [position[item_id] for item_id in predicted.ids]
             table.loc[rows, "formula"] = predicted.formulas
@@ -84,6 +90,10 @@ class Predictor:
                 table.loc[rows, "unseen_elements"] = [" ".join(predicted.unseen.get(item_id, [])) for item_id in predicted.ids]
             table.loc[rows, "structure_warnings"] = [predicted.warnings.get(item_id, "") for item_id in predicted.ids]
         table["skipped"] = pd.Series([skipped.get(item_id, "") for item_id in ids], dtype=object)
+        if features and len(store):  # none when no structure could be used
+            values = np.full((len(ids), predicted.features.shape[1]), np.nan, dtype=np.float32)
+            values[rows] = predicted.features
+            table = pd.concat([table, pd.DataFrame(values, columns=[f"feature_{i}" for i in range(values.shape[1])])], axis=1)
         return table
 
 

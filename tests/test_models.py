@@ -197,6 +197,38 @@ def test_prediction_invariant_when_the_neighbour_cap_cuts_a_shell_of_inequivalen
     torch.testing.assert_close(after, before.repeat(2), rtol=0, atol=1e-8)
 
 
+@pytest.mark.parametrize("transform", [rotated, translated, permuted, supercell, other_cell])
+def test_crystal_features_invariant(eval_model, transform):
+    name, model = eval_model
+    rng = np.random.default_rng(8)
+    crystal = random_crystal(rng)
+    with torch.no_grad():
+        before = model.crystal_features(make_batch([crystal], SETTINGS[name]))
+        after = model.crystal_features(make_batch([transform(crystal, rng)], SETTINGS[name]))
+    assert before.shape == (1, 16)  # the models' width
+    torch.testing.assert_close(after, before, rtol=0, atol=1e-8)
+
+
+def test_the_output_head_reads_the_crystal_features(eval_model):
+    name, model = eval_model
+    rng = np.random.default_rng(9)
+    crystals = [random_crystal(rng, i) for i in range(3)]
+    if name == "schnet":  # its head reads each atom before the mean: equal to reading the mean where all atoms are alike
+        crystals = [replace(c, numbers=c.numbers[:1], frac_coords=c.frac_coords[:1]) for c in crystals]
+    batch = make_batch(crystals, SETTINGS[name])
+    with torch.no_grad():
+        features = model.crystal_features(batch)
+        if name == "cgcnn":
+            head = model.conv_to_fc_softplus(model.conv_to_fc(model.conv_to_fc_softplus(features)))
+            for fc, softplus in zip(model.fcs, model.softpluses):
+                head = softplus(fc(head))
+            read = model.fc_out(head).squeeze(-1)
+        else:
+            read = model.lin2(model.act(model.lin1(features))).squeeze(-1)
+        torch.testing.assert_close(read, model(batch), rtol=0, atol=1e-10)
+    assert features[0].sub(features[1]).abs().max() > 1e-4  # crystals tell apart
+
+
 def test_prediction_depends_on_geometry(eval_model):
     """Control for the invariance tests: a strained crystal gets a different prediction."""
     name, model = eval_model

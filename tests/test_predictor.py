@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from ase import Atoms
 from config_utils import compose_config
-from conftest import cif_text, good_structures
+from conftest import cif_folder, cif_text, good_structures
 from pymatgen.io.ase import AseAtomsAdaptor
 
 from crystal_train.predictor import Predictor, _ids
@@ -98,3 +98,33 @@ def test_default_ids_are_file_ids_for_files_else_positions_and_given_ids_must_be
         _ids([copper], ["a", "b"])
     with pytest.raises(ValueError, match="ids=a name more than one structure each"):
         _ids([copper, copper], ["a", "a"])
+
+
+@pytest.mark.slow
+def test_crystal_features_from_crystal_predict_and_the_predictor_agree_and_skip_what_cannot_be_read(demo_run, tmp_path):
+    run_dir, _, _ = demo_run
+    ckpt = run_dir / "checkpoints" / "best.pt"
+    structures = good_structures()
+    folder = cif_folder(tmp_path, {"mp-cu", "mp-si"})
+    (folder / "broken.cif").write_text("data_broken\n_cell_length_a 3\n")
+    features_csv = tmp_path / "out" / "features.csv"
+    run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path / 'p.csv'}", f"features={features_csv}", "device=cpu"]))
+    with open(features_csv, newline="") as handle:
+        written = {row.pop("id"): np.array([float(value) for value in row.values()]) for row in csv.DictReader(handle)}
+    assert sorted(written) == ["mp-cu", "mp-si"]  # the broken CIF is in p.skipped.csv, not here
+    assert all(vector.shape == (64,) for vector in written.values())  # the demo CGCNN's atom_fea_len
+
+    table = Predictor(ckpt, device="cpu").predict([structures["mp-si"], folder / "broken.cif", structures["mp-cu"] * (1, 2, 1)], features=True)
+    columns = [f"feature_{i}" for i in range(64)]
+    assert list(table.columns[-64:]) == columns and table.loc[1, "skipped"].startswith("malformed CIF")
+    assert table.loc[1, columns].isna().all()
+    np.testing.assert_allclose(table.loc[0, columns].to_numpy(float), written["mp-si"], atol=1e-5)  # CIF-rounded coordinates
+    np.testing.assert_allclose(table.loc[2, columns].to_numpy(float), written["mp-cu"], atol=1e-5)  # a supercell's are its cell's
+    assert np.abs(written["mp-cu"] - written["mp-si"]).max() > 1e-3
+
+    with pytest.raises(ValueError, match="crystal features are one model's: give one checkpoint, not 2"):
+        Predictor([ckpt, ckpt.with_name("last.pt")], device="cpu").predict([structures["mp-si"]], features=True)
+    both = f"ckpt=[{ckpt},{ckpt.with_name('last.pt')}]"
+    with pytest.raises(ValueError, match=r"crystal features \(features=\) are one model's"):
+        run_predict(compose_config("predict", [both, f"input={folder}", f"output={tmp_path / 'q.csv'}", f"features={features_csv}", "device=cpu"]))
+    assert features_csv.is_file()  # refused before anything was replaced

@@ -125,15 +125,21 @@ class CGCNN(nn.Module):
 
     def forward(self, batch: GraphBatch) -> Tensor:
         """Predictions of shape (num_graphs,)."""
-        x = self.embedding(self.atom_features[batch.atomic_numbers])
-        edge_attr = self.gaussian(batch.distances.to(self.embedding.weight.dtype))
-        for conv in self.convs:
-            x = conv(x, batch.edge_index, edge_attr, batch.edge_weights)
-        # Pooling and head in the weights' dtype under bf16 autocast: a bf16 mean rounds its sum and atom count.
-        with torch.autocast(x.device.type, enabled=False):
-            crys = scatter(x.to(self.fc_out.weight.dtype), batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
+        crys = self.crystal_features(batch)
+        with torch.autocast(crys.device.type, enabled=False):  # the head in the weights' dtype, as the pooling
             crys = self.conv_to_fc_softplus(self.conv_to_fc(self.conv_to_fc_softplus(crys)))
             if self.n_h > 1:
                 for fc, softplus in zip(self.fcs, self.softpluses):
                     crys = softplus(fc(crys))
             return self.fc_out(crys).squeeze(-1)
+
+    def crystal_features(self, batch: GraphBatch) -> Tensor:
+        """Each crystal's feature vector, (num_graphs, atom_fea_len): the mean of its atoms' features after the last
+        convolution, which the output head reads."""
+        x = self.embedding(self.atom_features[batch.atomic_numbers])
+        edge_attr = self.gaussian(batch.distances.to(self.embedding.weight.dtype))
+        for conv in self.convs:
+            x = conv(x, batch.edge_index, edge_attr, batch.edge_weights)
+        # Pooling in the weights' dtype under bf16 autocast: a bf16 mean rounds its sum and atom count.
+        with torch.autocast(x.device.type, enabled=False):
+            return scatter(x.to(self.fc_out.weight.dtype), batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")

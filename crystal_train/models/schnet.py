@@ -113,7 +113,22 @@ class SchNet(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, batch: GraphBatch) -> Tensor:
-        """Predictions of shape (num_graphs,)."""
+        """Predictions of shape (num_graphs,): the mean over each crystal's atoms of the output head's value for each."""
+        h = self.atom_representations(batch)
+        # Output head and pooling in the weights' dtype under bf16 autocast: a bf16 mean rounds its sum and atom count.
+        with torch.autocast(h.device.type, enabled=False):
+            h = self.lin2(self.act(self.lin1(h.to(self.lin1.weight.dtype))))
+            return scatter(h, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean").squeeze(-1)
+
+    def crystal_features(self, batch: GraphBatch) -> Tensor:
+        """Each crystal's feature vector, (num_graphs, hidden_channels): the mean of its atoms' features after the last
+        interaction, which the output head reads atom by atom."""
+        h = self.atom_representations(batch)
+        with torch.autocast(h.device.type, enabled=False):
+            return scatter(h.to(self.lin1.weight.dtype), batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean")
+
+    def atom_representations(self, batch: GraphBatch) -> Tensor:
+        """Each atom's features after the last interaction, (num_nodes, hidden_channels)."""
         h = self.embedding(batch.atomic_numbers)
         distances = batch.distances.to(self.lin1.weight.dtype).clamp(max=self.cutoff)
         filter_scale = cosine_cutoff(distances, self.cutoff) * batch.edge_weights.to(distances.dtype)
@@ -123,7 +138,4 @@ class SchNet(nn.Module):
             rbf = self.distance_expansion(batch.distinct_distances.to(distances.dtype).clamp(max=self.cutoff))
         for interaction in self.interactions:
             h = h + interaction(h, batch.edge_index, filter_scale, rbf, batch.distance_index)
-        # Output head and pooling in the weights' dtype under bf16 autocast: a bf16 mean rounds its sum and atom count.
-        with torch.autocast(h.device.type, enabled=False):
-            h = self.lin2(self.act(self.lin1(h.to(self.lin1.weight.dtype))))
-            return scatter(h, batch.batch, dim=0, dim_size=batch.num_graphs, reduce="mean").squeeze(-1)
+        return h

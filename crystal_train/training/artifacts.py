@@ -98,6 +98,15 @@ def write_predictions(
     write_csv(path, header, zip(*columns))
 
 
+def write_crystal_features(path: Path, ids: Sequence[str], features: np.ndarray) -> None:
+    """CSV of id and feature_0 ... feature_<width-1>: each crystal's feature vector (float32: nine significant digits
+    read back the same number)."""
+    if len(features) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(features)} feature vectors for {path}")
+    header = ["id", *(f"feature_{i}" for i in range(features.shape[1]))]
+    write_csv(path, header, ([item_id, *(f"{value:.9g}" for value in row.tolist())] for item_id, row in zip(ids, features.astype(np.float32))))
+
+
 def write_skipped(path: Path, skipped: Iterable[tuple[str, str]]) -> None:
     write_csv(path, ["id", "reason"], skipped)
 

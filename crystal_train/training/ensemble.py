@@ -19,7 +19,7 @@ from crystal_train.data.features import model_elements
 from crystal_train.data.loader import DeviceGraphs
 from crystal_train.data.graphs import GraphSettings
 from crystal_train.training.checkpoint import load_model, trained_precision
-from crystal_train.training.inference import predict
+from crystal_train.training.inference import crystal_features, predict
 from crystal_train.training.metrics import Normalizer
 from crystal_train.training.tasks import ClassProbability, output_transform
 
@@ -149,6 +149,18 @@ class Ensemble:
             predict(member.model, graphs, indices, member.transform, batch_size, trained_precision(member.checkpoint))
             for member in self.members
         ])
+
+    def crystal_features(self, graphs: DeviceGraphs, indices: np.ndarray, batch_size: int) -> np.ndarray:
+        """(crystals, width) feature vectors that the one member's output head reads (`check_one_model` first)."""
+        self.check_one_model("crystal features")
+        member = self.members[0]
+        return crystal_features(member.model, graphs, indices, batch_size, trained_precision(member.checkpoint))
+
+    def check_one_model(self, what: str) -> None:
+        """ValueError unless the ensemble is one checkpoint: each model's features mean something else, so theirs are
+        neither averaged nor comparable."""
+        if len(self.members) > 1:
+            raise ValueError(f"{what} are one model's: give one checkpoint, not {len(self.members)}")
 
     @staticmethod
     def combine(member_predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

@@ -21,16 +21,29 @@ def predict(
 
     The model runs in the precision training validated it in (trainer.precision).
     """
+    outputs = _run(model, model, graphs, indices, batch_size, precision)
+    return normalizer.denormalize(outputs.double().numpy()) if outputs is not None else np.zeros(0)
+
+
+@torch.no_grad()
+def crystal_features(model: torch.nn.Module, graphs: DeviceGraphs, indices: np.ndarray, batch_size: int, precision: str = "32") -> np.ndarray:
+    """The feature vector the model's output head reads (`model.crystal_features`), float32 (len(indices), width), for
+    the crystals at `indices`, in that order."""
+    outputs = _run(model, model.crystal_features, graphs, indices, batch_size, precision)
+    return outputs.numpy() if outputs is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+def _run(model: torch.nn.Module, forward, graphs: DeviceGraphs, indices: np.ndarray, batch_size: int, precision: str):
+    """`forward` (the model, or one of its methods) in eval mode over the crystals at `indices` in batches, in the
+    precision training validated it in: its outputs concatenated as a float32 CPU tensor, None for no crystals."""
     model.eval()
     device_type = graphs.device.type
     outputs = []
     with float32_matmul_precision(precision):
         for batch in BatchIterator(graphs, indices, batch_size):
             with precision_context(device_type, precision):
-                outputs.append(model(batch).float())
-    if not outputs:
-        return np.zeros(0)
-    return normalizer.denormalize(torch.cat(outputs).double().cpu().numpy())
+                outputs.append(forward(batch).float())
+    return torch.cat(outputs).cpu() if outputs else None
 
 
 def precision_context(device_type: str, precision: str):

@@ -112,6 +112,7 @@ class PredictedCrystals:
     spread: np.ndarray | None  # the members' sample standard deviation; None for one checkpoint
     unseen: dict[str, list[str]] | None  # {id: elements its training split lacked}; None when the checkpoints do not record them
     warnings: dict[str, str]  # {id: what looks wrong with its structure}
+    features: np.ndarray | None = None  # (crystals, width): what the output head reads, when asked for
 
 
 def read_structures(
@@ -125,8 +126,9 @@ def read_structures(
     return store
 
 
-def predict_crystals(ensemble: Ensemble, store: GraphStore, device, batch_size: int) -> PredictedCrystals:
-    """Every crystal's prediction, with the warnings about unseen elements and suspect structures logged."""
+def predict_crystals(ensemble: Ensemble, store: GraphStore, device, batch_size: int, features: bool = False) -> PredictedCrystals:
+    """Every crystal's prediction (and with `features`, its feature vector), with the warnings about unseen elements
+    and suspect structures logged."""
     every_crystal = np.arange(len(store))
     training_elements = ensemble.training_elements()
     unseen = warn_unseen_elements(store, every_crystal, training_elements)
@@ -134,7 +136,7 @@ def predict_crystals(ensemble: Ensemble, store: GraphStore, device, batch_size: 
     predictions, spread = ensemble.combine(ensemble.member_predictions(graphs, every_crystal, batch_size))
     return PredictedCrystals(
         list(store.ids), store.formulas(every_crystal), predictions, spread, unseen if training_elements is not None else None,
-        structure_warnings(store),
+        structure_warnings(store), ensemble.crystal_features(graphs, every_crystal, batch_size) if features else None,
     )
 
 
@@ -144,14 +146,18 @@ def run_predict(cfg: DictConfig) -> Path:
     skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
     files = structure_files(cfg.input)
     ckpts = checkpoint_paths(cfg.ckpt)
-    _refuse_overwriting([*ckpts, *files, *([Path(cfg.atom_init)] if cfg.get("atom_init") else [])], (output, skipped_path))
+    features_path = Path(cfg.features).expanduser() if cfg.get("features") else None
+    outputs = (output, skipped_path, *([features_path] if features_path else []))
+    _refuse_overwriting([*ckpts, *files, *([Path(cfg.atom_init)] if cfg.get("atom_init") else [])], outputs)
     items, table_skipped = input_items(files, cfg.data.get("id_column"), cfg.data.get("cif_column"))
     device = resolve_device(str(cfg.device), "device")
     ensemble = Ensemble.load(ckpts, device, atom_init=cfg.get("atom_init"))
+    if features_path:
+        ensemble.check_one_model("crystal features (features=)")
     checkpoint = ensemble.checkpoint
     store = read_structures(ensemble, items, listed_in=str(skipped_path), skipped=table_skipped)
     output.parent.mkdir(parents=True, exist_ok=True)
-    for earlier in (skipped_path, output):  # an earlier run's files would now describe other structures
+    for earlier in outputs:  # an earlier run's files would now describe other structures
         earlier.unlink(missing_ok=True)
     if store.skipped:
         artifacts.write_skipped(skipped_path, store.skipped)
@@ -160,12 +166,16 @@ def run_predict(cfg: DictConfig) -> Path:
     if len(store) == 0:
         given = cfg.input if isinstance(cfg.input, str) else ", ".join(map(str, cfg.input))
         raise ValueError(f"none of the {len(items) + len(table_skipped)} structure(s) in {given} could be used; see {skipped_path}")
-    predicted = predict_crystals(ensemble, store, device, int(cfg.batch_size))
+    predicted = predict_crystals(ensemble, store, device, int(cfg.batch_size), features=features_path is not None)
     # Checkpoints that record their training elements get an unseen_elements column; others cannot tell.
     artifacts.write_predictions(
         output, predicted.ids, predicted.predictions, unseen=predicted.unseen, spread=predicted.spread, warnings=predicted.warnings,
         formulas=predicted.formulas,
     )
+    if features_path:
+        features_path.parent.mkdir(parents=True, exist_ok=True)
+        artifacts.write_crystal_features(features_path, predicted.ids, predicted.features)
+        log.info("Wrote the %d-number feature vectors of %d crystals to %s", predicted.features.shape[1], len(store), features_path)
     units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
     what = "probabilities of class 1" if ensemble.task == "classification" else "predictions of"
     log.info("Wrote %d %s %s%s by %s to %s", len(store), what, checkpoint.get("target"), units, ensemble.name, output)
