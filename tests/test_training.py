@@ -605,6 +605,44 @@ def test_sigterm_ends_a_run_with_status_143_and_it_resumes(tmp_path):
     assert re.search(r"Resumed from \S+last\.pt after epoch [23]\b", (run_dir / "train.log").read_text())
 
 
+# crystal-train with build_graph slowed down, sending SIGTERM to the main process at the 5th graph of the main process
+# or of each pool worker; with SIGTERM_ONCE=1, only the first of those.
+_TERMINATED_IN_THE_GRAPH_BUILD = """
+import os, signal, sys, time
+import crystal_train.data.store as store
+from crystal_train.cli.train import main
+built, real, main_pid = [0], store.build_graph, os.getpid()
+def build_graph(*args, **kwargs):
+    built[0] += 1
+    if built[0] == 5 and not (os.environ["SIGTERM_ONCE"] == "1" and os.path.exists("signalled")):
+        open("signalled", "w").close()
+        os.kill(main_pid, signal.SIGTERM)
+    time.sleep(0.02)
+    return real(*args, **kwargs)
+store.build_graph = build_graph
+sys.argv = ["crystal-train", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("crystals", "once"), [(150, True), (1000, True), (1000, False)])  # the pool builds from 200
+def test_sigterm_in_the_graph_build_stops_the_run_with_nothing_cached_or_skipped(tmp_path, crystals, once):
+    cache = tmp_path / "cache"
+    command = [
+        sys.executable, "-c", _TERMINATED_IN_THE_GRAPH_BUILD, "data=demo", f"data.num_crystals={crystals}", *QUIET_CPU,
+        f"data.cache_dir={cache}", f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    started = time.monotonic()
+    # Returns only once every process holding its output has ended: no pool worker is left behind.
+    result = subprocess.run(command, cwd=tmp_path, env=_env() | {"SIGTERM_ONCE": str(int(once))}, capture_output=True, text=True, timeout=120)
+    # Once: the note and status 143. A second SIGTERM ends the process at once (a shell reports that as 143 too).
+    assert result.returncode in ((143,) if once else (143, -signal.SIGTERM)), (result.stdout + result.stderr)[-3000:]
+    assert "Terminated (SIGTERM) before the first epoch finished" in result.stdout
+    assert time.monotonic() - started < 60  # not after every queued crystal (1000 × 0.02 s over two workers) was built
+    assert not list(cache.glob("graphs/graphs-*.pt")) and not (tmp_path / "run" / "skipped.csv").exists()
+
+
 def test_the_interrupt_note_of_a_run_that_started_over_does_not_advise_starting_over_again(tmp_path, caplog):
     from crystal_train.cli.train import _report_interrupt
 

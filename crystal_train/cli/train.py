@@ -26,11 +26,15 @@ from crystal_train.training.sweep import ERROR_FILE
 log = logging.getLogger(__name__)
 
 
-class Terminated(Exception):
-    """SIGTERM arrived during a single run: a batch scheduler's time limit or preemption, or `kill`."""
+class Terminated(BaseException):
+    """SIGTERM arrived during a single run: a batch scheduler's time limit or preemption, or `kill`.
+
+    A BaseException, as KeyboardInterrupt is, so that no `except Exception` on the way (one crystal's graph skipped
+    with its reason, a cache that cannot be read rebuilt) takes it for that code's own failure and carries on."""
 
 
 def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # a second SIGTERM ends the process at once, as Ctrl-C twice would
     raise Terminated()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -169,6 +170,30 @@ def _init_worker(to_crystal: Callable, settings: GraphSettings, supported: froze
     _worker_state.update(to_crystal=to_crystal, settings=settings, supported=supported)
 
 
+def _init_pool_worker(parent_pid: int, *init_args) -> None:
+    """_init_worker in a pool's process, which SIGTERM ends at once, as by default (a forked worker would otherwise run
+    the SIGTERM handler crystal-train's main process sets, raising in the middle of a crystal and carrying on), and
+    which ends when the main process does, however it ends."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _end_with_parent(parent_pid)
+    _init_worker(*init_args)
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """On Linux, have the kernel send this process SIGTERM when its parent ends: a pool worker left behind by a main
+    process that was killed would otherwise wait for work forever (its siblings hold the work queue open), holding
+    its memory and the terminal's output. Elsewhere, nothing."""
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None).prctl
+    except (OSError, AttributeError):  # no prctl: not Linux
+        return
+    prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent ended before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _build_one(item) -> tuple[str, float, str | None, _StoredGraph | None, str | None]:
     """(id, target, split, graph or None, skip reason or None) for one raw item."""
     try:
@@ -217,7 +242,7 @@ def build_store(
             return _assemble(tqdm(map(_build_one, items), **bar), skipped_before)
         context = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
         # A worker that dies (killed for lack of memory) breaks this pool with an error; it would hang a Pool.
-        with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_worker, initargs=init_args) as pool:
+        with ProcessPoolExecutor(num_workers, mp_context=context, initializer=_init_pool_worker, initargs=(os.getpid(), *init_args)) as pool:
             chunk = max(16, min(256, len(items) // (num_workers * 8) or 1))
             done = []
             try:
@@ -228,6 +253,9 @@ def build_store(
                     f"{len(done)} of {len(items)} items, before {', '.join(str(item.id) for item in items[len(done):len(done) + 3])}"
                     " or the items after them. Leave out very large structures, or free memory"
                 ) from None
+            except BaseException:  # Ctrl-C, SIGTERM: leaving the pool would otherwise wait for every queued chunk
+                pool.shutdown(wait=False, cancel_futures=True)
+                raise
     finally:
         torch.set_num_threads(threads)
 
