@@ -93,3 +93,11 @@ def test_eval_and_predict_apply_the_floor_saved_in_the_checkpoint(compose_train_
     output = run_predict(compose_config("predict", [f"ckpt={raised}", f"input={cifs}", f"output={tmp_path / 'predicted.csv'}", "device=cpu"]))
     with open(output, newline="") as handle:
         assert [float(row["prediction"]) for row in csv.DictReader(handle)] == [50.0] * 5
+    # an ensemble with a member that has no floor (trained before data.target_min existed) keeps the other's
+    unfloored = tmp_path / "unfloored.pt"
+    save_checkpoint(unfloored, **{**checkpoint, "normalizer": {**checkpoint["normalizer"], "minimum": None}})
+    both = f"ckpt=[{raised},{unfloored}]"
+    output = run_predict(compose_config("predict", [both, f"input={cifs}", f"output={tmp_path / 'both.csv'}", "device=cpu"]))
+    with open(output, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [float(row["prediction"]) for row in rows] == [50.0] * 5 and all(float(row["member_std"]) > 1.0 for row in rows)

@@ -162,11 +162,14 @@ class Ensemble:
         if len(self.members) > 1:
             raise ValueError(f"{what} are one model's: give one checkpoint, not {len(self.members)}")
 
-    @staticmethod
-    def combine(member_predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """The ensemble's predictions (the members' mean) and spread (their sample standard deviation; None for one member)."""
+    def combine(self, member_predictions: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        """The ensemble's predictions (the members' mean, floored at the highest of their targets' lower bounds: a
+        member trained before data.target_min existed has none) and spread (their sample standard deviation; None for
+        one member)."""
         spread = member_predictions.std(axis=0, ddof=1) if len(member_predictions) > 1 else None
-        return member_predictions.mean(axis=0), spread
+        floors = [member.transform.minimum for member in self.members if getattr(member.transform, "minimum", None) is not None]
+        mean = member_predictions.mean(axis=0)
+        return (mean.clip(max(floors), None) if floors else mean), spread
 
 
 def _describe(what: str, member: Member) -> str:
