@@ -112,7 +112,11 @@ def _ids(structures: list, ids: Sequence[str] | None) -> list[str]:
     """The given ids, which must be unique, or the default ones: file ids if every structure is a file, else positions."""
     if ids is None:
         if structures and all(isinstance(s, (str, os.PathLike)) and not _is_cif_text(s) for s in structures):
-            return file_ids([Path(s).expanduser() for s in structures])  # unique, as crystal-predict's
+            paths = [Path(s).expanduser() for s in structures]
+            repeated = [str(path) for path, count in Counter(path.resolve() for path in paths).items() if count > 1]
+            if repeated:  # also when named once by a relative and once by an absolute path
+                raise ValueError(f"{first_few(repeated)} listed more than once: give each file once, or ids=")
+            return file_ids(paths)  # unique, as crystal-predict's
         return [str(i) for i in range(len(structures))]
     ids = [str(item_id) for item_id in ids]
     if len(ids) != len(structures):

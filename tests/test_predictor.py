@@ -98,6 +98,9 @@ def test_default_ids_are_file_ids_for_files_else_positions_and_given_ids_must_be
         _ids([copper], ["a", "b"])
     with pytest.raises(ValueError, match="ids=a name more than one structure each"):
         _ids([copper, copper], ["a", "a"])
+    with pytest.raises(ValueError, match=f"{tmp_path / 'x.cif'} listed more than once: give each file once, or ids="):
+        _ids([tmp_path / "x.cif", tmp_path / "y.cif", tmp_path / "sub" / ".." / "x.cif"], None)
+    assert _ids([tmp_path / "x.cif", tmp_path / "x.cif"], ["first", "second"]) == ["first", "second"]
 
 
 @pytest.mark.slow
