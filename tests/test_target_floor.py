@@ -101,3 +101,19 @@ def test_eval_and_predict_apply_the_floor_saved_in_the_checkpoint(compose_train_
     with open(output, newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert [float(row["prediction"]) for row in rows] == [50.0] * 5 and all(float(row["member_std"]) > 1.0 for row in rows)
+
+
+def test_eval_scores_another_source_with_labels_below_the_floor_and_names_them(compose_train_cfg, write_csv, good_rows, tmp_path, caplog):
+    cfg = compose_train_cfg([f"data.snapshot={write_csv(good_rows)}", *TINY_RUN], tmp_path)
+    train(cfg, tmp_path / "run")
+    rows = [dict(row) for row in good_rows]
+    rows[0]["band_gap"] = -0.05  # a noisy external label below 0 eV
+    other = write_csv(rows, "other.csv")
+    with caplog.at_level("WARNING"):
+        report = evaluate(compose_config("eval", [f"ckpt={tmp_path / 'run' / 'checkpoints' / 'best.pt'}", f"data.snapshot={other}",
+                                                  f"output={tmp_path / 'eval'}", "device=cpu"]))
+    assert report["source"]["n"] == len(rows)
+    assert f"1 crystal(s) of {other} have a band_gap below 0, the lower bound" in caplog.text and f"{rows[0]['material_id']} (-0.05)" in caplog.text
+    with open(tmp_path / "eval" / "predictions_source.csv", newline="") as handle:
+        scored = {row["id"]: row for row in csv.DictReader(handle)}
+    assert float(scored[rows[0]["material_id"]]["target"]) == -0.05 and float(scored[rows[0]["material_id"]]["prediction"]) >= 0.0

@@ -53,7 +53,9 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"{', '.join(f'data.{key}' for key in source_settings)} describe another source: give it with data.snapshot=PATH")
     if "positive_at_most" in source_settings and ensemble.task != "classification":
         raise ValueError(f"data.positive_at_most makes two classes for a classifier, but {checkpoint_path} is a regression model")
+    floor = train_cfg.data.get("target_min")
     if other_source:
+        train_cfg.data.target_min = None  # the source's labels are scored as they are; the floor bounds the predictions
         train_cfg.data.snapshot = str(cfg.data.snapshot)
         train_cfg.data.limit = None
         train_cfg.data.split.file = None
@@ -72,6 +74,8 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=ensemble.elements(), whole=whole_source)
     data.units = data.units or trained_units  # a CGCNN folder's labels have no units of their own
+    if other_source and floor is not None:
+        _warn_labels_below(data, float(floor))
     if not whole_source:
         if saved and split_from != "data" and (not other_source or _holds_every_id(data.store, saved)):
             data.splits = splits_from_ids(data.store, saved, origin=f"the split saved in {checkpoint_path}")
@@ -122,6 +126,17 @@ def evaluate(cfg: DictConfig) -> dict:
         log.info("%s: %s  n %d", name, shown, scores["n"])
     log.info("Wrote %s", out_dir / "metrics.json")
     return report
+
+
+def _warn_labels_below(data, floor: float) -> None:
+    """Name the crystals of another source labelled below the model's lower bound, which no prediction goes below."""
+    below = np.flatnonzero(data.store.targets < floor)
+    if below.size:
+        log.warning(
+            "%d crystal(s) of %s have a %s below %g, the lower bound the model's predictions are floored at (its training's "
+            "data.target_min), so each one's error is at least its distance below it: %s",
+            below.size, data.source, data.target, floor, first_few(f"{data.store.ids[i]} ({data.store.targets[i]:g})" for i in below),
+        )
 
 
 def _refuse_a_training_run_directory(out_dir: Path) -> None:
