@@ -738,10 +738,33 @@ def test_sweep_summary_marks_jobs_with_an_error_failed_even_with_old_metrics(tmp
         rows = list(csv.DictReader(handle))
     assert (failed, jobs) == (2, 4)
     assert [(Path(row["run_dir"]).name, row["status"], row["val_mae"]) for row in rows] == [
-        ("1", "ok", "0.2"), ("0", "failed", ""), ("2", "failed", ""), ("10", "ok", ""),  # job numbers in number order
+        ("1", "ok", "0.2"), ("10", "ok", ""), ("0", "failed", ""), ("2", "failed", ""),  # failed last; job numbers in number order
     ]
-    assert rows[3]["test_mae"] == "0.3"
-    assert rows[1]["overrides"] == "optim.lr=0.1"
+    assert rows[1]["test_mae"] == "0.3"
+    assert rows[2]["overrides"] == "optim.lr=0.1"
+
+
+def test_a_sweep_of_regressions_and_classifiers_keeps_the_scores_of_both(tmp_path):
+    """-m data=demo,mp_metal: each task's rows ranked by its own validation score, regressions first, failed jobs last."""
+    regression = {split: {"mae": mae, "rmse": 1.0, "r2": 0.5} for split, mae in (("val", 0.2), ("test", 0.3))}
+    classifier = {"task": "classification"} | {split: {"log_loss": loss, "accuracy": 0.8, "roc_auc": 0.9} for split, loss in (("val", 0.4), ("test", 0.5))}
+    jobs = {"0": {"task": "regression", **regression}, "1": classifier, "2": {**regression, "val": {"mae": 0.1}}, "3": None,
+            "4": {**classifier, "val": {"log_loss": 0.3}}}
+    for name, metrics in jobs.items():
+        (tmp_path / name / ".hydra").mkdir(parents=True)
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(f"- job={name}\n")
+        if metrics is not None:
+            (tmp_path / name / "metrics.json").write_text(json.dumps(metrics))
+    path, failed, _ = summarize_sweep(tmp_path)
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        rows = list(reader)
+    assert {"task", "val_mae", "test_mae", "val_log_loss", "test_accuracy"} <= set(reader.fieldnames) and failed == 1
+    assert [(row["overrides"], row["task"], row["val_mae"], row["val_log_loss"]) for row in rows] == [
+        ("job=2", "regression", "0.1", ""), ("job=0", "regression", "0.2", ""), ("job=4", "classification", "", "0.3"),
+        ("job=1", "classification", "", "0.4"), ("job=3", "", "", ""),
+    ]
+    assert rows[3]["test_accuracy"] == "0.8" and rows[1]["test_mae"] == "0.3"
 
 
 def test_sweep_summary_finds_jobs_nested_by_the_sweep_subdir_with_their_config_copies_elsewhere(tmp_path):

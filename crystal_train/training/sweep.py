@@ -41,7 +41,7 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since
         if earlier:
             log.info("Left out %d job folder(s) of an earlier sweep in %s: %s", len(earlier), sweep_dir, ", ".join(job.name for job in earlier[:5]))
         jobs = [job for job in jobs if job not in earlier]
-    rows, classifiers = [], False
+    rows, tasks = [], set()
     for run_dir in sorted(jobs, key=_job_order):
         metrics_path = run_dir / "metrics.json"
         overrides_path = run_dir / output_subdir / "overrides.yaml" if output_subdir else None
@@ -49,8 +49,8 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since
         row = {"overrides": " ".join(str(o) for o in overrides), "status": "failed", "run_dir": str(run_dir)}
         if metrics_path.exists() and not (run_dir / ERROR_FILE).exists():
             metrics = json.loads(metrics_path.read_text())
-            classifiers |= metrics.get("task") == "classification"
             row.update(
+                task=metrics.get("task", "regression"),
                 status="ok",
                 best_epoch=metrics.get("best_epoch"),
                 epochs=metrics.get("epochs"),
@@ -58,18 +58,29 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since
                 **{f"{split}_{name}": value for split in ("val", "test") for name, value in metrics.get(split, {}).items()},
             )
         rows.append(row)
-    columns = _classifier_columns() if classifiers else SUMMARY_COLUMNS
-    score = "val_log_loss" if classifiers else "val_mae"
-    rows.sort(key=lambda row: float("inf") if row.get(score) is None else row[score])
+        tasks.add(row.get("task"))
+    columns = _columns(tasks)
+    rows.sort(key=_rank)
     path = sweep_dir / "sweep_summary.csv"
     write_csv(path, columns, ([row.get(column, "") for column in columns] for row in rows))
     return path, sum(row["status"] == "failed" for row in rows), len(rows)
 
 
-def _classifier_columns() -> tuple[str, ...]:
-    """SUMMARY_COLUMNS with CLASSIFICATION_METRICS in place of MAE, RMSE and R²."""
+def _columns(tasks: set) -> tuple[str, ...]:
+    """SUMMARY_COLUMNS, with CLASSIFICATION_METRICS in place of the regression metrics for a sweep of classifiers, or
+    after them (and a task column) for a sweep of both."""
+    if "classification" not in tasks:
+        return SUMMARY_COLUMNS
     scores = tuple(f"{split}_{name}" for split in ("val", "test") for name in CLASSIFICATION_METRICS)
-    return (*SUMMARY_COLUMNS[:5], *scores, SUMMARY_COLUMNS[-1])
+    if "regression" not in tasks:
+        return (*SUMMARY_COLUMNS[:5], *scores, SUMMARY_COLUMNS[-1])
+    return (*SUMMARY_COLUMNS[:2], "task", *SUMMARY_COLUMNS[2:-1], *scores, SUMMARY_COLUMNS[-1])
+
+
+def _rank(row: dict) -> tuple:
+    """Regressions by validation MAE, then classifiers by validation log loss, then failed jobs."""
+    score = row.get("val_log_loss" if row.get("task") == "classification" else "val_mae")
+    return (row.get("task") is None, row.get("task") == "classification", float("inf") if score is None else score)
 
 
 def _last_change(job: Path) -> float:
