@@ -17,7 +17,8 @@ import pytest
 from conftest import SHARED_DATASETS
 from pymatgen.core import Lattice, Structure
 
-from crystal_train.data.crystal import SkippedItem, cell_thickness
+import crystal_train.data.crystal as crystal_module
+from crystal_train.data.crystal import SkippedItem, cell_thickness, coinciding_sites
 from crystal_train.data.dataset import graph_settings, prepare_data
 from crystal_train.data.materials_project import SNAPSHOT_FORMAT, SNAPSHOT_VERSION
 from crystal_train.data.sources import RawItem, content_fingerprint, load_source, load_structure_table, to_crystal
@@ -578,3 +579,28 @@ def test_a_split_column_is_read_whatever_its_case(tmp_path):
     pd.DataFrame({"id": ["a"], "y": [1.0], "cif": [cif], "Split": ["test"], "SPLIT": ["train"]}).to_csv(path, index=False)
     with pytest.raises(ValueError, match=r"several split columns \('Split', 'SPLIT'\)"):
         load_source(path, "y")
+
+
+@pytest.mark.parametrize("pairs_at_once", [7, 64, 1 << 20])  # blocks of one row, of a few, all at once
+def test_coinciding_sites_in_blocks_finds_the_first_pair_of_all_pairs_at_once(monkeypatch, pairs_at_once):
+    monkeypatch.setattr(crystal_module, "COMPARED_PAIRS", pairs_at_once)
+    rng = np.random.default_rng(0)
+    coords = rng.random((40, 3))
+    assert coinciding_sites(coords) is None
+    coords[31] = coords[12] + 5e-5  # within the tolerance
+    coords[25] = [1 - 2e-5, coords[20, 1], coords[20, 2]]  # across the cell's face
+    coords[20, 0] = 1e-5
+    assert coinciding_sites(coords) == (12, 31)
+    coords[31] += 0.1
+    assert coinciding_sites(coords) == (20, 25)
+
+
+def test_the_coinciding_sites_check_of_a_large_cell_takes_little_memory():
+    import tracemalloc
+
+    coords = np.random.default_rng(1).random((4000, 3))
+    tracemalloc.start()
+    assert coinciding_sites(coords) is None
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    assert peak < 200e6  # all 4000² pairs at once: 384 MB for the differences alone

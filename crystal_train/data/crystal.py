@@ -8,15 +8,24 @@ import numpy as np
 
 SITE_TOLERANCE = 1e-4  # sites closer than this in every fractional component coincide (pymatgen's CIF merge tolerance)
 MIN_CELL_THICKNESS = 0.01  # Å; thinner cells are rejected, as pymatgen does
+COMPARED_PAIRS = 1 << 20  # site pairs coinciding_sites compares at once
 
 
 def coinciding_sites(frac_coords: np.ndarray) -> tuple[int, int] | None:
-    """The first pair of sites (i < j) that coincide within SITE_TOLERANCE under periodic boundaries, or None."""
-    diff = frac_coords[:, None, :] - frac_coords[None, :, :]
-    diff -= np.round(diff)
-    close = np.all(np.abs(diff) < SITE_TOLERANCE, axis=2)
-    pairs = np.argwhere(np.triu(close, k=1))
-    return (int(pairs[0, 0]), int(pairs[0, 1])) if len(pairs) else None
+    """The first pair of sites (i < j) that coincide within SITE_TOLERANCE under periodic boundaries, or None.
+
+    Compared a block of rows at a time, so that memory stays near COMPARED_PAIRS pairs whatever the atom count (all
+    pairs at once took 1.3 GB for 5,000 atoms)."""
+    n = len(frac_coords)
+    rows = max(1, COMPARED_PAIRS // max(n, 1))
+    for start in range(0, n, rows):
+        diff = frac_coords[start:start + rows, None, :] - frac_coords[None, :, :]
+        diff -= np.round(diff)
+        close = np.all(np.abs(diff) < SITE_TOLERANCE, axis=2)
+        pairs = np.argwhere(np.triu(close, k=start + 1))  # j > i, row i of the block being site start + i
+        if len(pairs):
+            return start + int(pairs[0, 0]), int(pairs[0, 1])
+    return None
 
 
 def cell_thickness(lattice: np.ndarray) -> float:
