@@ -324,6 +324,8 @@ def test_extended_xyz_frames_are_rows_with_their_key_value_pairs(tmp_path, name)
         to_crystal(data.items[3])
     with pytest.raises(ValueError, match=f"{name}: target 'band_gap' is no key of its structures .*; keys: material_id, formation_energy_per_atom, split$"):
         load_source(path, "band_gap")
+    with pytest.raises(ValueError, match=f"{name}: data.id_column 'materal_id' is no key of its structures; keys: material_id, "):
+        load_source(path, "formation_energy_per_atom", id_column="materal_id")  # a typo: not every frame quietly renamed data#N
     assert [item.id for item in load_structure_table(path).items] == [*TARGETS, "h2", "mp-4"]  # crystal-predict's reading: every frame
 
 

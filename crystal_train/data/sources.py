@@ -339,6 +339,8 @@ def _atoms_table(
         rows.append({**per_atom, **results, **info, _ENTRY_ID: item_id, _ENTRY_STRUCTURE: structure})
     frame = pd.DataFrame(rows, dtype=object)
     keys = [column for column in frame.columns if column not in (_ENTRY_ID, _ENTRY_STRUCTURE)]
+    if id_column is not None and id_column not in keys:  # else every entry would quietly get its default id
+        raise ValueError(f"{path}: data.id_column {id_column!r} is no key of its structures; keys: {', '.join(keys) or 'none'}")
     if target is not None and target not in keys:
         raise ValueError(
             f"{path}: target {target!r} is no key of its structures (data.target=KEY names the one to use); keys: {', '.join(keys) or 'none'}"
