@@ -153,6 +153,14 @@ def test_split_file_listing_an_id_twice_is_a_clear_error(tmp_path):
         make_splits(store, file=split_file)
 
 
+def test_a_split_file_may_give_whole_number_ids_as_numbers(tmp_path):
+    rng = np.random.default_rng(0)
+    store = _store([Crystal(str(1000041 + k), np.eye(3) * 3.0, rng.integers(1, 90, size=1), np.zeros((1, 3))) for k in range(4)])
+    split_file = tmp_path / "split.json"
+    split_file.write_text(json.dumps({"train": [1000041, 1000042], "val": ["1000043"], "test": [1000044]}))  # COD ids, hand-written
+    assert {name: indices.tolist() for name, indices in make_splits(store, file=split_file).items()} == {"train": [0, 1], "val": [2], "test": [3]}
+
+
 def test_unknown_split_kind_is_refused_even_when_the_source_has_a_split(compose_train_cfg, write_csv, good_rows, tmp_path, caplog):
     for row, name in zip(good_rows, ["train", "train", "val", "test", "train"]):
         row["split"] = name

@@ -88,12 +88,15 @@ def _from_file(store: GraphStore, path: Path) -> dict[str, np.ndarray]:
 
 
 def splits_from_ids(store: GraphStore, saved: dict[str, list[str]], origin: str = "saved split") -> dict[str, np.ndarray]:
-    """Indices of exactly the saved ids in each split; an error names ids missing from the data or listed twice."""
+    """Indices of exactly the saved ids in each split; an error names ids missing from the data or listed twice.
+
+    Ids are text: a whole number in a hand-written split file (a CGCNN folder's COD id, 1000041) is read as its digits."""
     position = {item_id: i for i, item_id in enumerate(store.ids)}
     splits = {}
     for name in SPLIT_ORDER:
         if name not in saved:
             raise ValueError(f"{origin} has no {name!r} list")
+    saved = {name: [_as_id(item_id) for item_id in saved[name]] for name in SPLIT_ORDER}
     listed = [item_id for name in SPLIT_ORDER for item_id in saved[name]]
     repeated = sorted({item_id for item_id, count in Counter(listed).items() if count > 1})
     if repeated:
@@ -104,6 +107,10 @@ def splits_from_ids(store: GraphStore, saved: dict[str, list[str]], origin: str 
             raise ValueError(f"{origin}: {len(missing)} {name} ids are not in the data, e.g. {missing[:5]}")
         splits[name] = np.array([position[item_id] for item_id in saved[name]], dtype=np.int64)
     return splits
+
+
+def _as_id(item_id):
+    return str(item_id) if isinstance(item_id, int) and not isinstance(item_id, bool) else item_id
 
 
 def split_ids(store: GraphStore, splits: dict[str, np.ndarray]) -> dict[str, list[str]]:
