@@ -1075,6 +1075,11 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("trainer.graphs_on_device=bogus", "trainer.graphs_on_device must be auto, true or false, not 'bogus'"),
         ("trainer.lr_reference_batch_size=0", "trainer.lr_reference_batch_size must be at least 1, not 0"),
         ("trainer.ema_decay=1", "trainer.ema_decay must be null \\(off\\) or lie strictly between 0 and 1, such as 0.999; not 1"),
+        ("trainer.grad_clip=-1", "trainer.grad_clip must be a positive gradient norm, or null for none, not -1"),  # ascent, not clipping
+        ("trainer.grad_clip=0", "trainer.grad_clip must be a positive gradient norm, or null for none, not 0"),
+        ("trainer.grad_clip=big", "trainer.grad_clip must be a positive gradient norm, or null for none, not 'big'"),
+        ("trainer.warmup_epochs=0.5", "trainer.warmup_epochs=0.5: expected a whole number"),
+        ("trainer.warmup_epochs=-2", "trainer.warmup_epochs must be 0 \\(none\\) or more, not -2"),
     ],
 )
 def test_unknown_trainer_option_is_refused_before_any_data_are_read(setting, message, tmp_path):
