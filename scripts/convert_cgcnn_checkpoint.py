@@ -22,6 +22,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--atom-init", type=Path, required=True, help="the atom_init.json the model was trained with")
     parser.add_argument("--output", type=Path, required=True, help="crystal-train checkpoint to write (.pt)")
     args = parser.parse_args(argv)
+    if args.output.expanduser().resolve() in (args.input.expanduser().resolve(), args.atom_init.expanduser().resolve()):
+        print(f"error: --output {args.output} would replace an input: give another file", file=sys.stderr)
+        return 1
+    if args.output.name.endswith(".pth.tar"):  # read back as an original CGCNN checkpoint, which it no longer is
+        print(f"error: --output {args.output} ends in .pth.tar, the original format's name: give a .pt file", file=sys.stderr)
+        return 1
     try:
         checkpoint = convert_reference_checkpoint(args.input, args.atom_init)
     except (ValueError, FileNotFoundError) as error:

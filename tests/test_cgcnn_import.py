@@ -210,10 +210,16 @@ def test_evaluate_converted_checkpoint_on_cgcnn_folder(tmp_path, monkeypatch):
 
 
 @needs_datasets
-def test_script_output_loads_and_predicts_identically(tmp_path):
+def test_script_output_loads_and_predicts_identically(tmp_path, capsys):
     original = PRETRAINED / "formation-energy-per-atom.pth.tar"
     converted = tmp_path / "formation.pt"
     assert load_script().main([str(original), "--atom-init", str(ATOM_INIT), "--output", str(converted)]) == 0
+    copy = tmp_path / "copy.pth.tar"  # never the shared file itself, should the check fail
+    copy.write_bytes(original.read_bytes())
+    for output, error in ((copy, "would replace an input"), (tmp_path / "converted.pth.tar", "ends in .pth.tar")):
+        before = output.read_bytes() if output.exists() else None
+        assert load_script().main([str(copy), "--atom-init", str(ATOM_INIT), "--output", str(output)]) == 1
+        assert error in capsys.readouterr().err and (output.read_bytes() if output.exists() else None) == before
     checkpoint = load_checkpoint(converted)
     assert checkpoint["format"] == CHECKPOINT_FORMAT and checkpoint["source_checkpoint"] == str(original)
     raw = torch.load(original, map_location="cpu", weights_only=True)
