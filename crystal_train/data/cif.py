@@ -106,7 +106,10 @@ def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
 
     def only_structure():
         # pymatgen keeps one of two blocks of the same name (cat a.cif b.cif), and drops one it cannot read, so count them here too
-        structures = CifParser.from_str(text).parse_structures(primitive=False)
+        try:
+            structures = CifParser.from_str(text).parse_structures(primitive=False)
+        except ZeroDivisionError:  # pymatgen's "integer modulo by zero" for an atom-site loop of no rows
+            raise SkippedItem(item_id, "malformed CIF: its atom-site loop lists no atoms") from None
         count = max(len(structures), len(cif_data_blocks(text)))
         if count > 1:
             raise SkippedItem(item_id, f"several structures in one CIF ({count}): give one structure per file or row")
