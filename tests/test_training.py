@@ -1104,3 +1104,22 @@ def test_whole_number_settings_take_a_whole_float_as_its_int_and_quoted_booleans
     check_data_numbers(data)
     assert (data.seed, data.limit) == (3, 50) and isinstance(data.limit, int)
     assert [graphs_on_device(value) for value in (True, "true", "False", "auto")] == [True, True, False, None]
+
+
+def test_crystal_eval_warns_when_the_training_targets_changed_since_training(compose_train_cfg, write_csv, good_rows, tmp_path, caplog):
+    tiny = ["data.split.fractions=[0.6,0.2,0.2]", "trainer.max_epochs=1", "trainer.batch_size=2", "model.atom_fea_len=8", "model.n_conv=1", "seed=0"]
+    snapshot = write_csv(good_rows)
+    train(compose_train_cfg([f"data.snapshot={snapshot}", *tiny], tmp_path), tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoints" / "best.pt"
+    scoring = ["device=cpu", f"output={tmp_path / 'eval'}"]
+    with caplog.at_level(logging.WARNING):
+        evaluate(compose_config("eval", [f"ckpt={ckpt}", *scoring]))
+    assert "targets read now are not those" not in caplog.text
+    trained_on = load_checkpoint(ckpt)["split_ids"]["train"][0]
+    for row in good_rows:
+        row["formation_energy_per_atom"] += 0.5 if row["material_id"] == trained_on else 0.0
+    write_csv(good_rows)  # the snapshot edited in place
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        evaluate(compose_config("eval", [f"ckpt={ckpt}", *scoring]))
+    assert f"The training split's targets read now are not those {ckpt} trained on (mean " in caplog.text

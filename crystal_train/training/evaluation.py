@@ -17,7 +17,9 @@ from crystal_train.training.applicability import warn_unseen_elements
 from crystal_train.training.ensemble import Ensemble, checkpoint_paths
 from crystal_train.training.inference import resolve_device
 from crystal_train.training.metrics import METRIC_LABELS, spread_quality
+from crystal_train.training.resume import target_change
 from crystal_train.training.run import score_splits
+from crystal_train.training.tasks import fit_output_transform
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +81,8 @@ def evaluate(cfg: DictConfig) -> dict:
     if not whole_source:
         if saved and split_from != "data" and (not other_source or _holds_every_id(data.store, saved)):
             data.splits = splits_from_ids(data.store, saved, origin=f"the split saved in {checkpoint_path}")
+            if not other_source:
+                _warn_if_training_targets_changed(data, checkpoint, checkpoint_path)
         elif split_from == "checkpoint":
             raise ValueError(
                 f"split_from=checkpoint: {cfg.data.snapshot} does not hold every crystal of the split saved in {checkpoint_path}"
@@ -126,6 +130,21 @@ def evaluate(cfg: DictConfig) -> dict:
         log.info("%s: %s  n %d", name, shown, scores["n"])
     log.info("Wrote %s", out_dir / "metrics.json")
     return report
+
+
+def _warn_if_training_targets_changed(data, checkpoint: dict, checkpoint_path: Path) -> None:
+    """Warn when the training split's targets read now are not those the checkpoint's output transform was fitted on:
+    the data changed since training (a snapshot edited in place), so the scores are of labels it did not learn from."""
+    saved = checkpoint["normalizer"]
+    try:
+        now = fit_output_transform(saved.get("task", "regression"), data.store.targets[data.splits["train"]], saved.get("minimum")).state()
+    except ValueError as error:  # e.g. a training split now of one class
+        now = {"error": str(error)}
+    if now != saved:
+        log.warning(
+            "The training split's targets read now are not those %s trained on (%s): %s changed since training, so these "
+            "scores are of other labels than the model learnt from", checkpoint_path, target_change(saved, now), data.source,
+        )
 
 
 def _warn_labels_below(data, floor: float) -> None:

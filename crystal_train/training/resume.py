@@ -100,7 +100,7 @@ def check_same_data(saved: dict, split_ids: dict[str, list[str]], normalizer: di
             examples = ", ".join([*(f"+{i}" for i in added[:2]), *(f"-{i}" for i in missing[:2])])
             problems.append(f"the {name} split gained {len(added)} and lost {len(missing)} crystal(s) ({examples})")
     if not problems and saved["normalizer"] != normalizer:
-        problems.append(f"the training targets changed ({_target_change(saved['normalizer'], normalizer)})")
+        problems.append(f"the training targets changed ({target_change(saved['normalizer'], normalizer)})")
     if problems:
         raise ResumeConfigError(
             f"cannot resume {last}: the data read now are not the data it trained on: {'; '.join(problems)}. Training on "
@@ -109,7 +109,7 @@ def check_same_data(saved: dict, split_ids: dict[str, list[str]], normalizer: di
         )
 
 
-def _target_change(before: dict, now: dict) -> str:
+def target_change(before: dict, now: dict) -> str:
     """How two fitted output transforms' states differ: a regression's mean and std, a classifier's share of class 1."""
     if "mean" in before and "mean" in now:
         return f"mean {before['mean']:.6g} -> {now['mean']:.6g}, std {before['std']:.6g} -> {now['std']:.6g}"
