@@ -1123,3 +1123,15 @@ def test_crystal_eval_warns_when_the_training_targets_changed_since_training(com
     with caplog.at_level(logging.WARNING):
         evaluate(compose_config("eval", [f"ckpt={ckpt}", *scoring]))
     assert f"The training split's targets read now are not those {ckpt} trained on (mean " in caplog.text
+
+
+def test_crystal_eval_scores_another_sources_own_test_rows_whatever_the_training_split_kind(compose_train_cfg, write_csv, good_rows, tmp_path):
+    tiny = ["data.split.kind=composition", "data.split.fractions=[0.6,0.2,0.2]", "trainer.max_epochs=1", "trainer.batch_size=2",
+            "model.atom_fea_len=8", "model.n_conv=1", "seed=0"]
+    train(compose_train_cfg([f"data.snapshot={write_csv(good_rows)}", *tiny], tmp_path), tmp_path / "run")
+    other = [dict(row, split=split) for row, split in zip(good_rows[1:], ["train", "test", "val", "test"])]  # not every trained crystal
+    report = evaluate(compose_config("eval", [f"ckpt={tmp_path / 'run' / 'checkpoints' / 'best.pt'}", f"data.snapshot={write_csv(other, 'other.csv')}",
+                                              "split=test", "device=cpu", f"output={tmp_path / 'eval'}"]))
+    with open(tmp_path / "eval" / "predictions_test.csv", newline="") as handle:
+        scored = [row["id"] for row in csv.DictReader(handle)]
+    assert report["test"]["n"] == 2 and sorted(scored) == sorted(row["material_id"] for row in other if row["split"] == "test")
