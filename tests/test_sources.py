@@ -513,7 +513,7 @@ def test_fingerprint_tracks_content_target_and_columns_not_folder_or_mtime(tmp_p
     assert content_fingerprint(other_folder, "formation_energy_per_atom") != base
 
 
-def test_folder_fingerprint_tracks_every_file_in_it(tmp_path):
+def test_folder_fingerprint_tracks_every_file_directly_in_it(tmp_path):
     folder = _cgcnn_folder(tmp_path / "cgcnn")
     base = content_fingerprint(folder, "y")
     assert content_fingerprint(folder, "z") != base
@@ -521,7 +521,11 @@ def test_folder_fingerprint_tracks_every_file_in_it(tmp_path):
     changed = content_fingerprint(folder, "y")
     assert changed != base
     (folder / "notes.txt").write_text("notes")  # conservative: any file may matter to the layout
-    assert content_fingerprint(folder, "y") != changed
+    noted = content_fingerprint(folder, "y")
+    assert noted != changed
+    (folder / "outputs" / "2026-12-08").mkdir(parents=True)  # a run started from inside the folder, which reads none of it
+    (folder / "outputs" / "2026-12-08" / "train.log").write_text("epoch 1")
+    assert content_fingerprint(folder, "y") == noted
 
 
 def test_unknown_paths_and_layouts(tmp_path, monkeypatch):

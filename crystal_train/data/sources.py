@@ -148,14 +148,16 @@ def _load_file(
 
 
 def content_fingerprint(path: str | Path, target: str, id_column: str | None = None, cif_column: str | None = None) -> str:
-    """sha256 of every file's bytes at `path` (a file, or a folder's files) and the read settings.
+    """sha256 of every file's bytes at `path` (a file, or the files directly in a folder, all a folder source reads)
+    and the read settings.
 
     Cheap to compute without parsing anything, so a graph cache can be found before the source is
-    read; layout detection is a function of the same bytes and settings.
+    read; layout detection is a function of the same bytes and settings. A folder's subfolders are left out: runs
+    started from inside it write theirs there (outputs/), which would change the key every run.
     """
     path = Path(path)
     _require_existing(path)
-    files = [(path, path.name)] if path.is_file() else [(f, str(f.relative_to(path))) for f in path.rglob("*") if f.is_file()]
+    files = [(path, path.name)] if path.is_file() else [(f, f.name) for f in path.iterdir() if f.is_file()]
     return _fingerprint(files, target, {"id_column": id_column, "cif_column": cif_column})
 
 
