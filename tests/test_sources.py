@@ -526,6 +526,13 @@ def test_folder_fingerprint_tracks_every_file_directly_in_it(tmp_path):
     (folder / "outputs" / "2026-12-08").mkdir(parents=True)  # a run started from inside the folder, which reads none of it
     (folder / "outputs" / "2026-12-08" / "train.log").write_text("epoch 1")
     assert content_fingerprint(folder, "y") == noted
+    (folder / "cifs").mkdir()  # id_prop.csv may name CIFs in a subfolder: those count
+    (folder / "cifs" / "mp-7.cif").write_text(_structures()["mp-1"].to(fmt="cif"))
+    (folder / "id_prop.csv").write_text((folder / "id_prop.csv").read_text() + "cifs/mp-7,0.5\n")
+    named = content_fingerprint(folder, "y")
+    assert [item.id for item in load_source(folder, "y").items][-1] == "cifs/mp-7"
+    (folder / "cifs" / "mp-7.cif").write_text(_structures()["mp-2"].to(fmt="cif"))
+    assert content_fingerprint(folder, "y") != named
 
 
 def test_unknown_paths_and_layouts(tmp_path, monkeypatch):

@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import dataclasses
 import bz2
+import csv
 import gzip
 import hashlib
 import json
 import lzma
 import math
+import os
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -148,17 +150,28 @@ def _load_file(
 
 
 def content_fingerprint(path: str | Path, target: str, id_column: str | None = None, cif_column: str | None = None) -> str:
-    """sha256 of every file's bytes at `path` (a file, or the files directly in a folder, all a folder source reads)
-    and the read settings.
+    """sha256 of every file's bytes at `path` (a file, or a folder's files: those directly in it, and the CIFs in its
+    subfolders that a CGCNN folder's id_prop.csv names) and the read settings.
 
     Cheap to compute without parsing anything, so a graph cache can be found before the source is
-    read; layout detection is a function of the same bytes and settings. A folder's subfolders are left out: runs
-    started from inside it write theirs there (outputs/), which would change the key every run.
+    read; layout detection is a function of the same bytes and settings. A folder's other subfolders are left out:
+    runs started from inside it write theirs there (outputs/), which would change the key every run.
     """
     path = Path(path)
     _require_existing(path)
-    files = [(path, path.name)] if path.is_file() else [(f, f.name) for f in path.iterdir() if f.is_file()]
+    files = [(path, path.name)] if path.is_file() else [(f, f.name) for f in path.iterdir() if f.is_file()] + _cifs_in_subfolders(path)
     return _fingerprint(files, target, {"id_column": id_column, "cif_column": cif_column})
+
+
+def _cifs_in_subfolders(folder: Path) -> list[tuple[Path, str]]:
+    """(file, name) of each `<id>.cif` below `folder` that its id_prop.csv names by a path (cifs/mp-1), if it has one."""
+    labels = folder / CGCNN_LABELS
+    if not labels.is_file():
+        return []
+    with open(labels, newline="", encoding="utf-8", errors="replace") as handle:
+        ids = {row[0].strip().lstrip("\ufeff") for row in csv.reader(handle) if row}
+    named = (folder / f"{item_id}.cif" for item_id in sorted(ids) if "/" in item_id or os.sep in item_id)
+    return [(cif, Path(os.path.relpath(cif, folder)).as_posix()) for cif in named if cif.is_file()]
 
 
 def _require_existing(path: Path) -> None:
