@@ -136,7 +136,7 @@ def test_overlapping_sites_fall_back_to_pymatgen(fallback_calls):
         (_p1_cif("  X  X1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n"), "not an element: X"),  # not a made-up Z
         (_p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n").replace("4.10000000", "nan", 1), "the cell or the atom"),
         (_p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  1\n  O  O1  1  0.5  0.5  0.5  1\n").replace("4.10000000", "inf", 1), "the cell or the atom"),
-        (_p1_cif(""), "malformed CIF: its atom-site loop lists no atoms"),  # pymatgen: "integer modulo by zero"
+        (_p1_cif(""), "malformed CIF: a loop_ in it lists no values (an atom-site loop without atoms?)"),  # pymatgen: "integer modulo by zero"
         (  # pymatgen only warns why it dropped the block; the reason says it
             _p1_cif("  Zn  Zn1  1  0.0  0.0  0.0  1.05\n  O  O1  1  0.5  0.5  0.5  1\n"),
             "malformed CIF: Invalid CIF file with no structures! (Occupancy 1.05 exceeded tolerance.)",

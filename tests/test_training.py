@@ -1115,6 +1115,11 @@ def test_crystal_eval_warns_when_the_training_targets_changed_since_training(com
     with caplog.at_level(logging.WARNING):
         evaluate(compose_config("eval", [f"ckpt={ckpt}", *scoring]))
     assert "targets read now are not those" not in caplog.text
+    older = load_checkpoint(ckpt)
+    del older["normalizer"]["minimum"]  # as written before data.target_min existed
+    save_checkpoint(tmp_path / "older.pt", **older)
+    evaluate(compose_config("eval", [f"ckpt={tmp_path / 'older.pt'}", "device=cpu", f"output={tmp_path / 'eval_older'}"]))
+    assert "targets read now are not those" not in caplog.text
     trained_on = load_checkpoint(ckpt)["split_ids"]["train"][0]
     for row in good_rows:
         row["formation_energy_per_atom"] += 0.5 if row["material_id"] == trained_on else 0.0

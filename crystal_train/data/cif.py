@@ -108,8 +108,8 @@ def _parse_with_pymatgen(text: str, item_id: str) -> Crystal:
         # pymatgen keeps one of two blocks of the same name (cat a.cif b.cif), and drops one it cannot read, so count them here too
         try:
             structures = CifParser.from_str(text).parse_structures(primitive=False)
-        except ZeroDivisionError:  # pymatgen's "integer modulo by zero" for an atom-site loop of no rows
-            raise SkippedItem(item_id, "malformed CIF: its atom-site loop lists no atoms") from None
+        except ZeroDivisionError:  # pymatgen's "integer modulo by zero" for a loop_ of no values (atom sites, symmetry, ...)
+            raise SkippedItem(item_id, "malformed CIF: a loop_ in it lists no values (an atom-site loop without atoms?)") from None
         count = max(len(structures), len(cif_data_blocks(text)))
         if count > 1:
             raise SkippedItem(item_id, f"several structures in one CIF ({count}): give one structure per file or row")

@@ -19,7 +19,7 @@ from crystal_train.training.inference import resolve_device
 from crystal_train.training.metrics import METRIC_LABELS, spread_quality
 from crystal_train.training.resume import target_change
 from crystal_train.training.run import score_splits
-from crystal_train.training.tasks import fit_output_transform
+from crystal_train.training.tasks import fit_output_transform, output_transform
 
 log = logging.getLogger(__name__)
 
@@ -136,9 +136,10 @@ def evaluate(cfg: DictConfig) -> dict:
 def _warn_if_training_targets_changed(data, checkpoint: dict, checkpoint_path: Path) -> None:
     """Warn when the training split's targets read now are not those the checkpoint's output transform was fitted on:
     the data changed since training (a snapshot edited in place), so the scores are of labels it did not learn from."""
-    saved = checkpoint["normalizer"]
+    trained = output_transform(checkpoint["normalizer"])  # its state as this version saves it (older ones lack `minimum`)
+    saved = trained.state()
     try:
-        now = fit_output_transform(saved.get("task", "regression"), data.store.targets[data.splits["train"]], saved.get("minimum")).state()
+        now = fit_output_transform(trained.task, data.store.targets[data.splits["train"]], getattr(trained, "minimum", None)).state()
     except ValueError as error:  # e.g. a training split now of one class
         now = {"error": str(error)}
     if now != saved:
