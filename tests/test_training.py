@@ -1140,3 +1140,24 @@ def test_crystal_eval_scores_another_sources_own_test_rows_whatever_the_training
     with open(tmp_path / "eval" / "predictions_test.csv", newline="") as handle:
         scored = [row["id"] for row in csv.DictReader(handle)]
     assert report["test"]["n"] == 2 and sorted(scored) == sorted(row["material_id"] for row in other if row["split"] == "test")
+
+
+def test_crystal_eval_finds_another_sources_ids_itself_not_by_the_training_sources_id_column(compose_train_cfg, write_csv, good_rows, tmp_path):
+    from ase.io import write
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from conftest import good_structures
+
+    tiny = ["data.id_column=material_id", "data.split.fractions=[0.6,0.2,0.2]", "trainer.max_epochs=1", "trainer.batch_size=2",
+            "model.atom_fea_len=8", "model.n_conv=1", "seed=0"]
+    train(compose_train_cfg([f"data.snapshot={write_csv(good_rows)}", *tiny], tmp_path), tmp_path / "run")
+    frames = []
+    for row, structure in zip(good_rows, good_structures().values()):
+        frames.append(AseAtomsAdaptor.get_atoms(structure))
+        frames[-1].info["formation_energy_per_atom"] = row["formation_energy_per_atom"]  # no material_id key
+    write(tmp_path / "other.extxyz", frames, format="extxyz")
+    report = evaluate(compose_config("eval", [f"ckpt={tmp_path / 'run' / 'checkpoints' / 'best.pt'}", f"data.snapshot={tmp_path / 'other.extxyz'}",
+                                              "device=cpu", f"output={tmp_path / 'eval'}"]))
+    with open(tmp_path / "eval" / "predictions_source.csv", newline="") as handle:
+        assert sorted(row["id"] for row in csv.DictReader(handle)) == [f"other#{i}" for i in range(len(frames))]
+    assert report["source"]["n"] == len(frames)
