@@ -59,7 +59,8 @@ class Predictor:
         class 1; NaN where skipped), `member_std` (for several checkpoints), `unseen_elements` (where the checkpoints
         record their training elements), `structure_warnings`, and `skipped`, the reason a structure could not be used
         ("" for the others). With `features` (one checkpoint only), also `feature_0` ... `feature_<width-1>`, the
-        crystal's feature vector that the output head reads (NaN where skipped), e.g. for a model of your own on top.
+        crystal's feature vector, `crystal_features` of the model (NaN where skipped; no such columns when no structure
+        could be used), e.g. for a model of your own on top.
 
         A structure is a pymatgen Structure, an ASE Atoms periodic along every axis, CIF text, or a structure file's
         path; one alone needs no list. `ids` default to file ids when every structure is a path (as crystal-predict

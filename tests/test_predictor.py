@@ -131,3 +131,7 @@ def test_crystal_features_from_crystal_predict_and_the_predictor_agree_and_skip_
     with pytest.raises(ValueError, match=r"crystal features \(features=\) are one model's"):
         run_predict(compose_config("predict", [both, f"input={folder}", f"output={tmp_path / 'q.csv'}", f"features={features_csv}", "device=cpu"]))
     assert features_csv.is_file()  # refused before anything was replaced
+    with pytest.raises(ValueError, match="would be written over p.csv, which crystal-predict writes too"):
+        run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path / 'p.csv'}", f"features={tmp_path / 'p.csv'}", "device=cpu"]))
+    run_predict(compose_config("predict", [f"ckpt={ckpt}", f"input={folder}", f"output={tmp_path / 'p.csv'}", f"features={tmp_path / 'new'}/", "device=cpu"]))
+    assert (tmp_path / "new" / "features.csv").read_text() == features_csv.read_text()  # a folder (ending in /) gets features.csv

@@ -167,9 +167,14 @@ class Ensemble:
         member trained before data.target_min existed has none) and spread (their sample standard deviation; None for
         one member)."""
         spread = member_predictions.std(axis=0, ddof=1) if len(member_predictions) > 1 else None
-        floors = [member.transform.minimum for member in self.members if getattr(member.transform, "minimum", None) is not None]
         mean = member_predictions.mean(axis=0)
-        return (mean.clip(max(floors), None) if floors else mean), spread
+        return (mean if self.minimum is None else mean.clip(self.minimum, None)), spread
+
+    @property
+    def minimum(self) -> float | None:
+        """The highest of the members' lower bounds of the target (data.target_min), None where none has one."""
+        floors = [member.transform.minimum for member in self.members if getattr(member.transform, "minimum", None) is not None]
+        return max(floors) if floors else None
 
 
 def _describe(what: str, member: Member) -> str:

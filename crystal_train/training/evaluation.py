@@ -55,7 +55,6 @@ def evaluate(cfg: DictConfig) -> dict:
         raise ValueError(f"{', '.join(f'data.{key}' for key in source_settings)} describe another source: give it with data.snapshot=PATH")
     if "positive_at_most" in source_settings and ensemble.task != "classification":
         raise ValueError(f"data.positive_at_most makes two classes for a classifier, but {checkpoint_path} is a regression model")
-    floor = train_cfg.data.get("target_min")
     if other_source:
         train_cfg.data.target_min = None  # the source's labels are scored as they are; the floor bounds the predictions
         train_cfg.data.snapshot = str(cfg.data.snapshot)
@@ -78,8 +77,8 @@ def evaluate(cfg: DictConfig) -> dict:
         )
     data = prepare_data(train_cfg.data, graph_settings(train_cfg.graph), elements=ensemble.elements(), whole=whole_source)
     data.units = data.units or trained_units  # a CGCNN folder's labels have no units of their own
-    if other_source and floor is not None:
-        _warn_labels_below(data, float(floor))
+    if other_source and ensemble.minimum is not None:
+        _warn_labels_below(data, ensemble.minimum)
     if not whole_source:
         if saved and split_from != "data" and (not other_source or _holds_every_id(data.store, saved)):
             data.splits = splits_from_ids(data.store, saved, origin=f"the split saved in {checkpoint_path}")

@@ -28,6 +28,7 @@ from crystal_train.training.inference import resolve_device
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_NAME = "predictions.csv"  # written into a folder given as output=
+FEATURES_OUTPUT_NAME = "features.csv"  # written into a folder given as features=
 
 
 def structure_files(inputs) -> list[Path]:
@@ -146,7 +147,9 @@ def run_predict(cfg: DictConfig) -> Path:
     skipped_path = output.with_name(output.name.removesuffix(".csv") + ".skipped.csv")
     files = structure_files(cfg.input)
     ckpts = checkpoint_paths(cfg.ckpt)
-    features_path = Path(cfg.features).expanduser() if cfg.get("features") else None
+    features_path = output_file(str(cfg.features), FEATURES_OUTPUT_NAME) if cfg.get("features") else None
+    if features_path is not None and features_path.resolve() in (output.resolve(), skipped_path.resolve()):
+        raise ValueError(f"features={cfg.features} would be written over {features_path.name}, which crystal-predict writes too: give another file")
     outputs = (output, skipped_path, *([features_path] if features_path else []))
     _refuse_overwriting([*ckpts, *files, *([Path(cfg.atom_init)] if cfg.get("atom_init") else [])], outputs)
     items, table_skipped = input_items(files, cfg.data.get("id_column"), cfg.data.get("cif_column"))
@@ -231,10 +234,11 @@ def input_items(files: list[Path], id_column: str | None = None, cif_column: str
     return items, skipped
 
 
-def output_file(output: str) -> Path:
-    """The CSV that `output=` names: the file itself, or predictions.csv in a folder (one that exists, or ends in /)."""
+def output_file(output: str, default_name: str = DEFAULT_OUTPUT_NAME) -> Path:
+    """The CSV that `output=` (or `features=`) names: the file itself, or `default_name` in a folder (one that exists,
+    or ends in /)."""
     path = Path(output).expanduser()
-    return path / DEFAULT_OUTPUT_NAME if path.is_dir() or output.endswith(("/", os.sep)) else path
+    return path / default_name if path.is_dir() or output.endswith(("/", os.sep)) else path
 
 
 def _refuse_overwriting(inputs: list[Path], outputs: tuple[Path, ...]) -> None:
