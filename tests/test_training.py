@@ -1079,6 +1079,8 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("trainer.grad_clip=0", "trainer.grad_clip must be a positive gradient norm, or null for none, not 0"),
         ("trainer.grad_clip=big", "trainer.grad_clip must be a positive gradient norm, or null for none, not 'big'"),
         ("trainer.warmup_epochs=0.5", "trainer.warmup_epochs=0.5: expected a whole number"),
+        ("trainer.max_minutes=0", "trainer.max_minutes must be a positive number of minutes, or null for no limit, not 0"),
+        ("trainer.max_minutes=soon", "trainer.max_minutes must be a positive number of minutes, or null for no limit, not 'soon'"),
         ("trainer.warmup_epochs=-2", "trainer.warmup_epochs must be 0 \\(none\\) or more, not -2"),
     ],
 )
@@ -1161,3 +1163,19 @@ def test_crystal_eval_finds_another_sources_ids_itself_not_by_the_training_sourc
     with open(tmp_path / "eval" / "predictions_source.csv", newline="") as handle:
         assert sorted(row["id"] for row in csv.DictReader(handle)) == [f"other#{i}" for i in range(len(frames))]
     assert report["source"]["n"] == len(frames)
+
+
+def test_max_minutes_stops_a_launch_with_its_results_and_the_same_command_goes_on(compose_train_cfg, write_csv, good_rows, tmp_path, caplog):
+    tiny = ["data.split.fractions=[0.6,0.2,0.2]", "trainer.max_epochs=3", "trainer.batch_size=2", "model.atom_fea_len=8", "model.n_conv=1", "seed=0"]
+    snapshot = write_csv(good_rows)
+    run_dir = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        train(compose_train_cfg([f"data.snapshot={snapshot}", *tiny, "trainer.max_minutes=0.0001"], tmp_path), run_dir)  # 6 ms
+    assert "Time limit: stopped after epoch 1 of 3, since another would end past trainer.max_minutes=0.0001" in caplog.text
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs"] == 1 and metrics["best_epoch"] == 1 and metrics["test"]["n"] > 0  # scored as a finished run
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        train(compose_train_cfg([f"data.snapshot={snapshot}", *tiny, "trainer.max_minutes=60"], tmp_path), run_dir)  # a changed limit resumes
+    assert "Resumed from" in caplog.text and "Time limit" not in caplog.text
+    assert [int(row["epoch"]) for row in _history(run_dir)] == [1, 2, 3] and json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3

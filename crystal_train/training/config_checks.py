@@ -102,8 +102,8 @@ def check_group_settings(cfg: DictConfig) -> None:
 
 def check_trainer_choices(trainer_cfg: DictConfig) -> None:
     """Raise if trainer.loss, lr_scaling, precision or graphs_on_device names an option that does not exist,
-    max_epochs, patience or a batch size is under 1, warmup_epochs is not a whole number from 0, grad_clip is not a
-    positive number (or null), or ema_decay is out of range; trainer.freeze is put in order."""
+    max_epochs, patience or a batch size is under 1, warmup_epochs is not a whole number from 0, grad_clip or max_minutes is
+    not a positive number (or null), or ema_decay is out of range; trainer.freeze is put in order."""
     for key, default, options in (("loss", "mse", tuple(LOSSES)), ("lr_scaling", "none", RULES), ("precision", "32", PRECISIONS)):
         value = str(trainer_cfg.get(key, default))
         if value not in options:
@@ -113,6 +113,9 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
             raise ValueError(f"trainer.{key} must be at least 1, not {trainer_cfg[key]}")
     if whole_number(trainer_cfg.get("warmup_epochs", 0), "trainer.warmup_epochs") < 0:
         raise ValueError(f"trainer.warmup_epochs must be 0 (none) or more, not {trainer_cfg.warmup_epochs}")
+    minutes = trainer_cfg.get("max_minutes")
+    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0):
+        raise ValueError(f"trainer.max_minutes must be a positive number of minutes, or null for no limit, not {minutes!r}")
     clip = trainer_cfg.get("grad_clip")
     if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
         raise ValueError(f"trainer.grad_clip must be a positive gradient norm, or null for none, not {clip!r}")

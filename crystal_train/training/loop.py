@@ -129,7 +129,8 @@ class Trainer:
         min_delta = float(self.cfg.get("min_delta", 0.0))
         if self.state.epoch:  # resumed: the patience may have been raised since it stopped
             self.state.stopped_early = self.state.epochs_since_best >= patience
-        while self.state.epoch < max_epochs and not self.state.stopped_early:
+        deadline = _Deadline(self.cfg.get("max_minutes"), self.context)
+        while self.state.epoch < max_epochs and not self.state.stopped_early and not deadline.passed:
             start = time.perf_counter()
             first_step = self.state.epoch * len(self.train_batches)
             if first_step < self.warmup_steps:
@@ -173,6 +174,13 @@ class Trainer:
             )
             if self.on_epoch_end is not None and self.context.is_main:
                 self.on_epoch_end(self.state)
+            deadline.after_epoch(row["seconds"])
+        if deadline.passed and self.state.epoch < max_epochs and not self.state.stopped_early:
+            log.info(
+                "Time limit: stopped after epoch %d of %d, since another would end past trainer.max_minutes=%g of this "
+                "launch; the results are of its best epoch so far (%d). The same command continues the training",
+                self.state.epoch, max_epochs, deadline.minutes, self.state.best_epoch,
+            )
         if self.state.stopped_early:
             log.info(
                 "Early stopping: no val %s improvement for %d epochs (best %.4g at epoch %d)",
@@ -242,6 +250,25 @@ class Trainer:
             count += batch.num_graphs
         totals = self.context.all_reduce_sum(torch.stack([error_sum, torch.tensor(float(count), device=device, dtype=torch.float64)]))
         return float(totals[0]) / max(float(totals[1]), 1.0)
+
+
+class _Deadline:
+    """trainer.max_minutes of one launch: `passed` once another epoch, as long as the longest so far, would end past it
+    (None: never). Under torchrun, the ranks agree: one rank's deadline stops them all."""
+
+    def __init__(self, minutes, context: DistributedContext):
+        self.minutes = None if minutes is None else float(minutes)
+        self.context = context
+        self.started = time.monotonic()
+        self.longest_epoch = 0.0
+        self.passed = False
+
+    def after_epoch(self, seconds: float) -> None:
+        if self.minutes is None:
+            return
+        self.longest_epoch = max(self.longest_epoch, seconds)
+        late = time.monotonic() - self.started + self.longest_epoch > 60.0 * self.minutes
+        self.passed = bool(self.context.all_reduce_sum(torch.tensor(float(late), device=self.context.device)).item())
 
 
 def _forwards(model: torch.nn.Module, evaluated: torch.nn.Module, context: DistributedContext, compile_model: bool):

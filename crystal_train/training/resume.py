@@ -9,7 +9,7 @@ from pathlib import Path
 # scheduler state, or would mix two trainings in one history (a cosine T_max, a learning rate, the
 # model or the data).
 RESUMABLE_CHANGES = frozenset({
-    "trainer.max_epochs", "trainer.patience", "trainer.min_delta", "trainer.resume", "trainer.grad_clip",
+    "trainer.max_epochs", "trainer.max_minutes", "trainer.patience", "trainer.min_delta", "trainer.resume", "trainer.grad_clip",
     "trainer.device", "trainer.graphs_on_device", "trainer.compile", "trainer.progress_bar", "trainer.eval_batch_size",
     "data.cache_dir", "data.api_key", "data.units", "logger",
 })
