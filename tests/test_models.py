@@ -101,15 +101,17 @@ def other_cell(c: Crystal, rng) -> Crystal:
     return replace(c, lattice=m @ c.lattice, frac_coords=(c.frac_coords @ np.linalg.inv(m)) % 1.0)
 
 
+@pytest.mark.parametrize("output", ["prediction", "crystal_features"])
 @pytest.mark.parametrize("transform", [rotated, translated, permuted, supercell, other_cell])
-def test_prediction_invariant(eval_model, transform):
+def test_prediction_and_crystal_features_invariant(eval_model, transform, output):
     name, model = eval_model
+    run = model if output == "prediction" else model.crystal_features
     rng = np.random.default_rng(7)
     crystal = random_crystal(rng)
     with torch.no_grad():
-        before = model(make_batch([crystal], SETTINGS[name]))
-        after = model(make_batch([transform(crystal, rng)], SETTINGS[name]))
-    assert before.shape == (1,)
+        before = run(make_batch([crystal], SETTINGS[name]))
+        after = run(make_batch([transform(crystal, rng)], SETTINGS[name]))
+    assert before.shape == ((1,) if output == "prediction" else (1, 16))  # 16: the models' width
     # float64: symmetry-equivalent inputs agree to rounding, far below the 1e-4 control below.
     torch.testing.assert_close(after, before, rtol=0, atol=1e-8)
 
@@ -195,18 +197,6 @@ def test_prediction_invariant_when_the_neighbour_cap_cuts_a_shell_of_inequivalen
         before = model(make_batch([crystal], settings))
         after = model(make_batch([transform(swapped, np.random.default_rng(1)), crystal], settings))
     torch.testing.assert_close(after, before.repeat(2), rtol=0, atol=1e-8)
-
-
-@pytest.mark.parametrize("transform", [rotated, translated, permuted, supercell, other_cell])
-def test_crystal_features_invariant(eval_model, transform):
-    name, model = eval_model
-    rng = np.random.default_rng(8)
-    crystal = random_crystal(rng)
-    with torch.no_grad():
-        before = model.crystal_features(make_batch([crystal], SETTINGS[name]))
-        after = model.crystal_features(make_batch([transform(crystal, rng)], SETTINGS[name]))
-    assert before.shape == (1, 16)  # the models' width
-    torch.testing.assert_close(after, before, rtol=0, atol=1e-8)
 
 
 def test_the_output_head_reads_the_crystal_features(eval_model):
