@@ -58,6 +58,7 @@ class Trainer:
         checkpoint_meta: dict,
         on_epoch_end=None,
         context: DistributedContext | None = None,
+        started: float | None = None,
         frozen_layers: list[torch.nn.Module] = (),
     ):
         self.model = model
@@ -70,6 +71,7 @@ class Trainer:
         self.checkpoint_dir = Path(checkpoint_dir)
         self.checkpoint_meta = checkpoint_meta
         self.on_epoch_end = on_epoch_end
+        self.started = started  # time.monotonic() at the launch's start, for trainer.max_minutes (None: when fit starts)
         self.frozen_layers = list(frozen_layers)  # trainer.freeze's: in eval mode while the rest trains
         self.state = TrainState()
         self.loss_fn = LOSSES[trainer_cfg.get("loss", "mse")] if normalizer.task == "regression" else normalizer.loss
@@ -129,7 +131,7 @@ class Trainer:
         min_delta = float(self.cfg.get("min_delta", 0.0))
         if self.state.epoch:  # resumed: the patience may have been raised since it stopped
             self.state.stopped_early = self.state.epochs_since_best >= patience
-        deadline = _Deadline(self.cfg.get("max_minutes"), self.context)
+        deadline = _Deadline(self.cfg.get("max_minutes"), self.context, self.started)
         while self.state.epoch < max_epochs and not self.state.stopped_early and not deadline.passed:
             start = time.perf_counter()
             first_step = self.state.epoch * len(self.train_batches)
@@ -253,13 +255,14 @@ class Trainer:
 
 
 class _Deadline:
-    """trainer.max_minutes of one launch: `passed` once another epoch, as long as the longest so far, would end past it
-    (None: never). Under torchrun, the ranks agree: one rank's deadline stops them all."""
+    """trainer.max_minutes of one launch, from `started` (time.monotonic(); None: now): `passed` once another epoch, as
+    long as the longest so far, would end past it (never for None minutes). Under torchrun, the ranks agree: one rank's
+    deadline stops them all."""
 
-    def __init__(self, minutes, context: DistributedContext):
+    def __init__(self, minutes, context: DistributedContext, started: float | None = None):
         self.minutes = None if minutes is None else float(minutes)
         self.context = context
-        self.started = time.monotonic()
+        self.started = time.monotonic() if started is None else started
         self.longest_epoch = 0.0
         self.passed = False
 

@@ -6,6 +6,7 @@ import contextlib
 import logging
 import math
 import secrets
+import time
 from pathlib import Path
 
 import hydra
@@ -61,13 +62,14 @@ def train(cfg: DictConfig, run_dir: Path) -> float:
 
     Under torchrun every rank trains on its shard of each epoch; only rank 0 writes files.
     """
+    started = time.monotonic()  # trainer.max_minutes counts the launch's data reading and graph building too
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     take_api_key(cfg, run_dir)
     context = setup_distributed(resolve_device(str(cfg.trainer.device)))
     try:
         with _run_dir_lock(run_dir, context):
-            return _train(cfg, run_dir, context)
+            return _train(cfg, run_dir, context, started)
     finally:
         shutdown_distributed(context)
 
@@ -90,7 +92,7 @@ def check_run_dir_free(run_dir: Path) -> None:
             pass
 
 
-def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float:
+def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext, started: float) -> float:
     checkpoint_dir = run_dir / "checkpoints"
     last = checkpoint_dir / "last.pt"
     resume = should_resume(cfg.trainer.get("resume", "auto"), last)
@@ -180,6 +182,7 @@ def _train(cfg: DictConfig, run_dir: Path, context: DistributedContext) -> float
         },
         on_epoch_end=lambda state: _log_epoch(run_dir, state, loggers),
         context=context,
+        started=started,
         frozen_layers=frozen_layers,
     )
     if resume:
