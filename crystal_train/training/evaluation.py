@@ -16,7 +16,7 @@ from crystal_train.training import artifacts
 from crystal_train.training.applicability import warn_unseen_elements
 from crystal_train.training.ensemble import Ensemble, checkpoint_paths
 from crystal_train.training.inference import resolve_device
-from crystal_train.training.metrics import METRIC_LABELS, spread_quality
+from crystal_train.training.metrics import METRIC_LABELS, plus_standard_error, spread_quality
 from crystal_train.training.resume import target_change
 from crystal_train.training.run import score_splits
 from crystal_train.training.tasks import fit_output_transform, output_transform
@@ -127,7 +127,10 @@ def evaluate(cfg: DictConfig) -> dict:
     )
     for name in names:
         scores = report[name]
-        shown = "  ".join(f"{METRIC_LABELS[key]} {_number(value)}" for key, value in scores.items() if key != "n")
+        shown = "  ".join(
+            f"{METRIC_LABELS[key]} {_number(value)}{plus_standard_error(scores) if key == 'mae' else ''}"
+            for key, value in scores.items() if key not in ("n", "mae_stderr")
+        )
         log.info("%s: %s  n %d", name, shown, scores["n"])
     log.info("Wrote %s", out_dir / "metrics.json")
     return report

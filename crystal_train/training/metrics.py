@@ -12,7 +12,7 @@ PROBABILITY_CLIP = 1e-15
 
 # How reports name each metric of metrics.json.
 METRIC_LABELS = {
-    "mae": "MAE", "mae_stderr": "MAE standard error", "rmse": "RMSE", "r2": "R2",
+    "mae": "MAE", "rmse": "RMSE", "r2": "R2",
     "accuracy": "accuracy", "precision": "precision", "recall": "recall", "f1": "F1", "roc_auc": "ROC AUC", "log_loss": "log loss",
 }
 

@@ -175,13 +175,13 @@ def run_predict(cfg: DictConfig) -> Path:
         output, predicted.ids, predicted.predictions, unseen=predicted.unseen, spread=predicted.spread, warnings=predicted.warnings,
         formulas=predicted.formulas,
     )
+    units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
+    what = "probabilities of class 1" if ensemble.task == "classification" else "predictions of"
+    log.info("Wrote %d %s %s%s by %s to %s", len(store), what, checkpoint.get("target"), units, ensemble.name, output)
     if features_path:
         features_path.parent.mkdir(parents=True, exist_ok=True)
         artifacts.write_crystal_features(features_path, predicted.ids, predicted.features)
         log.info("Wrote the %d-number feature vectors of %d crystals to %s", predicted.features.shape[1], len(store), features_path)
-    units = f" in {checkpoint['units']}" if checkpoint.get("units") else ""
-    what = "probabilities of class 1" if ensemble.task == "classification" else "predictions of"
-    log.info("Wrote %d %s %s%s by %s to %s", len(store), what, checkpoint.get("target"), units, ensemble.name, output)
     return output
 
 
