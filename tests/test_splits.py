@@ -183,3 +183,32 @@ def test_an_explicit_composition_split_sets_the_source_split_aside(compose_train
         data = prepare_data(cfg.data, graph_settings(cfg.graph))
     assert {name: len(indices) for name, indices in data.splits.items()} == {"train": 1, "val": 2, "test": 2}
     assert "data.split.kind=composition: the source's own split column is set aside" in caplog.text
+
+
+@pytest.mark.parametrize("kind", ["random", "composition"])
+def test_k_folds_test_every_crystal_once_with_the_rest_split_into_train_and_val(kind):
+    rng = np.random.default_rng(3)
+    crystals = [Crystal(f"id-{k}", np.eye(3) * 3.0, rng.integers(1, 6, size=2), np.array([[0, 0, 0], [0.5, 0.5, 0.5]])) for k in range(103)]
+    store = _store(crystals)
+    runs = [make_splits(store, kind, (0.8, 0.1, 0.1), seed=4, folds=5, fold=fold) for fold in range(5)]
+    for splits in runs:
+        _assert_partition(splits, 103)
+        assert len(splits["val"]) >= 10 and abs(len(splits["test"]) - 103 / 5) < (1 if kind == "random" else 8)
+    tested = np.concatenate([splits["test"] for splits in runs])
+    assert sorted(tested.tolist()) == list(range(103))  # each crystal in one test fold
+    if kind == "composition":  # all polymorphs of a composition in one split
+        formulas = store.formulas(np.arange(103))
+        for splits in runs:
+            assert not {formulas[i] for i in splits["test"]} & {formulas[i] for i in np.concatenate([splits["train"], splits["val"]])}
+    assert make_splits(store, kind, (0.8, 0.1, 0.1), seed=4, folds=5, fold=2)["test"].tolist() == runs[2]["test"].tolist()  # seeded
+    assert make_splits(store, kind, (0.8, 0.1, 0.1), seed=5, folds=5, fold=2)["test"].tolist() != runs[2]["test"].tolist()
+
+
+@pytest.mark.parametrize(("folds", "fold", "file", "message"), [
+    (1, 0, None, "data.split.folds must be a whole number of at least 2 \\(or null\\), not 1"),
+    (5, 5, None, "data.split.fold must be one of 0 .. 4 for data.split.folds=5, not 5"),
+    (5, 0, "split.json", "data.split.file reuses a saved split, data.split.folds makes one: give one of them"),
+])
+def test_bad_fold_settings_are_refused(folds, fold, file, message):
+    with pytest.raises(ValueError, match=message):
+        make_splits(_simple_store(10), folds=folds, fold=fold, file=file)

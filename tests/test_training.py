@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import hydra
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -1079,13 +1080,14 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("trainer.grad_clip=0", "trainer.grad_clip must be a positive gradient norm, or null for none, not 0"),
         ("trainer.grad_clip=big", "trainer.grad_clip must be a positive gradient norm, or null for none, not 'big'"),
         ("trainer.warmup_epochs=0.5", "trainer.warmup_epochs=0.5: expected a whole number"),
+        ("data.split.folds=5 data.split.fold=7", "data.split.fold must be one of 0 .. 4 for data.split.folds=5, not 7"),
         ("trainer.max_minutes=0", "trainer.max_minutes must be a positive number of minutes, or null for no limit, not 0"),
         ("trainer.max_minutes=soon", "trainer.max_minutes must be a positive number of minutes, or null for no limit, not 'soon'"),
         ("trainer.warmup_epochs=-2", "trainer.warmup_epochs must be 0 \\(none\\) or more, not -2"),
     ],
 )
 def test_unknown_trainer_option_is_refused_before_any_data_are_read(setting, message, tmp_path):
-    cfg = compose_config("train", [*SMALL, *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1", setting])
+    cfg = compose_config("train", [*SMALL, *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1", *setting.split()])
     with pytest.raises(ValueError, match=message):
         train(cfg, tmp_path / "run")
     assert not (tmp_path / "cache").exists()
@@ -1179,3 +1181,31 @@ def test_max_minutes_stops_a_launch_with_its_results_and_the_same_command_goes_o
         train(compose_train_cfg([f"data.snapshot={snapshot}", *tiny, "trainer.max_minutes=60"], tmp_path), run_dir)  # a changed limit resumes
     assert "Resumed from" in caplog.text and "Time limit" not in caplog.text
     assert [int(row["epoch"]) for row in _history(run_dir)] == [1, 2, 3] and json.loads((run_dir / "metrics.json").read_text())["epochs"] == 3
+
+
+def test_a_sweep_over_folds_logs_the_cross_validated_test_score(tmp_path, caplog):
+    maes = {0: 0.30, 1: 0.32, 2: 0.37}
+    for fold, mae in maes.items():
+        for lr in ("0.001", "0.01"):
+            job = tmp_path / f"{fold}_{lr}"
+            (job / ".hydra").mkdir(parents=True)
+            (job / ".hydra" / "overrides.yaml").write_text(f"- data.split.folds=3\n- data.split.fold={fold}\n- optim.lr={lr}\n")
+            scores = {split: {"mae": mae * (2 if lr == "0.01" else 1), "rmse": 1.0, "r2": 0.5} for split in ("val", "test")}
+            (job / "metrics.json").write_text(json.dumps(scores))
+    with caplog.at_level(logging.INFO):
+        summarize_sweep(tmp_path)
+    mean, std = np.mean(list(maes.values())), np.std(list(maes.values()), ddof=1)
+    assert f"Cross-validation of data.split.folds=3 optim.lr=0.001: test MAE {mean:.4g} ± {std:.2g}, the mean and sample standard deviation over 3 folds" in caplog.text
+    assert f"Cross-validation of data.split.folds=3 optim.lr=0.01: test MAE {2 * mean:.4g} ± {2 * std:.2g}" in caplog.text
+
+
+def test_a_run_on_one_fold_tests_that_fold(tmp_path):
+    splits = {}
+    for fold in (0, 1):
+        cfg = compose_config("train", [*SMALL, *QUIET_CPU, f"data.cache_dir={tmp_path / 'cache'}", "trainer.max_epochs=1",
+                                       "data.split.folds=4", f"data.split.fold={fold}"])
+        train(cfg, tmp_path / f"fold{fold}")
+        splits[fold] = json.loads((tmp_path / f"fold{fold}" / "split.json").read_text())
+    assert [len(splits[0][name]) for name in ("train", "val", "test")] == [78, 12, 30]  # 120 crystals: a quarter tested, val 10 %
+    assert not set(splits[0]["test"]) & set(splits[1]["test"])
+    assert set(splits[1]["test"]) <= set(splits[0]["train"]) | set(splits[0]["val"])

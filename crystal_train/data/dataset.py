@@ -129,6 +129,8 @@ def prepare_data(
         fractions=tuple(split_cfg.get("fractions", (0.8, 0.1, 0.1))),
         seed=seed,
         file=split_cfg.get("file"),
+        folds=split_cfg.get("folds"),
+        fold=split_cfg.get("fold", 0),
     )
     log.info("Data: %s, target %s: %s", source.description, target, ", ".join(f"{name} {len(idx)}" for name, idx in splits.items()))
     return PreparedData(store, splits, target, units, source.description)

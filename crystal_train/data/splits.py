@@ -24,20 +24,28 @@ def make_splits(
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
     seed: int = 0,
     file: str | Path | None = None,
+    folds: int | None = None,
+    fold: int = 0,
 ) -> dict[str, np.ndarray]:
     """Indices into `store` for train, val and test.
 
     Order of precedence: a saved split file; a split by reduced composition (`kind="composition"`,
-    all polymorphs of a composition land in one split), asked for explicitly, so it sets aside a
-    split the source carries; the split the source carries; seeded fractions over crystals.
+    all polymorphs of a composition land in one split) or K-fold cross-validation (`folds`), asked for explicitly, so
+    they set aside a split the source carries; the split the source carries; seeded fractions over crystals.
+
+    With `folds`, the crystals (or compositions) in seeded order are dealt into `folds` parts of nearly equal numbers
+    of crystals, the same parts for every `fold`: part `fold` is the test split, and of the others, val takes the
+    `fractions` val share of all crystals, train the rest. So the K runs of one seed test every crystal once.
     """
     if kind not in ("random", "composition"):
         raise ValueError(f"unknown data.split.kind {kind!r}: use random or composition")
+    if folds is not None:
+        check_folds(folds, fold, file)
     if file is not None:
         return _from_file(store, Path(file))
     codes = store.split_codes
-    if kind == "composition" and (codes >= 0).any():
-        log.info("data.split.kind=composition: the source's own split column is set aside")
+    if (kind == "composition" or folds is not None) and (codes >= 0).any():
+        log.info("data.split.%s: the source's own split column is set aside", "kind=composition" if folds is None else f"folds={folds}")
     elif (codes >= 0).all() and len(codes):
         log.info("Using the source's own split column; data.split.fractions and data.seed do not apply (data.split.kind=composition would set it aside)")
         return {name: np.flatnonzero(codes == SPLIT_CODES[name]) for name in SPLIT_ORDER}
@@ -47,13 +55,39 @@ def make_splits(
     if len(fractions) != 3 or not math.isclose(sum(fractions), 1.0, abs_tol=1e-6) or min(fractions) < 0:
         raise ValueError(f"data.split.fractions must be three non-negative numbers summing to 1, got {list(fractions)}")
     rng = np.random.default_rng(seed)
-    if kind == "random":
-        return _assign(rng.permutation(len(store)), [[i] for i in range(len(store))], fractions, by_group=False)
-    groups = _composition_groups(store)
-    return _assign(rng.permutation(len(groups)), groups, fractions, by_group=True)
+    groups = [[i] for i in range(len(store))] if kind == "random" else _composition_groups(store)
+    order = rng.permutation(len(groups))
+    if folds is not None:
+        return _k_fold(order, groups, int(folds), int(fold), fractions[1])
+    return _assign(order, groups, fractions)
 
 
-def _assign(order, groups, fractions, by_group: bool) -> dict[str, np.ndarray]:
+def check_folds(folds, fold, file) -> None:
+    """ValueError naming the setting unless data.split.folds is 2 or more, fold one of its parts, and no split file is given."""
+    if isinstance(folds, bool) or not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"data.split.folds must be a whole number of at least 2 (or null), not {folds!r}")
+    if isinstance(fold, bool) or not isinstance(fold, int) or not 0 <= fold < folds:
+        raise ValueError(f"data.split.fold must be one of 0 .. {folds - 1} for data.split.folds={folds}, not {fold!r}")
+    if file is not None:
+        raise ValueError("data.split.file reuses a saved split, data.split.folds makes one: give one of them")
+
+
+def _k_fold(order, groups, folds: int, fold: int, val_fraction: float) -> dict[str, np.ndarray]:
+    """Deal the groups in `order` into the part with the fewest crystals so far; part `fold` is test, and the other
+    parts' groups, in `order`, fill val to `val_fraction` of all crystals, then train."""
+    sizes, part = [0] * folds, {}
+    for position in order:
+        part[position] = int(np.argmin(sizes))
+        sizes[part[position]] += len(groups[position])
+    wanted_val = round(val_fraction * sum(sizes))
+    result = {"train": [], "val": [], "test": []}
+    for position in order:
+        name = "test" if part[position] == fold else "val" if len(result["val"]) < wanted_val else "train"
+        result[name].extend(groups[position])
+    return {name: np.sort(np.array(result[name], dtype=np.int64)) for name in SPLIT_ORDER}
+
+
+def _assign(order, groups, fractions) -> dict[str, np.ndarray]:
     """Fill test, then val, with whole groups in `order`; the rest is train."""
     total = sum(len(g) for g in groups)
     wanted = {"test": round(fractions[2] * total), "val": round(fractions[1] * total)}

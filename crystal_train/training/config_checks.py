@@ -11,6 +11,7 @@ from importlib import resources
 import hydra
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from crystal_train.data.splits import check_folds
 from crystal_train.training.ema import checked_decay
 from crystal_train.training.inference import PRECISIONS
 from crystal_train.training.loop import LOSSES
@@ -145,10 +146,13 @@ def graphs_on_device(setting) -> bool | None:
 
 def check_data_numbers(data_cfg: DictConfig) -> None:
     """Raise, naming the setting, if data.seed, data.limit or data.num_crystals is not a whole number (only limit may be
-    null); a whole float such as 50.0 is stored as the int it means."""
+    null), or data.split's folds do not work; a whole float such as 50.0 is stored as the int it means."""
     for key in ("seed", "limit", "num_crystals"):
         if key in data_cfg and not (key == "limit" and data_cfg[key] is None):
             data_cfg[key] = whole_number(data_cfg[key], f"data.{key}")
+    split = data_cfg.get("split") or {}
+    if split.get("folds") is not None:
+        check_folds(split.folds, split.get("fold", 0), split.get("file"))
 
 
 def check_task(data_cfg: DictConfig, trainer_cfg: DictConfig) -> None:

@@ -61,6 +61,7 @@ def evaluate(cfg: DictConfig) -> dict:
         train_cfg.data.limit = None
         train_cfg.data.split.file = None
         train_cfg.data.split.kind = "random"  # the source's own split column, else a fresh random split (not the training's kind)
+        train_cfg.data.split.folds = None
         train_cfg.data.id_column = train_cfg.data.cif_column = None  # the training source's: found by name unless given
         train_cfg.data.update(source_settings)
         if "target" in source_settings:  # another column: the training column's class rule is not its own

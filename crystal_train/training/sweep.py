@@ -9,6 +9,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -63,6 +64,7 @@ def summarize_sweep(sweep_dir: Path, output_subdir: str | None = ".hydra", since
     rows.sort(key=_rank)
     path = sweep_dir / "sweep_summary.csv"
     write_csv(path, columns, ([row.get(column, "") for column in columns] for row in rows))
+    _log_cross_validation(rows)
     return path, sum(row["status"] == "failed" for row in rows), len(rows)
 
 
@@ -75,6 +77,24 @@ def _columns(tasks: set) -> tuple[str, ...]:
     if "regression" not in tasks:
         return (*SUMMARY_COLUMNS[:5], *scores, SUMMARY_COLUMNS[-1])
     return (*SUMMARY_COLUMNS[:2], "task", *SUMMARY_COLUMNS[2:-1], *scores, SUMMARY_COLUMNS[-1])
+
+
+def _log_cross_validation(rows: list[dict]) -> None:
+    """For the finished jobs that differ only in data.split.fold (K-fold cross-validation), log the mean and sample
+    standard deviation over their folds of the test MAE (a classifier's test log loss)."""
+    folds: dict[tuple, list[float]] = {}
+    for row in rows:
+        overrides = row["overrides"].split()
+        score = "test_log_loss" if row.get("task") == "classification" else "test_mae"
+        if row["status"] == "ok" and row.get(score) is not None and any(o.startswith("data.split.fold=") for o in overrides):
+            rest = " ".join(o for o in overrides if not o.startswith("data.split.fold="))
+            folds.setdefault((rest, score), []).append(float(row[score]))
+    for (rest, score), values in folds.items():
+        if len(values) > 1:
+            log.info(
+                "Cross-validation%s: %s %.4g ± %.2g, the mean and sample standard deviation over %d folds",
+                f" of {rest}" if rest else "", {"test_mae": "test MAE", "test_log_loss": "test log loss"}[score], np.mean(values), np.std(values, ddof=1), len(values),
+            )
 
 
 def _rank(row: dict) -> tuple:
