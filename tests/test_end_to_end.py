@@ -466,6 +466,7 @@ def test_each_cli_help_shows_its_own_usage(tmp_path, command, shown, hidden):
         ("crystal-eval", [], "crystal-eval: give ckpt=..."),
         ("crystal-predict", ["output=preds.csv"], "crystal-predict: give ckpt=... input=..."),
         ("crystal-predict", ["input=my_cifs"], "crystal-predict: give ckpt=... (see"),
+        ("crystal-eval", ["ckpt=${oc.env:NO_SUCH_VARIABLE_HERE}"], "crystal-eval: InterpolationResolutionError: "),  # found listing what is missing
     ],
 )
 def test_missing_mandatory_setting_is_a_usage_line_not_a_traceback(tmp_path, command, args, message):

@@ -269,9 +269,14 @@ def test_a_key_on_the_command_line_reaches_no_file_or_folder_name_of_a_sweep(tmp
     unbuildable = [crystal_train, "-m", "data=demo", "model=cgcnn,no_such_model", f"+data.api_key={API_KEY}", f"hydra.sweep.dir={tmp_path / 'refused'}"]
     refused = subprocess.run(unbuildable, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
     assert refused.returncode != 0 and (tmp_path / "refused" / "multirun.yaml").is_file()  # written before the sweep failed
-    everything = [path for path in tmp_path.rglob("*") if "cache" not in path.parts]
+    (tmp_path / "conf" / "data").mkdir(parents=True)  # a key in a config file: out of multirun.yaml too, though no job ran
+    (tmp_path / "conf" / "data" / "keyed.yaml").write_text(f"defaults: [demo, _self_]\napi_key: {API_KEY}\n")
+    in_file = [crystal_train, "-m", "--config-dir", str(tmp_path / "conf"), "data=keyed", "model=cgcnn,no_such_model", f"hydra.sweep.dir={tmp_path / 'in_file'}"]
+    refused_too = subprocess.run(in_file, cwd=tmp_path, capture_output=True, text=True, timeout=300, env=env)
+    assert refused_too.returncode != 0 and (tmp_path / "in_file" / "multirun.yaml").is_file()
+    everything = [path for path in tmp_path.rglob("*") if "cache" not in path.parts and "conf" not in path.parts]
     assert [path for path in everything if API_KEY in str(path) or (path.is_file() and API_KEY.encode() in path.read_bytes())] == []
-    assert API_KEY not in completed.stdout + completed.stderr + refused.stdout + refused.stderr
+    assert API_KEY not in completed.stdout + completed.stderr + refused.stdout + refused.stderr + refused_too.stdout + refused_too.stderr
 
 
 def test_snapshot_is_readable_like_any_new_file(tmp_path, umask_022):

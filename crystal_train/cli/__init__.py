@@ -20,9 +20,9 @@ def require_settings(cfg: DictConfig, command: str) -> None:
 def run_reporting_errors(command: str, job: Callable[[DictConfig], object], cfg: DictConfig) -> None:
     """Run `job(cfg)`; an error (a missing file, a refused setting) ends it with one line and exit status 1,
     not a traceback, unless HYDRA_FULL_ERROR=1 asks for the traceback."""
-    require_settings(cfg, command)
     keep_freed_memory()
     try:
+        require_settings(cfg, command)  # in here: listing the missing settings resolves every interpolation, which can fail
         job(cfg)
     except Exception as error:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":

@@ -13,6 +13,7 @@ import numpy as np
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from crystal_train.secrets_guard import take_api_key
 from crystal_train.training.artifacts import write_csv
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,9 @@ class SweepSummaryCallback(Callback):
         self.started: float | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        """Before the sweeper saves the config as multirun.yaml: a key put in a config file goes into MP_API_KEY, and
+        out of that copy even when no job runs (each job takes it out of its own copies)."""
+        take_api_key(config)
         self.started = _filesystem_now(Path(config.hydra.sweep.dir)) - 1.0  # a second of slack for coarse file times
 
     def on_multirun_end(self, config: DictConfig, **kwargs) -> None:
