@@ -211,6 +211,11 @@ def test_search_kwargs_are_understood_by_installed_mp_api(monkeypatch):
         "exclude_elements": "He",
     }
     assert "energy_above_hull_min" not in sent
+    sent.clear()  # a field mp-api types as an enum, given as text in a config
+    rester.search(fields=["material_id"], chunk_size=10, num_chunks=None, **mp.search_kwargs({"magnetic_ordering": "fm", "crystal_system": "Cubic"}))
+    assert (sent["ordering"], sent["crystal_system"]) == ("FM", "Cubic")
+    with pytest.raises(ValueError, match="'magnetic_ordering' takes one of FM, AFM, FiM, NM, Unknown; got 'ferro'"):
+        mp.search_kwargs({"magnetic_ordering": "ferro"})
 
 
 def test_default_cache_dir(monkeypatch, tmp_path):

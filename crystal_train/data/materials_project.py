@@ -18,6 +18,7 @@ import logging
 import os
 import typing
 from datetime import datetime, timezone
+from enum import Enum
 from importlib.metadata import version as package_version
 from pathlib import Path
 
@@ -141,12 +142,25 @@ def search_kwargs(query: dict) -> dict:
         elif _is_range(params[key]):
             kwargs[key] = _range(key, value, params[key])
         else:
-            kwargs[key] = value
+            kwargs[key] = _as_enum(key, value, params[key])
     for base, (low, high) in bounds.items():
         if base in kwargs:
             raise ValueError(f"Materials Project query gives both {base!r} and {base}_min/{base}_max")
         kwargs[base] = (low, high)
     return kwargs
+
+
+def _as_enum(key: str, value, param: inspect.Parameter):
+    """`value` as the member of the enum a field takes (magnetic_ordering: Ordering), found by value or name, since
+    mp-api reads the member's .value; other values as they are. ValueError listing the members for one that is none."""
+    choices = [arg for arg in typing.get_args(param.annotation) if isinstance(arg, type) and issubclass(arg, Enum)]
+    if not choices or not isinstance(value, str):
+        return value
+    enum = choices[0]
+    for member in enum:
+        if value in (member.value, member.name) or str(value).lower() in (str(member.value).lower(), member.name.lower()):
+            return member
+    raise ValueError(f"Materials Project query field {key!r} takes one of {', '.join(str(m.value) for m in enum)}; got {value!r}")
 
 
 def _is_range(param: inspect.Parameter | None) -> bool:
