@@ -193,6 +193,20 @@ def test_a_damaged_cache_file_is_named_and_built_again(tmp_path, caplog, damage)
     assert load_or_build(tmp_path, "k", lambda: _tiny_store(4.0)).targets.tolist() == rebuilt.targets.tolist()  # saved again
 
 
+@pytest.mark.parametrize("error", [MemoryError(), RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory")])
+def test_a_cache_that_cannot_be_loaded_for_want_of_memory_is_kept(tmp_path, monkeypatch, error):
+    load_or_build(tmp_path, "k", lambda: _tiny_store(2.0))
+
+    def short_of_memory(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(torch, "load", short_of_memory)
+    with pytest.raises(type(error)):
+        load_or_build(tmp_path, "k", lambda: _tiny_store(3.0))
+    monkeypatch.undo()
+    assert load_or_build(tmp_path, "k", lambda: _tiny_store(4.0)).targets.tolist() == _tiny_store(2.0).targets.tolist()  # not rebuilt
+
+
 def _crystals():
     rng = np.random.default_rng(0)
     for n in range(5):

@@ -40,6 +40,8 @@ def load_or_build(cache_dir: Path, key: str, build: Callable[[], GraphStore]) ->
             try:
                 store = GraphStore.from_state(torch.load(path, weights_only=True))
             except Exception as error:  # truncated, emptied or overwritten: it is only a cache
+                if _out_of_memory(error):  # the file may be sound: the machine, not the cache, is short
+                    raise
                 log.warning("Graph cache %s cannot be read (%s: %s); building it again", path, type(error).__name__, error)
                 path.unlink()
             else:
@@ -49,3 +51,8 @@ def load_or_build(cache_dir: Path, key: str, build: Callable[[], GraphStore]) ->
         atomic_torch_save(store.state(), path)
         log.info("Graph cache built: %s (%d crystals)", path, len(store))
         return store
+
+
+def _out_of_memory(error: Exception) -> bool:
+    """Whether loading failed for want of memory (Python's, or torch's allocator's), not for a damaged file."""
+    return isinstance(error, MemoryError) or (isinstance(error, RuntimeError) and "can't allocate memory" in str(error))
