@@ -82,14 +82,15 @@ def atomic_torch_save(obj, path: Path) -> None:
     atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
-def unfinished_writes(directory: Path) -> list[Path]:
-    """Temporary files that atomic_write left in `directory` when killed mid-write."""
-    return sorted(Path(directory).glob(".*.*.tmp"))
+def unfinished_writes(directory: Path, of: str = "*") -> list[Path]:
+    """Temporary files that atomic_write left in `directory` when killed mid-write (of the file named `of`: all by default)."""
+    return sorted(Path(directory).glob(f".{of}.*.tmp"))
 
 
-def remove_unfinished_writes(directory: Path) -> list[Path]:
-    """Delete the temporaries that atomic_write left in `directory` when killed mid-write; returns them."""
-    leftovers = unfinished_writes(directory)
+def remove_unfinished_writes(directory: Path, of: str = "*") -> list[Path]:
+    """Delete the temporaries that atomic_write left in `directory` when killed mid-write (of the file named `of`, under
+    the lock its writers hold, where others' may be being written now); returns them."""
+    leftovers = unfinished_writes(directory, of)
     for leftover in leftovers:
         leftover.unlink()
     return leftovers

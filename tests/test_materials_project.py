@@ -169,6 +169,15 @@ def test_failed_download_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_download_killed_while_saving_leaves_a_temporary_the_next_one_removes(tmp_path):
+    path = mp.snapshot_path(QUERY, TARGETS, tmp_path)
+    (tmp_path / f".{path.name}.x1y2.tmp").write_bytes(b"half a snapshot")  # the kill came mid-write
+    other = tmp_path / ".other-query.json.gz.x3y4.tmp"  # another query's download, perhaps being written now
+    other.write_bytes(b"")
+    assert mp.resolve_mp_snapshot(QUERY, TARGETS, tmp_path, api_key=API_KEY, rester_factory=Factory()) == path
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")) == [other.name]
+
+
 def test_snapshot_path_depends_on_query_and_targets(tmp_path):
     base = mp.snapshot_path(QUERY, TARGETS, tmp_path)
     assert mp.snapshot_path(dict(reversed(QUERY.items())), list(reversed(TARGETS)), tmp_path) == base

@@ -10,7 +10,7 @@ from typing import Callable
 
 import torch
 
-from crystal_train.atomic_file import atomic_torch_save, exclusive_lock
+from crystal_train.atomic_file import atomic_torch_save, exclusive_lock, remove_unfinished_writes
 from crystal_train.data.graphs import GRAPH_VERSION
 from crystal_train.data.store import GraphStore
 
@@ -34,8 +34,7 @@ def load_or_build(cache_dir: Path, key: str, build: Callable[[], GraphStore]) ->
     """
     path = Path(cache_dir) / f"graphs-{key}.pt"
     with exclusive_lock(path.with_suffix(".lock")):
-        for unfinished in path.parent.glob(f".{path.name}.*.tmp"):  # a build killed while saving; the lock says none is running
-            unfinished.unlink()
+        remove_unfinished_writes(path.parent, of=path.name)  # a build killed while saving; the lock says none is running
         if path.exists():
             try:
                 store = GraphStore.from_state(torch.load(path, weights_only=True))

@@ -22,7 +22,7 @@ from enum import Enum
 from importlib.metadata import version as package_version
 from pathlib import Path
 
-from crystal_train.atomic_file import atomic_write, exclusive_lock
+from crystal_train.atomic_file import atomic_write, exclusive_lock, remove_unfinished_writes
 
 SNAPSHOT_FORMAT = "crystal-train-snapshot"
 SNAPSHOT_VERSION = 1
@@ -74,6 +74,7 @@ def resolve_mp_snapshot(
         )
     # Runs started together (torchrun ranks, a sweep) download once: the others wait, then read it.
     with exclusive_lock(path.with_name(f"{path.name}.lock")):
+        remove_unfinished_writes(path.parent, of=path.name)  # a download killed while saving; the lock says none is running
         if path.is_file():
             log.info("Using Materials Project snapshot %s, downloaded while this run waited", path)
             return path
