@@ -47,7 +47,7 @@ def make_splits(
     if (kind == "composition" or folds is not None) and (codes >= 0).any():
         log.info("data.split.%s: the source's own split column is set aside", "kind=composition" if folds is None else f"folds={folds}")
     elif (codes >= 0).all() and len(codes):
-        log.info("Using the source's own split column; data.split.fractions and data.seed do not apply (data.split.kind=composition would set it aside)")
+        log.info("Using the source's own split column; data.split.fractions and data.seed do not apply (data.split.kind=composition or data.split.folds would set it aside)")
         return {name: np.flatnonzero(codes == SPLIT_CODES[name]) for name in SPLIT_ORDER}
     elif (codes >= 0).any():
         missing = [store.ids[i] for i in np.flatnonzero(codes < 0)[:5]]
