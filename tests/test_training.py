@@ -1081,6 +1081,7 @@ def test_progress_bar_setting_covers_the_graph_build_and_the_epochs(small_cfg, t
         ("trainer.grad_clip=big", "trainer.grad_clip must be a positive gradient norm, or null for none, not 'big'"),
         ("trainer.warmup_epochs=0.5", "trainer.warmup_epochs=0.5: expected a whole number"),
         ("data.split.folds=5 data.split.fold=7", "data.split.fold must be one of 0 .. 4 for data.split.folds=5, not 7"),
+        ("data.split.fold=2", "data.split.fold=2 picks a part of a K-fold split: give data.split.folds=K too"),
         ("trainer.max_minutes=0", "trainer.max_minutes must be a positive number of minutes, or null for no limit, not 0"),
         ("trainer.max_minutes=soon", "trainer.max_minutes must be a positive number of minutes, or null for no limit, not 'soon'"),
         ("trainer.warmup_epochs=-2", "trainer.warmup_epochs must be 0 \\(none\\) or more, not -2"),

@@ -153,6 +153,8 @@ def check_data_numbers(data_cfg: DictConfig) -> None:
     split = data_cfg.get("split") or {}
     if split.get("folds") is not None:
         check_folds(split.folds, split.get("fold", 0), split.get("file"))
+    elif split.get("fold", 0) != 0:  # else every fold of a sweep would train on the same split
+        raise ValueError(f"data.split.fold={split.fold} picks a part of a K-fold split: give data.split.folds=K too")
 
 
 def check_task(data_cfg: DictConfig, trainer_cfg: DictConfig) -> None:
