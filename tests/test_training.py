@@ -1211,3 +1211,13 @@ def test_a_run_on_one_fold_tests_that_fold(tmp_path):
     assert [len(splits[0][name]) for name in ("train", "val", "test")] == [78, 12, 30]  # 120 crystals: a quarter tested, val 10 %
     assert not set(splits[0]["test"]) & set(splits[1]["test"])
     assert set(splits[1]["test"]) <= set(splits[0]["train"]) | set(splits[0]["val"])
+
+
+def test_a_checkpoint_from_before_the_target_floor_resumes_on_unchanged_targets(tmp_path):
+    from crystal_train.training.resume import check_same_data
+
+    ids = {"train": ["a", "b"], "val": ["c"], "test": ["d"]}
+    older = {"split_ids": ids, "normalizer": {"mean": 0.5, "std": 2.0}}  # saved before data.target_min: no minimum
+    check_same_data(older, ids, {"mean": 0.5, "std": 2.0, "minimum": None}, tmp_path / "last.pt")
+    with pytest.raises(ResumeConfigError, match=r"the training targets changed \(mean 0.5 -> 0.6, std 2 -> 2\)"):
+        check_same_data(older, ids, {"mean": 0.6, "std": 2.0, "minimum": None}, tmp_path / "last.pt")

@@ -17,7 +17,7 @@ from crystal_train.training.applicability import warn_unseen_elements
 from crystal_train.training.ensemble import Ensemble, checkpoint_paths
 from crystal_train.training.inference import resolve_device
 from crystal_train.training.metrics import METRIC_LABELS, plus_standard_error, spread_quality
-from crystal_train.training.resume import target_change
+from crystal_train.training.resume import targets_change
 from crystal_train.training.run import score_splits
 from crystal_train.training.tasks import fit_output_transform, output_transform
 
@@ -140,16 +140,16 @@ def evaluate(cfg: DictConfig) -> dict:
 def _warn_if_training_targets_changed(data, checkpoint: dict, checkpoint_path: Path) -> None:
     """Warn when the training split's targets read now are not those the checkpoint's output transform was fitted on:
     the data changed since training (a snapshot edited in place), so the scores are of labels it did not learn from."""
-    trained = output_transform(checkpoint["normalizer"])  # its state as this version saves it (older ones lack `minimum`)
-    saved = trained.state()
+    trained = output_transform(checkpoint["normalizer"])
     try:
         now = fit_output_transform(trained.task, data.store.targets[data.splits["train"]], getattr(trained, "minimum", None)).state()
     except ValueError as error:  # e.g. a training split now of one class
         now = {"error": str(error)}
-    if now != saved:
+    change = targets_change(checkpoint["normalizer"], now)
+    if change:
         log.warning(
             "The training split's targets read now are not those %s trained on (%s): %s changed since training, so these "
-            "scores are of other labels than the model learnt from", checkpoint_path, target_change(saved, now), data.source,
+            "scores are of other labels than the model learnt from", checkpoint_path, change, data.source,
         )
 
 

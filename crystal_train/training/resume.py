@@ -99,8 +99,9 @@ def check_same_data(saved: dict, split_ids: dict[str, list[str]], normalizer: di
             added, missing = sorted(now - before), sorted(before - now)
             examples = ", ".join([*(f"+{i}" for i in added[:2]), *(f"-{i}" for i in missing[:2])])
             problems.append(f"the {name} split gained {len(added)} and lost {len(missing)} crystal(s) ({examples})")
-    if not problems and saved["normalizer"] != normalizer:
-        problems.append(f"the training targets changed ({target_change(saved['normalizer'], normalizer)})")
+    change = targets_change(saved["normalizer"], normalizer)
+    if not problems and change:
+        problems.append(f"the training targets changed ({change})")
     if problems:
         raise ResumeConfigError(
             f"cannot resume {last}: the data read now are not the data it trained on: {'; '.join(problems)}. Training on "
@@ -109,8 +110,15 @@ def check_same_data(saved: dict, split_ids: dict[str, list[str]], normalizer: di
         )
 
 
-def target_change(before: dict, now: dict) -> str:
-    """How two fitted output transforms' states differ: a regression's mean and std, a classifier's share of class 1."""
+def targets_change(saved: dict, now: dict) -> str | None:
+    """How the output transform fitted on the training targets now (its state) differs from the one a checkpoint saved
+    (read as this version saves it: older ones lack `minimum`), a regression's mean and std or a classifier's share of
+    class 1; None when they agree."""
+    from crystal_train.training.tasks import output_transform  # here: tasks imports torch, which resume's callers may not need
+
+    before = output_transform(saved).state()
+    if before == now:
+        return None
     if "mean" in before and "mean" in now:
         return f"mean {before['mean']:.6g} -> {now['mean']:.6g}, std {before['std']:.6g} -> {now['std']:.6g}"
     if "positive_fraction" in before and "positive_fraction" in now:
