@@ -114,12 +114,10 @@ def check_trainer_choices(trainer_cfg: DictConfig) -> None:
             raise ValueError(f"trainer.{key} must be at least 1, not {trainer_cfg[key]}")
     if whole_number(trainer_cfg.get("warmup_epochs", 0), "trainer.warmup_epochs") < 0:
         raise ValueError(f"trainer.warmup_epochs must be 0 (none) or more, not {trainer_cfg.warmup_epochs}")
-    minutes = trainer_cfg.get("max_minutes")
-    if minutes is not None and (isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not minutes > 0):
-        raise ValueError(f"trainer.max_minutes must be a positive number of minutes, or null for no limit, not {minutes!r}")
-    clip = trainer_cfg.get("grad_clip")
-    if clip is not None and (isinstance(clip, bool) or not isinstance(clip, (int, float)) or not clip > 0):
-        raise ValueError(f"trainer.grad_clip must be a positive gradient norm, or null for none, not {clip!r}")
+    for key, what, off in (("max_minutes", "number of minutes", "no limit"), ("grad_clip", "gradient norm", "none")):
+        value = trainer_cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0):
+            raise ValueError(f"trainer.{key} must be a positive {what}, or null for {off}, not {value!r}")
     graphs_on_device(trainer_cfg.get("graphs_on_device", "auto"))
     if trainer_cfg.get("ema_decay") is not None:
         checked_decay(trainer_cfg.ema_decay)

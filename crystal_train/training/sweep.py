@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crystal_train.secrets_guard import take_api_key
 from crystal_train.training.artifacts import write_csv
+from crystal_train.training.metrics import METRIC_LABELS
 
 log = logging.getLogger(__name__)
 
@@ -86,21 +87,26 @@ def _log_cross_validation(rows: list[dict]) -> None:
     folds: dict[tuple, list[float]] = {}
     for row in rows:
         overrides = row["overrides"].split()
-        score = "test_log_loss" if row.get("task") == "classification" else "test_mae"
-        if row["status"] == "ok" and row.get(score) is not None and any(o.startswith("data.split.fold=") for o in overrides):
+        score = _score(row)
+        if row["status"] == "ok" and row.get(f"test_{score}") is not None and any(o.startswith("data.split.fold=") for o in overrides):
             rest = " ".join(o for o in overrides if not o.startswith("data.split.fold="))
-            folds.setdefault((rest, score), []).append(float(row[score]))
+            folds.setdefault((rest, score), []).append(float(row[f"test_{score}"]))
     for (rest, score), values in folds.items():
         if len(values) > 1:
             log.info(
-                "Cross-validation%s: %s %.4g ± %.2g, the mean and sample standard deviation over %d folds",
-                f" of {rest}" if rest else "", {"test_mae": "test MAE", "test_log_loss": "test log loss"}[score], np.mean(values), np.std(values, ddof=1), len(values),
+                "Cross-validation%s: test %s %.4g ± %.2g, the mean and sample standard deviation over %d folds",
+                f" of {rest}" if rest else "", METRIC_LABELS[score], np.mean(values), np.std(values, ddof=1), len(values),
             )
+
+
+def _score(row: dict) -> str:
+    """The metric a job is ranked and cross-validated by: MAE, a classifier's log loss."""
+    return "log_loss" if row.get("task") == "classification" else "mae"
 
 
 def _rank(row: dict) -> tuple:
     """Regressions by validation MAE, then classifiers by validation log loss, then failed jobs."""
-    score = row.get("val_log_loss" if row.get("task") == "classification" else "val_mae")
+    score = row.get(f"val_{_score(row)}")
     return (row.get("task") is None, row.get("task") == "classification", float("inf") if score is None else score)
 
 
