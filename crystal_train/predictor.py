@@ -21,7 +21,8 @@ import pandas as pd
 
 from crystal_train.training.ensemble import Ensemble, checkpoint_paths
 from crystal_train.training.inference import resolve_device
-from crystal_train.training.prediction import file_ids, predict_crystals, read_structures
+from crystal_train.training.artifacts import feature_columns
+from crystal_train.training.prediction import file_ids, predict_crystals, read_structures, repeated_files
 from crystal_train.data.sources import RawItem
 from crystal_train.listing import first_few
 
@@ -94,7 +95,7 @@ class Predictor:
         if features and len(store):  # none when no structure could be used
             values = np.full((len(ids), predicted.features.shape[1]), np.nan, dtype=np.float32)
             values[rows] = predicted.features
-            table = pd.concat([table, pd.DataFrame(values, columns=[f"feature_{i}" for i in range(values.shape[1])])], axis=1)
+            table = pd.concat([table, pd.DataFrame(values, columns=feature_columns(values.shape[1]))], axis=1)
         return table
 
 
@@ -114,8 +115,8 @@ def _ids(structures: list, ids: Sequence[str] | None) -> list[str]:
     if ids is None:
         if structures and all(isinstance(s, (str, os.PathLike)) and not _is_cif_text(s) for s in structures):
             paths = [Path(s).expanduser() for s in structures]
-            repeated = [str(path) for path, count in Counter(path.resolve() for path in paths).items() if count > 1]
-            if repeated:  # also when named once by a relative and once by an absolute path
+            repeated = repeated_files(paths)
+            if repeated:
                 raise ValueError(f"{first_few(repeated)} listed more than once: give each file once, or ids=")
             return file_ids(paths)  # unique, as crystal-predict's
         return [str(i) for i in range(len(structures))]

@@ -152,14 +152,14 @@ def search_kwargs(query: dict) -> dict:
 
 
 def _as_enum(key: str, value, param: inspect.Parameter):
-    """`value` as the member of the enum a field takes (magnetic_ordering: Ordering), found by value or name, since
+    """`value` as the member of the enum a field takes (magnetic_ordering: Ordering), found by value or name in any case, since
     mp-api reads the member's .value; other values as they are. ValueError listing the members for one that is none."""
     choices = [arg for arg in typing.get_args(param.annotation) if isinstance(arg, type) and issubclass(arg, Enum)]
     if not choices or not isinstance(value, str):
         return value
     enum = choices[0]
     for member in enum:
-        if value in (member.value, member.name) or str(value).lower() in (str(member.value).lower(), member.name.lower()):
+        if value.lower() in (str(member.value).lower(), member.name.lower()):
             return member
     raise ValueError(f"Materials Project query field {key!r} takes one of {', '.join(str(m.value) for m in enum)}; got {value!r}")
 

@@ -103,8 +103,13 @@ def write_crystal_features(path: Path, ids: Sequence[str], features: np.ndarray)
     read back the same number)."""
     if len(features) != len(ids):
         raise ValueError(f"{len(ids)} ids but {len(features)} feature vectors for {path}")
-    header = ["id", *(f"feature_{i}" for i in range(features.shape[1]))]
+    header = ["id", *feature_columns(features.shape[1])]
     write_csv(path, header, ([item_id, *(f"{value:.9g}" for value in row.tolist())] for item_id, row in zip(ids, features.astype(np.float32))))
+
+
+def feature_columns(width: int) -> list[str]:
+    """The names of a crystal feature vector's columns: feature_0 ... feature_<width-1>."""
+    return [f"feature_{i}" for i in range(width)]
 
 
 def write_skipped(path: Path, skipped: Iterable[tuple[str, str]]) -> None:

@@ -35,10 +35,15 @@ def structure_files(inputs) -> list[Path]:
     """The structure files that `input=` names: a file, a folder (its structure files), a glob, or a list of these."""
     entries = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files = [file for entry in entries for file in _entry_files(str(entry))]
-    repeated = sorted(str(path) for path, count in Counter(file.resolve() for file in files).items() if count > 1)
-    if repeated:  # also when named once by a relative and once by an absolute path
+    repeated = repeated_files(files)
+    if repeated:
         raise ValueError(f"input= names {', '.join(repeated[:5])} more than once")
     return files
+
+
+def repeated_files(files: list[Path]) -> list[str]:
+    """The files named more than once, also when once by a relative and once by an absolute path (resolved, sorted)."""
+    return sorted(str(path) for path, count in Counter(file.resolve() for file in files).items() if count > 1)
 
 
 def _entry_files(entry: str) -> list[Path]:
